@@ -1,0 +1,167 @@
+//! One TURN allocation: its relay, lifetime, permissions, channels and the
+//! cache of recent answers that makes retransmitted requests idempotent.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::auth::Key;
+
+use super::{AllocId, FiveTuple};
+
+/// Permission lifetime (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Channel binding lifetime (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a channel binding expires, neither its number nor its peer may be
+/// rebound to something else for this long (RFC 8656 §12).
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// How long an answer is kept for retransmissions: a STUN transaction over
+/// UDP gives up after 39.5 s (RFC 8489 §6.2.1).
+pub const ANSWER_CACHE_TIME: Duration = Duration::from_secs(40);
+const ANSWER_CACHE_LEN: usize = 8;
+
+/// A channel binding (RFC 8656 §12).
+#[derive(Debug, Clone, Copy)]
+pub struct Channel {
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+/// A live allocation.
+#[derive(Debug)]
+pub struct Allocation {
+    pub id: AllocId,
+    pub client: FiveTuple,
+    /// The address advertised in XOR-RELAYED-ADDRESS.
+    pub relayed: SocketAddr,
+    pub username: String,
+    pub key: Key,
+    /// Unix time the REST credential expires (static users: `None`).
+    pub credential_expires_unix: Option<u64>,
+    pub created: Instant,
+    pub expires: Instant,
+    pub permissions: HashMap<IpAddr, Instant>,
+    pub channels: HashMap<u16, Channel>,
+    pub channel_of_peer: HashMap<SocketAddr, u16>,
+    answers: VecDeque<(Instant, [u8; 12], Vec<u8>)>,
+    pub bytes_to_peer: u64,
+    pub bytes_to_client: u64,
+}
+
+impl Allocation {
+    /// A new allocation expiring at `expires`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: AllocId,
+        client: FiveTuple,
+        relayed: SocketAddr,
+        username: String,
+        key: Key,
+        credential_expires_unix: Option<u64>,
+        now: Instant,
+        expires: Instant,
+    ) -> Self {
+        Self {
+            id,
+            client,
+            relayed,
+            username,
+            key,
+            credential_expires_unix,
+            created: now,
+            expires,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_of_peer: HashMap::new(),
+            answers: VecDeque::with_capacity(ANSWER_CACHE_LEN),
+            bytes_to_peer: 0,
+            bytes_to_client: 0,
+        }
+    }
+
+    /// Whether a live permission covers `ip` (the per-packet check).
+    pub fn permits(&self, ip: &IpAddr, now: Instant) -> bool {
+        self.permissions.get(ip).is_some_and(|exp| *exp > now)
+    }
+
+    /// Install or refresh a permission.
+    pub fn permit(&mut self, ip: IpAddr, now: Instant) {
+        self.permissions.insert(ip, now + PERMISSION_LIFETIME);
+    }
+
+    /// The peer of a live channel.
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels
+            .get(&number)
+            .filter(|c| c.expires > now)
+            .map(|c| c.peer)
+    }
+
+    /// The live channel bound to `peer`, if any.
+    pub fn channel_for(&self, peer: &SocketAddr, now: Instant) -> Option<u16> {
+        let number = *self.channel_of_peer.get(peer)?;
+        self.channel_peer(number, now).map(|_| number)
+    }
+
+    /// Whether `number` may be bound to `peer` now (RFC 8656 §12.2: neither
+    /// side may already be bound, or cooling down, to something else).
+    pub fn may_bind(&self, number: u16, peer: &SocketAddr) -> bool {
+        let number_ok = self.channels.get(&number).is_none_or(|c| c.peer == *peer);
+        let peer_ok = self.channel_of_peer.get(peer).is_none_or(|n| *n == number);
+        number_ok && peer_ok
+    }
+
+    /// Bind or refresh a channel (also refreshes the peer's permission).
+    pub fn bind(&mut self, number: u16, peer: SocketAddr, now: Instant) {
+        self.channels.insert(
+            number,
+            Channel {
+                peer,
+                expires: now + CHANNEL_LIFETIME,
+            },
+        );
+        self.channel_of_peer.insert(peer, number);
+        self.permit(peer.ip(), now);
+    }
+
+    /// Live (not cooling down) channels.
+    pub fn live_channels(&self, now: Instant) -> usize {
+        self.channels.values().filter(|c| c.expires > now).count()
+    }
+
+    /// Drop expired permissions, channels past their cool-down and stale
+    /// cached answers.
+    pub fn sweep(&mut self, now: Instant) {
+        self.permissions.retain(|_, exp| *exp > now);
+        let before = self.channels.len();
+        self.channels.retain(|_, c| c.expires + CHANNEL_COOLDOWN > now);
+        if self.channels.len() != before {
+            let channels = &self.channels;
+            self.channel_of_peer.retain(|_, n| channels.contains_key(n));
+        }
+        while self
+            .answers
+            .front()
+            .is_some_and(|(t, _, _)| *t + ANSWER_CACHE_TIME <= now)
+        {
+            self.answers.pop_front();
+        }
+    }
+
+    /// The answer already sent for transaction `txid`, if recent.
+    pub fn cached_answer(&self, txid: &[u8; 12], now: Instant) -> Option<&[u8]> {
+        self.answers
+            .iter()
+            .find(|(t, id, _)| id == txid && *t + ANSWER_CACHE_TIME > now)
+            .map(|(_, _, a)| a.as_slice())
+    }
+
+    /// Remember an answer for retransmissions of `txid`.
+    pub fn cache_answer(&mut self, txid: [u8; 12], answer: &[u8], now: Instant) {
+        if self.answers.len() == ANSWER_CACHE_LEN {
+            self.answers.pop_front();
+        }
+        self.answers.push_back((now, txid, answer.to_vec()));
+    }
+}

@@ -1,0 +1,476 @@
+//! The sans-IO STUN/TURN core: one per worker.
+//!
+//! [`Core`] owns the worker's allocations and decides what every datagram
+//! means. It reads no clock (time arrives as [`Now`]), owns no socket and
+//! spawns nothing: it acts through the [`Io`] trait, which the I/O layer
+//! implements with real sockets and tests implement with a recorder.
+//!
+//! Inputs: [`Core::on_client`] (bytes from a client's 5-tuple),
+//! [`Core::on_peer`] (bytes a relay received from a peer), [`Core::tick`]
+//! (expiry), [`Core::on_client_closed`] (a TCP connection ended).
+
+pub mod alloc;
+mod methods;
+mod relay;
+pub mod response;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::auth::{AuthError, Authenticated, Credentials, NonceIssuer, NonceState};
+use crate::policy::PeerPolicy;
+use crate::wire::{self, Class, Kind, StunView, attr, method};
+
+use alloc::Allocation;
+use response::{Code, Seal};
+pub use stats::{AuthFailure, DropReason, Stats};
+
+/// The transport a client reached tern over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// A client's 5-tuple: transport, tern's address, the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// The time, as handed in by the I/O layer (or a test's fake clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time, for lifetimes.
+    pub instant: Instant,
+    /// Wall-clock Unix seconds, for nonces and REST credential expiry.
+    pub unix: u64,
+}
+
+/// Identifies an allocation and its relay socket across the core/I-O line.
+pub type AllocId = u64;
+
+/// Address family of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(addr: &SocketAddr) -> Self {
+        if addr.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+}
+
+/// Which relay port an Allocate asked for (RFC 8656 §14.6, §14.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRequest {
+    Any,
+    /// EVEN-PORT: an even port, optionally reserving the next one.
+    Even { reserve_next: bool },
+    /// RESERVATION-TOKEN from an earlier EVEN-PORT allocation.
+    Reserved([u8; 8]),
+}
+
+/// What the core asks of the I/O layer when it opens a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRequest {
+    pub family: Family,
+    pub port: PortRequest,
+    pub dont_fragment: bool,
+}
+
+/// An opened relay: its bound address and any reservation token made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayGrant {
+    pub local: SocketAddr,
+    pub token: Option<[u8; 8]>,
+}
+
+/// Why no relay could be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("no relay port left")]
+    NoCapacity,
+    #[error("no relay address of that family")]
+    FamilyUnavailable,
+}
+
+/// The I/O the core drives. Sends are fire-and-forget (datagram semantics).
+pub trait Io {
+    /// Send bytes to a client over its 5-tuple.
+    fn to_client(&mut self, client: &FiveTuple, bytes: &[u8]);
+    /// Send a datagram from allocation `alloc`'s relay to `peer`.
+    fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]);
+    /// Open a relay socket for allocation `alloc`.
+    fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError>;
+    /// Close allocation `alloc`'s relay socket.
+    fn close_relay(&mut self, alloc: AllocId);
+}
+
+/// Everything the core reads from the configuration; swapped as a whole.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub credentials: Credentials,
+    pub nonces: NonceIssuer,
+    pub policy: PeerPolicy,
+    pub software: Option<String>,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_allocations: u32,
+    pub max_allocations_per_user: u32,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    /// Cap allocation lifetimes at the REST credential's expiry.
+    pub strict_expiry: bool,
+    pub external_v4: Option<Ipv4Addr>,
+    pub external_v6: Option<Ipv6Addr>,
+}
+
+/// Allocation counts shared by every worker (touched per Allocate and
+/// per close, never per packet).
+#[derive(Debug, Default)]
+pub struct Quotas {
+    counts: Mutex<QuotaCounts>,
+}
+
+#[derive(Debug, Default)]
+struct QuotaCounts {
+    total: u32,
+    per_user: HashMap<String, u32>,
+}
+
+/// Which allocation limit was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaError {
+    Total,
+    PerUser,
+}
+
+impl Quotas {
+    /// Take one allocation slot for `user`, within both limits.
+    pub fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> Result<(), QuotaError> {
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.total >= max_total {
+            return Err(QuotaError::Total);
+        }
+        let mine = c.per_user.get(user).copied().unwrap_or(0);
+        if mine >= max_user {
+            return Err(QuotaError::PerUser);
+        }
+        c.total += 1;
+        c.per_user.insert(user.to_owned(), mine + 1);
+        Ok(())
+    }
+
+    /// Give back `user`'s slot.
+    pub fn release(&self, user: &str) {
+        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(user);
+            }
+        }
+    }
+
+    /// Allocations held across all workers.
+    pub fn total(&self) -> u32 {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).total
+    }
+}
+
+/// One worker's protocol state.
+pub struct Core {
+    cfg: Arc<CoreConfig>,
+    quotas: Arc<Quotas>,
+    allocs: HashMap<AllocId, Allocation>,
+    by_client: HashMap<FiveTuple, AllocId>,
+    next_id: AllocId,
+    rng: u64,
+    /// Whether new allocations are refused (draining).
+    refuse_allocations: bool,
+    pub stats: Stats,
+}
+
+impl Core {
+    /// A core for worker `worker` (ids are unique across workers).
+    pub fn new(cfg: Arc<CoreConfig>, quotas: Arc<Quotas>, worker: u16, seed: u64) -> Self {
+        Self {
+            cfg,
+            quotas,
+            allocs: HashMap::new(),
+            by_client: HashMap::new(),
+            next_id: (u64::from(worker) << 48) | 1,
+            rng: seed | 1,
+            refuse_allocations: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Swap in a new configuration; live allocations are kept.
+    pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
+        self.cfg = cfg;
+    }
+
+    /// Refuse (or accept again) new allocations, e.g. while draining.
+    pub fn set_refuse_allocations(&mut self, refuse: bool) {
+        self.refuse_allocations = refuse;
+    }
+
+    /// Number of live allocations in this worker.
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// The allocation owned by `client`, for tests and diagnostics.
+    pub fn allocation_of(&self, client: &FiveTuple) -> Option<&Allocation> {
+        self.by_client.get(client).and_then(|id| self.allocs.get(id))
+    }
+
+    /// A datagram (UDP) or one framed message (TCP) from a client.
+    pub fn on_client(&mut self, now: Now, from: &FiveTuple, buf: &[u8], io: &mut impl Io) {
+        match wire::kind(buf) {
+            Kind::ChannelData => self.channel_data_from_client(now, from, buf, io),
+            Kind::Stun => match StunView::parse(buf) {
+                Ok(msg) => self.stun_from_client(now, from, &msg, io),
+                Err(_) => self.stats.drop(DropReason::Malformed),
+            },
+            Kind::Other => self.stats.drop(DropReason::Malformed),
+        }
+    }
+
+    fn stun_from_client(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) {
+        match (msg.class(), msg.method()) {
+            (Class::Indication, method::SEND) => self.send_indication(now, from, msg, io),
+            (Class::Request, method::BINDING) => self.binding(from, msg, io),
+            (Class::Request, m) => self.turn_request(now, from, msg, m, io),
+            // Responses and other indications: nothing to do.
+            _ => self.stats.drop(DropReason::Unexpected),
+        }
+    }
+
+    /// STUN Binding (RFC 8489 §8.1): reflect the source address. No
+    /// authentication (browsers send none), no per-source state.
+    fn binding(&mut self, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) {
+        self.stats.binding_requests[stats::transport_index(from.transport)] += 1;
+        if let Some(unknown) = unknown_required(msg) {
+            let seal = Seal::for_request(msg, None, None);
+            io.to_client(from, &response::unknown_attributes(msg, &unknown, seal));
+            return;
+        }
+        let mapped = stun::xoraddr::XorMappedAddress {
+            ip: from.remote.ip(),
+            port: from.remote.port(),
+        };
+        // SOFTWARE only when the answer stays within twice the request.
+        let plain = 20 + if from.remote.is_ipv4() { 12 } else { 24 } + 8;
+        let software = self.cfg.software.as_deref().filter(|sw| {
+            plain + 4 + ((sw.len() + 3) & !3) <= 2 * msg.bytes().len()
+        });
+        let seal = Seal::for_request(msg, None, software);
+        io.to_client(from, &response::success(msg, vec![Box::new(mapped)], seal));
+    }
+
+    /// Authenticate a TURN request (RFC 8489 §9.2.4). On failure the
+    /// challenge or error is sent and `None` returned.
+    fn authenticate(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) -> Option<Authenticated> {
+        let tcp = from.transport == Transport::Tcp;
+        let cfg = Arc::clone(&self.cfg);
+        let realm = cfg.credentials.realm();
+        let fresh_nonce = || cfg.nonces.issue(now.unix, tcp, &from.remote);
+        let Some((header, body, mac)) = msg.integrity() else {
+            self.stats.auth_failure(AuthFailure::Missing);
+            io.to_client(from, &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()));
+            return None;
+        };
+        let (Some(user), Some(_), Some(nonce)) = (
+            msg.attr(attr::USERNAME),
+            msg.attr(attr::REALM),
+            msg.attr(attr::NONCE),
+        ) else {
+            self.stats.auth_failure(AuthFailure::Malformed);
+            let seal = Seal::for_request(msg, None, None);
+            io.to_client(from, &response::error(msg, Code::BadRequest, vec![], seal));
+            return None;
+        };
+        if cfg.nonces.check(nonce, now.unix, tcp, &from.remote) != NonceState::Valid {
+            self.stats.auth_failure(AuthFailure::StaleNonce);
+            io.to_client(from, &response::challenge(msg, Code::StaleNonce, realm, fresh_nonce()));
+            return None;
+        }
+        let Ok(user) = std::str::from_utf8(user) else {
+            self.stats.auth_failure(AuthFailure::UnknownUser);
+            io.to_client(from, &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()));
+            return None;
+        };
+        let verify = |key: &[u8; 16]| crate::auth::verify_integrity(key, &header, body, mac);
+        match cfg.credentials.authenticate(user, now.unix, verify) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.stats.auth_failure(match e {
+                    AuthError::UnknownUser => AuthFailure::UnknownUser,
+                    AuthError::Expired => AuthFailure::Expired,
+                    AuthError::BadIntegrity => AuthFailure::BadIntegrity,
+                });
+                io.to_client(from, &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()));
+                None
+            }
+        }
+    }
+
+    /// Allocate, Refresh, CreatePermission, ChannelBind.
+    fn turn_request(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, m: u16, io: &mut impl Io) {
+        if !matches!(
+            m,
+            method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
+        ) {
+            let seal = Seal::for_request(msg, None, None);
+            io.to_client(from, &response::error(msg, Code::BadRequest, vec![], seal));
+            return;
+        }
+        // A retransmission of a request this allocation already answered gets
+        // the same answer again (RFC 8656 §7.2, §7.3; RFC 8489 §6.3.1).
+        if let Some(a) = self.by_client.get(from).and_then(|id| self.allocs.get(id)) {
+            if let Some(answer) = a.cached_answer(&msg.transaction_id(), now.instant) {
+                self.stats.retransmissions += 1;
+                io.to_client(from, answer);
+                return;
+            }
+        }
+        let Some(auth) = self.authenticate(now, from, msg, io) else {
+            return;
+        };
+        let cfg = Arc::clone(&self.cfg);
+        let seal = Seal::for_request(msg, Some(&auth.key), cfg.software.as_deref());
+        if let Some(unknown) = unknown_required(msg) {
+            io.to_client(from, &response::unknown_attributes(msg, &unknown, seal));
+            return;
+        }
+        let answer = match m {
+            method::ALLOCATE => self.allocate(now, from, msg, &auth, seal, io),
+            _ => {
+                let Some(&id) = self.by_client.get(from) else {
+                    let answer = response::error(msg, Code::AllocationMismatch, vec![], seal);
+                    io.to_client(from, &answer);
+                    return;
+                };
+                if self.allocs.get(&id).is_some_and(|a| a.username != auth.username) {
+                    let answer = response::error(msg, Code::WrongCredentials, vec![], seal);
+                    io.to_client(from, &answer);
+                    return;
+                }
+                match m {
+                    method::REFRESH => self.refresh(now, id, msg, seal, io),
+                    method::CREATE_PERMISSION => self.create_permission(now, id, msg, seal),
+                    _ => self.channel_bind(now, id, msg, seal),
+                }
+            }
+        };
+        io.to_client(from, &answer);
+    }
+
+    /// Expire allocations, permissions and channels. Call about once a
+    /// second; lifetimes are also checked per packet, so the tick only frees
+    /// memory and relays.
+    pub fn tick(&mut self, now: Now, io: &mut impl Io) {
+        let expired: Vec<AllocId> = self
+            .allocs
+            .values()
+            .filter(|a| a.expires <= now.instant || self.credential_expired(a, now))
+            .map(|a| a.id)
+            .collect();
+        for id in expired {
+            self.stats.allocations_expired += 1;
+            self.remove(id, now, io);
+        }
+        for a in self.allocs.values_mut() {
+            a.sweep(now.instant);
+        }
+    }
+
+    fn credential_expired(&self, a: &Allocation, now: Now) -> bool {
+        self.cfg.strict_expiry && a.credential_expires_unix.is_some_and(|e| e <= now.unix)
+    }
+
+    /// A client's TCP connection closed: its allocation goes with it
+    /// (RFC 8656 §3.1).
+    pub fn on_client_closed(&mut self, now: Now, client: &FiveTuple, io: &mut impl Io) {
+        if let Some(&id) = self.by_client.get(client) {
+            self.remove(id, now, io);
+        }
+    }
+
+    /// Delete every allocation (shutdown).
+    pub fn close_all(&mut self, now: Now, io: &mut impl Io) {
+        let ids: Vec<AllocId> = self.allocs.keys().copied().collect();
+        for id in ids {
+            self.remove(id, now, io);
+        }
+    }
+
+    fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io) {
+        let Some(a) = self.allocs.remove(&id) else {
+            return;
+        };
+        self.by_client.remove(&a.client);
+        self.quotas.release(&a.username);
+        io.close_relay(id);
+        let lived = now.instant.saturating_duration_since(a.created);
+        self.stats.allocation_closed(lived);
+        tracing::info!(
+            alloc = id,
+            user = %a.username,
+            client = %a.client.remote,
+            transport = ?a.client.transport,
+            relay = %a.relayed,
+            bytes_to_peer = a.bytes_to_peer,
+            bytes_to_client = a.bytes_to_client,
+            lived_seconds = lived.as_secs(),
+            "allocation closed"
+        );
+    }
+
+    fn next_txid(&mut self) -> [u8; 12] {
+        // xorshift64*: transaction IDs of Data indications need only be
+        // unique-ish, not secret (RFC 8656 §11.4 lets the server pick freely).
+        let mut out = [0u8; 12];
+        for chunk in out.chunks_mut(6) {
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..6]);
+        }
+        out
+    }
+}
+
+/// Comprehension-required attributes tern does not understand, if any.
+fn unknown_required(msg: &StunView<'_>) -> Option<Vec<u16>> {
+    let unknown: Vec<u16> = msg
+        .attrs()
+        .map(|(t, _)| t)
+        .filter(|t| *t < 0x8000 && !attr::is_known_required(*t))
+        .collect();
+    (!unknown.is_empty()).then_some(unknown)
+}
+
+/// The address family an IP belongs to, after IPv4-mapped canonicalisation.
+fn family_of_ip(ip: &IpAddr) -> Family {
+    match ip {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
+#[cfg(test)]
+mod tests;

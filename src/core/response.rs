@@ -1,0 +1,148 @@
+//! Building STUN responses with the `stun` / `turn::proto` wire types.
+//!
+//! Control-plane only: these allocate. The per-packet path frames data in
+//! place with [`crate::wire`].
+
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, AttrType};
+use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+use stun::integrity::MessageIntegrity;
+use stun::agent::TransactionId;
+use stun::message::{CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Message, MessageType, Setter};
+use stun::textattrs::TextAttribute;
+use stun::uattrs::UnknownAttributes;
+
+use crate::auth::Key;
+use crate::wire::StunView;
+
+/// STUN/TURN error codes tern sends (RFC 8489 §14.8, RFC 8656 §18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Code {
+    BadRequest = 400,
+    Unauthorized = 401,
+    Forbidden = 403,
+    UnknownAttribute = 420,
+    AllocationMismatch = 437,
+    StaleNonce = 438,
+    AddressFamilyNotSupported = 440,
+    WrongCredentials = 441,
+    UnsupportedTransport = 442,
+    PeerAddressFamilyMismatch = 443,
+    AllocationQuotaReached = 486,
+    ServerError = 500,
+    InsufficientCapacity = 508,
+}
+
+impl Code {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::BadRequest => "Bad Request",
+            Self::Unauthorized => "Unauthorized",
+            Self::Forbidden => "Forbidden",
+            Self::UnknownAttribute => "Unknown Attribute",
+            Self::AllocationMismatch => "Allocation Mismatch",
+            Self::StaleNonce => "Stale Nonce",
+            Self::AddressFamilyNotSupported => "Address Family not Supported",
+            Self::WrongCredentials => "Wrong Credentials",
+            Self::UnsupportedTransport => "Unsupported Transport Protocol",
+            Self::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
+            Self::AllocationQuotaReached => "Allocation Quota Reached",
+            Self::ServerError => "Server Error",
+            Self::InsufficientCapacity => "Insufficient Capacity",
+        }
+    }
+}
+
+/// How to seal a response: integrity key (authenticated requests),
+/// FINGERPRINT (when the request had one) and SOFTWARE.
+#[derive(Clone, Copy)]
+pub struct Seal<'a> {
+    pub key: Option<&'a Key>,
+    pub fingerprint: bool,
+    pub software: Option<&'a str>,
+}
+
+impl<'a> Seal<'a> {
+    /// Seal for an answer to `req`: FINGERPRINT iff the request had one.
+    pub fn for_request(req: &StunView<'_>, key: Option<&'a Key>, software: Option<&'a str>) -> Self {
+        Self {
+            key,
+            fingerprint: req.has_fingerprint(),
+            software,
+        }
+    }
+}
+
+fn build(
+    req: &StunView<'_>,
+    class: stun::message::MessageClass,
+    mut attrs: Vec<Box<dyn Setter>>,
+    seal: Seal<'_>,
+) -> Vec<u8> {
+    // The request's method with the answer's class.
+    let mut typ = MessageType::default();
+    typ.read_value(u16::from_be_bytes([req.bytes()[0], req.bytes()[1]]));
+    typ.class = class;
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId(req.transaction_id())),
+        Box::new(typ),
+    ];
+    setters.append(&mut attrs);
+    if let Some(sw) = seal.software {
+        setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, sw.to_owned())));
+    }
+    if let Some(key) = seal.key {
+        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    if seal.fingerprint {
+        setters.push(Box::new(stun::fingerprint::FINGERPRINT));
+    }
+    let mut m = Message::new();
+    // Every setter above writes bounded, well-formed values; a failure here
+    // would be a bug in tern, answered with no response rather than a panic.
+    match m.build(&setters) {
+        Ok(()) => m.raw,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A success response carrying `attrs`.
+pub fn success(req: &StunView<'_>, attrs: Vec<Box<dyn Setter>>, seal: Seal<'_>) -> Vec<u8> {
+    build(req, CLASS_SUCCESS_RESPONSE, attrs, seal)
+}
+
+/// An error response with `code` plus `attrs`.
+pub fn error(
+    req: &StunView<'_>,
+    code: Code,
+    mut attrs: Vec<Box<dyn Setter>>,
+    seal: Seal<'_>,
+) -> Vec<u8> {
+    let mut all: Vec<Box<dyn Setter>> = vec![Box::new(ErrorCodeAttribute {
+        code: ErrorCode(code as u16),
+        reason: code.reason().as_bytes().to_vec(),
+    })];
+    all.append(&mut attrs);
+    build(req, CLASS_ERROR_RESPONSE, all, seal)
+}
+
+/// A 401 or 438 challenge: ERROR-CODE, REALM, NONCE; no SOFTWARE, so the
+/// answer to an unauthenticated request stays small.
+pub fn challenge(req: &StunView<'_>, code: Code, realm: &str, nonce: String) -> Vec<u8> {
+    let attrs: Vec<Box<dyn Setter>> = vec![
+        Box::new(TextAttribute::new(ATTR_REALM, realm.to_owned())),
+        Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
+    ];
+    let seal = Seal {
+        key: None,
+        fingerprint: req.has_fingerprint(),
+        software: None,
+    };
+    error(req, code, attrs, seal)
+}
+
+/// A 420 listing the attributes not understood.
+pub fn unknown_attributes(req: &StunView<'_>, unknown: &[u16], seal: Seal<'_>) -> Vec<u8> {
+    let list = UnknownAttributes(unknown.iter().map(|t| AttrType(*t)).collect());
+    error(req, Code::UnknownAttribute, vec![Box::new(list)], seal)
+}
