@@ -10,6 +10,7 @@
 //! - [`policy`]: which peers may be relayed to.
 
 pub mod auth;
+pub mod config;
 pub mod core;
 pub mod policy;
 pub mod wire;

@@ -448,7 +448,8 @@ fn be32(b: &[u8], at: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use stun::agent::TransactionId;
+    use stun::message::{BINDING_REQUEST, Message, Setter};
     use stun::xoraddr::XorMappedAddress;
 
     fn binding_with_fingerprint() -> Vec<u8> {

@@ -1,0 +1,484 @@
+//! Configuration: TOML text → [`RawConfig`] (serde, unknown keys rejected) →
+//! validated [`Config`]. Errors name the file, line and key:
+//! `FILE:LINE: key: problem`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::PortRange;
+
+/// A configuration problem, printed as `FILE:LINE: key: problem`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the key is absent from the file.
+    pub line: usize,
+    pub key: String,
+    pub problem: String,
+}
+
+/// Where a relay socket binds, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAddress {
+    /// The host's primary address of that family (found by a route lookup),
+    /// or loopback when the host has none.
+    Auto,
+    /// No relays of this family (Allocate for it gets 440).
+    Disabled,
+    Ip(IpAddr),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, or `<embedded default>`.
+    pub source: String,
+    pub realm: String,
+    pub software: Option<String>,
+    /// Host put in printed `turn:` URIs.
+    pub host: Option<String>,
+    /// Worker threads; 0 = one per CPU.
+    pub workers: usize,
+    pub listen_udp: Vec<SocketAddr>,
+    pub listen_tcp: Vec<SocketAddr>,
+    /// When true, a listener address that cannot be bound (e.g. `[::]` on a
+    /// host without IPv6) is skipped with a warning instead of failing.
+    pub listen_best_effort: bool,
+    pub socket_buffer_bytes: usize,
+    pub relay_ipv4: RelayAddress,
+    pub relay_ipv6: RelayAddress,
+    pub external_ipv4: Option<Ipv4Addr>,
+    pub external_ipv6: Option<Ipv6Addr>,
+    pub relay_ports: PortRange,
+    pub secrets: Vec<String>,
+    pub users: Vec<(String, String)>,
+    /// Whether the secret was generated at start (no config file).
+    pub generated_secret: bool,
+    pub nonce_lifetime: Duration,
+    pub strict_expiry: bool,
+    pub peers_allow: Vec<IpNet>,
+    pub peers_deny: Vec<IpNet>,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_allocations: u32,
+    pub max_allocations_per_user: u32,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    pub max_tcp_connections: usize,
+    pub tcp_idle_timeout: Duration,
+    pub admin_listen: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// The file format, one struct per table; kebab-case keys carry their unit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default = "default_realm")]
+    realm: Spanned<String>,
+    #[serde(default = "default_software")]
+    software: String,
+    host: Option<String>,
+    #[serde(default)]
+    workers: usize,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    peers: RawPeers,
+    #[serde(default)]
+    allocations: RawAllocations,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    tcp: RawTcp,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawListen {
+    #[serde(default = "default_listen")]
+    udp: Vec<SocketAddr>,
+    #[serde(default = "default_listen")]
+    tcp: Vec<SocketAddr>,
+    #[serde(default = "default_socket_buffer")]
+    socket_buffer_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRelay {
+    #[serde(default = "auto")]
+    address_ipv4: Spanned<String>,
+    #[serde(default = "auto")]
+    address_ipv6: Spanned<String>,
+    external_ipv4: Option<Ipv4Addr>,
+    external_ipv6: Option<Ipv6Addr>,
+    #[serde(default = "default_min_port")]
+    min_port: Spanned<u16>,
+    #[serde(default = "default_max_port")]
+    max_port: Spanned<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAuth {
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    secret_files: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default = "default_nonce_lifetime")]
+    nonce_lifetime_seconds: Spanned<u64>,
+    #[serde(default = "yes")]
+    strict_expiry: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUser {
+    name: Spanned<String>,
+    password: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPeers {
+    #[serde(default)]
+    allow: Vec<IpNet>,
+    #[serde(default)]
+    deny: Vec<IpNet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAllocations {
+    #[serde(default = "default_lifetime")]
+    default_lifetime_seconds: Spanned<u64>,
+    #[serde(default = "max_lifetime")]
+    max_lifetime_seconds: Spanned<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimits {
+    #[serde(default = "default_max_allocations")]
+    max_allocations: u32,
+    #[serde(default = "default_max_per_user")]
+    max_allocations_per_user: u32,
+    #[serde(default = "default_max_permissions")]
+    max_permissions_per_allocation: usize,
+    #[serde(default = "default_max_channels")]
+    max_channels_per_allocation: usize,
+    #[serde(default = "default_max_tcp")]
+    max_tcp_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTcp {
+    #[serde(default = "default_tcp_idle")]
+    idle_timeout_seconds: Spanned<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAdmin {
+    #[serde(default = "default_admin")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLog {
+    #[serde(default = "default_log_level")]
+    level: String,
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+}
+
+fn unspanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+fn default_realm() -> Spanned<String> {
+    unspanned("tern".into())
+}
+fn default_software() -> String {
+    concat!("tern/", env!("CARGO_PKG_VERSION")).into()
+}
+fn default_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 3478)),
+    ]
+}
+fn default_socket_buffer() -> usize {
+    4 << 20
+}
+fn auto() -> Spanned<String> {
+    unspanned("auto".into())
+}
+fn default_min_port() -> Spanned<u16> {
+    unspanned(49152)
+}
+fn default_max_port() -> Spanned<u16> {
+    unspanned(65535)
+}
+fn default_nonce_lifetime() -> Spanned<u64> {
+    unspanned(600)
+}
+fn yes() -> bool {
+    true
+}
+fn default_lifetime() -> Spanned<u64> {
+    unspanned(600)
+}
+fn max_lifetime() -> Spanned<u64> {
+    unspanned(3600)
+}
+fn default_max_allocations() -> u32 {
+    10_000
+}
+fn default_max_per_user() -> u32 {
+    100
+}
+fn default_max_permissions() -> usize {
+    64
+}
+fn default_max_channels() -> usize {
+    64
+}
+fn default_max_tcp() -> usize {
+    10_000
+}
+fn default_tcp_idle() -> Spanned<u64> {
+    unspanned(30)
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+macro_rules! empty_default {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // An empty table yields every field's default.
+                toml::from_str("").unwrap_or_else(|_| unreachable!())
+            }
+        }
+    )*};
+}
+empty_default!(RawListen, RawRelay, RawAuth, RawAllocations, RawLimits, RawTcp, RawAdmin, RawLog);
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            key: "-".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// The configuration used when no file is given: listen on 3478 (UDP
+    /// and TCP, all addresses), with a random REST secret made now.
+    pub fn embedded_default() -> Self {
+        let mut cfg = Self::parse_inner("", "<embedded default>", true)
+            .unwrap_or_else(|e| unreachable!("the empty config is valid: {e}"));
+        let secret: [u8; 24] = rand::random();
+        cfg.secrets = vec![base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            secret,
+        )];
+        cfg.generated_secret = true;
+        cfg.listen_best_effort = true;
+        cfg
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        Self::parse_inner(text, file, false)
+    }
+
+    fn parse_inner(text: &str, file: &str, embedded: bool) -> Result<Self, ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, key: &str, problem: String| ConfigError {
+            file: file.to_owned(),
+            line: span.map_or(0, |s| line_of(text, s.start)),
+            key: key.to_owned(),
+            problem,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            // Spanned<T> shows up in the path as a private field; drop it.
+            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let inner = e.into_inner();
+            let key = if path == "." { "-".to_owned() } else { path };
+            err(inner.span(), &key, inner.message().trim().to_owned())
+        })?;
+        let realm = raw.realm.get_ref().trim().to_owned();
+        if realm.is_empty() || realm.len() > 127 {
+            return Err(err(Some(raw.realm.span()), "realm", "must be 1 to 127 characters".into()));
+        }
+        let relay_ports = PortRange::new(*raw.relay.min_port.get_ref(), *raw.relay.max_port.get_ref())
+            .ok_or_else(|| {
+                err(
+                    Some(raw.relay.min_port.span()),
+                    "relay.min-port",
+                    "must be at least 1 and not above relay.max-port".into(),
+                )
+            })?;
+        let relay_ipv4 = relay_address(&raw.relay.address_ipv4, true)
+            .map_err(|p| err(Some(raw.relay.address_ipv4.span()), "relay.address-ipv4", p))?;
+        let relay_ipv6 = relay_address(&raw.relay.address_ipv6, false)
+            .map_err(|p| err(Some(raw.relay.address_ipv6.span()), "relay.address-ipv6", p))?;
+        let a = &raw.allocations;
+        let (default_s, max_s) = (*a.default_lifetime_seconds.get_ref(), *a.max_lifetime_seconds.get_ref());
+        if default_s == 0 || max_s < default_s {
+            return Err(err(
+                Some(a.default_lifetime_seconds.span()),
+                "allocations.default-lifetime-seconds",
+                "must be at least 1 and not above allocations.max-lifetime-seconds".into(),
+            ));
+        }
+        let nonce = &raw.auth.nonce_lifetime_seconds;
+        if *nonce.get_ref() < 10 {
+            return Err(err(Some(nonce.span()), "auth.nonce-lifetime-seconds", "must be at least 10".into()));
+        }
+        let idle = &raw.tcp.idle_timeout_seconds;
+        if *idle.get_ref() == 0 {
+            return Err(err(Some(idle.span()), "tcp.idle-timeout-seconds", "must be at least 1".into()));
+        }
+        let mut secrets = Vec::new();
+        for s in &raw.auth.secrets {
+            if s.get_ref().is_empty() {
+                return Err(err(Some(s.span()), "auth.secrets", "a secret may not be empty".into()));
+            }
+            secrets.push(s.get_ref().clone());
+        }
+        for f in &raw.auth.secret_files {
+            let found = read_secret_file(f.get_ref())
+                .map_err(|p| err(Some(f.span()), "auth.secret-files", p))?;
+            secrets.extend(found);
+        }
+        let mut users = Vec::new();
+        for u in &raw.auth.users {
+            let (name, password) = (u.name.get_ref(), u.password.get_ref());
+            if name.is_empty() || password.is_empty() {
+                return Err(err(Some(u.name.span()), "auth.users", "name and password may not be empty".into()));
+            }
+            if users.iter().any(|(n, _)| n == name) {
+                return Err(err(Some(u.name.span()), "auth.users.name", format!("user {name:?} is listed twice")));
+            }
+            users.push((name.clone(), password.clone()));
+        }
+        if !embedded && secrets.is_empty() && users.is_empty() {
+            return Err(err(None, "auth", "no secrets and no users: nobody could authenticate".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            return Err(err(None, "log.level", format!("not a log filter: {:?}", raw.log.level)));
+        }
+        Ok(Self {
+            source: file.to_owned(),
+            realm,
+            software: (!raw.software.is_empty()).then_some(raw.software),
+            host: raw.host,
+            workers: raw.workers,
+            listen_udp: raw.listen.udp,
+            listen_tcp: raw.listen.tcp,
+            listen_best_effort: false,
+            socket_buffer_bytes: raw.listen.socket_buffer_bytes,
+            relay_ipv4,
+            relay_ipv6,
+            external_ipv4: raw.relay.external_ipv4,
+            external_ipv6: raw.relay.external_ipv6,
+            relay_ports,
+            secrets,
+            users,
+            generated_secret: false,
+            nonce_lifetime: Duration::from_secs(*nonce.get_ref()),
+            strict_expiry: raw.auth.strict_expiry,
+            peers_allow: raw.peers.allow,
+            peers_deny: raw.peers.deny,
+            default_lifetime: Duration::from_secs(default_s),
+            max_lifetime: Duration::from_secs(max_s),
+            max_allocations: raw.limits.max_allocations,
+            max_allocations_per_user: raw.limits.max_allocations_per_user,
+            max_permissions: raw.limits.max_permissions_per_allocation,
+            max_channels: raw.limits.max_channels_per_allocation,
+            max_tcp_connections: raw.limits.max_tcp_connections,
+            tcp_idle_timeout: Duration::from_secs(*idle.get_ref()),
+            admin_listen: raw.admin.listen,
+            log_level: raw.log.level,
+            log_format: raw.log.format,
+        })
+    }
+}
+
+fn relay_address(v: &Spanned<String>, v4: bool) -> Result<RelayAddress, String> {
+    match v.get_ref().as_str() {
+        "auto" => Ok(RelayAddress::Auto),
+        "none" => Ok(RelayAddress::Disabled),
+        s => match s.parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv4() == v4 && !ip.is_unspecified() => Ok(RelayAddress::Ip(ip)),
+            Ok(_) => Err(format!(
+                "{s:?} must be a specific {} address",
+                if v4 { "IPv4" } else { "IPv6" }
+            )),
+            Err(_) => Err(format!("{s:?} is not \"auto\", \"none\" or an IP address")),
+        },
+    }
+}
+
+/// Secrets from a file: one per non-empty line (surrounding space trimmed).
+fn read_secret_file(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secrets: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if secrets.is_empty() {
+        return Err(format!("{}: holds no secret", path.display()));
+    }
+    Ok(secrets)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+#[cfg(test)]
+mod tests;

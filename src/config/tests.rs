@@ -1,0 +1,99 @@
+use super::*;
+
+#[test]
+fn the_example_config_parses_with_its_documented_values() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml");
+    let cfg = Config::load(Path::new(path)).unwrap();
+    assert_eq!(cfg.realm, "turn.example.org");
+    assert_eq!(cfg.listen_udp.len(), 2);
+    assert_eq!(cfg.listen_tcp.len(), 2);
+    assert_eq!(cfg.secrets, vec!["change-me".to_owned()]);
+    assert_eq!(cfg.users, vec![("alice".to_owned(), "wonderland".to_owned())]);
+    assert_eq!(cfg.peers_allow, vec!["127.0.0.1/32".parse::<IpNet>().unwrap()]);
+    assert_eq!(cfg.admin_listen, "127.0.0.1:9641".parse().unwrap());
+    assert_eq!(cfg.relay_ports, PortRange::new(49152, 65535).unwrap());
+    assert_eq!(cfg.default_lifetime, Duration::from_secs(600));
+    assert_eq!(cfg.max_lifetime, Duration::from_secs(3600));
+}
+
+#[test]
+fn example_defaults_match_the_code_defaults() {
+    // Every value the example shows as a default must be the real default:
+    // strip the example-only keys and compare with an almost empty file.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let ex = Config::parse(&text, "ex").unwrap();
+    let min = Config::parse("[auth]\nsecrets = [\"change-me\"]\n", "min").unwrap();
+    assert_eq!(format!("{:?}", ex.listen_udp), format!("{:?}", min.listen_udp));
+    assert_eq!(ex.socket_buffer_bytes, min.socket_buffer_bytes);
+    assert_eq!(ex.relay_ipv4, min.relay_ipv4);
+    assert_eq!(ex.nonce_lifetime, min.nonce_lifetime);
+    assert_eq!(ex.max_allocations, min.max_allocations);
+    assert_eq!(ex.max_allocations_per_user, min.max_allocations_per_user);
+    assert_eq!(ex.max_permissions, min.max_permissions);
+    assert_eq!(ex.max_channels, min.max_channels);
+    assert_eq!(ex.tcp_idle_timeout, min.tcp_idle_timeout);
+    assert_eq!(ex.admin_listen, min.admin_listen);
+    assert_eq!(ex.strict_expiry, min.strict_expiry);
+    assert_eq!(ex.software, min.software);
+}
+
+#[test]
+fn the_embedded_default_serves_with_a_generated_secret() {
+    let cfg = Config::embedded_default();
+    assert!(cfg.generated_secret);
+    assert_eq!(cfg.secrets.len(), 1);
+    assert!(cfg.secrets[0].len() >= 32);
+    assert!(cfg.listen_best_effort);
+    assert_eq!(cfg.listen_udp, default_listen());
+    assert_eq!(cfg.listen_tcp, default_listen());
+}
+
+fn error_of(text: &str) -> ConfigError {
+    Config::parse(text, "t.toml").unwrap_err()
+}
+
+#[test]
+fn unknown_keys_are_errors_with_file_line_and_key() {
+    let e = error_of("[auth]\nsecrets = [\"x\"]\n\n[listen]\nudpp = []\n");
+    assert_eq!((e.file.as_str(), e.line), ("t.toml", 5));
+    assert_eq!(e.key, "listen.udpp");
+    assert!(e.problem.contains("unknown field `udpp`"), "{e}");
+    assert!(e.to_string().starts_with("t.toml:5: listen.udpp: "), "{e}");
+}
+
+#[test]
+fn bad_values_name_their_key_and_line() {
+    let e = error_of("[auth]\nsecrets = [\"x\"]\n[peers]\nallow = [\"10.0.0.0/33\"]\n");
+    assert_eq!((e.line, e.key.as_str()), (4, "peers.allow[0]"));
+    let e = error_of("[auth]\nsecrets = [\"x\"]\n[relay]\nmin-port = 6000\nmax-port = 5000\n");
+    assert_eq!((e.line, e.key.as_str()), (4, "relay.min-port"));
+    let e = error_of("[auth]\nsecrets = [\"x\"]\n[relay]\naddress-ipv4 = \"::1\"\n");
+    assert_eq!((e.line, e.key.as_str()), (4, "relay.address-ipv4"));
+    let e = error_of("[auth]\nsecrets = [\"x\"]\n[listen]\nudp = [\"nope\"]\n");
+    assert_eq!((e.line, e.key.as_str()), (4, "listen.udp[0]"));
+    let e = error_of("[auth]\nsecrets = [\"x\"]\n[allocations]\ndefault-lifetime-seconds = 9000\n");
+    assert_eq!(e.key, "allocations.default-lifetime-seconds");
+    let e = error_of("[auth]\nsecret-files = [\"/nonexistent/tern-secret\"]\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "auth.secret-files"));
+    let e = error_of("realm = 5\n");
+    assert_eq!((e.line, e.key.as_str()), (1, "realm"));
+}
+
+#[test]
+fn a_config_without_credentials_is_refused() {
+    let e = error_of("realm = \"x\"\n");
+    assert_eq!(e.key, "auth");
+}
+
+#[test]
+fn secret_files_add_one_secret_per_line() {
+    let dir = std::env::temp_dir().join(format!("tern-secret-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secrets");
+    std::fs::write(&file, "one\n\n  two  \n").unwrap();
+    let text = format!("[auth]\nsecrets = [\"zero\"]\nsecret-files = [{:?}]\n", file.display().to_string());
+    let cfg = Config::parse(&text, "t").unwrap();
+    assert_eq!(cfg.secrets, vec!["zero", "one", "two"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
