@@ -78,6 +78,7 @@ pub struct Config {
     pub max_allocations_per_user: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
+    pub legacy_channel_numbers: bool,
     pub max_tcp_connections: usize,
     pub tcp_idle_timeout: Duration,
     pub admin_listen: SocketAddr,
@@ -180,6 +181,8 @@ struct RawAllocations {
     default_lifetime_seconds: Spanned<u64>,
     #[serde(default = "max_lifetime")]
     max_lifetime_seconds: Spanned<u64>,
+    #[serde(default)]
+    legacy_channel_numbers: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,6 +440,7 @@ impl Config {
             max_allocations_per_user: raw.limits.max_allocations_per_user,
             max_permissions: raw.limits.max_permissions_per_allocation,
             max_channels: raw.limits.max_channels_per_allocation,
+            legacy_channel_numbers: raw.allocations.legacy_channel_numbers,
             max_tcp_connections: raw.limits.max_tcp_connections,
             tcp_idle_timeout: Duration::from_secs(*idle.get_ref()),
             admin_listen: raw.admin.listen,

@@ -1,16 +1,29 @@
-//! tern: a STUN/TURN relay server.
+//! tern: a STUN/TURN relay server (RFC 8489, RFC 8656, RFC 6156).
 //!
 //! # Layout
-//! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
+//! Where a packet goes, edge to core:
+//! - [`server`]: binds listeners, starts one worker thread per core, stops on
+//!   the shutdown future (`run(config, shutdown)`).
+//! - [`io`]: a worker's event loop: UDP listener sockets (SO_REUSEPORT), TCP
+//!   connections with RFC 8656 framing (`io/tcp.rs`), one relay socket per
+//!   allocation from the shared port allocator (`io/ports.rs`).
 //! - [`core`]: the sans-IO protocol core. `Core::on_client` takes a client's
 //!   bytes, `Core::on_peer` a peer's, `Core::tick` expires state; all output
-//!   goes through the `core::Io` trait. Methods live in `core/methods.rs`,
-//!   the per-packet path in `core/relay.rs`.
+//!   goes through the `core::Io` trait. TURN methods are in
+//!   `core/methods.rs`, the per-packet path in `core/relay.rs`, allocation
+//!   state in `core/alloc.rs`, answers in `core/response.rs`.
+//! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
 //! - [`auth`]: long-term credentials, REST API secrets, stateless nonces.
 //! - [`policy`]: which peers may be relayed to.
+//! - [`config`], [`cli`], [`credentials`], [`shutdown`]: the operator's edge.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod core;
+pub mod credentials;
+pub mod io;
 pub mod policy;
+pub mod server;
+pub mod shutdown;
 pub mod wire;

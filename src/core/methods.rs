@@ -264,13 +264,18 @@ impl Core {
         let txid = msg.transaction_id();
         let number = match msg.attr(attr::CHANNEL_NUMBER) {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
-            _ => return err(Code::BadRequest),
+            other => {
+                tracing::debug!(alloc = id, ?other, "channel bind without a valid CHANNEL-NUMBER");
+                return err(Code::BadRequest);
+            }
         };
         let peer = match msg.attr(attr::XOR_PEER_ADDRESS).map(|v| decode_xor_address(v, &txid)) {
             Some(Some(peer)) => peer,
             _ => return err(Code::BadRequest),
         };
-        if !(0x4000..=0x4FFF).contains(&number) || !a.may_bind(number, &peer) {
+        let last = if self.cfg.legacy_channel_numbers { 0x7FFF } else { 0x4FFF };
+        if !(0x4000..=last).contains(&number) || !a.may_bind(number, &peer) {
+            tracing::debug!(alloc = id, number, %peer, "channel bind refused: number out of range or bound elsewhere");
             return err(Code::BadRequest);
         }
         if family_of_ip(&peer.ip()) != Family::of(&a.relayed) {

@@ -128,6 +128,8 @@ pub struct CoreConfig {
     pub max_allocations_per_user: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
+    /// Accept RFC 5766 channel numbers 0x5000-0x7FFF too.
+    pub legacy_channel_numbers: bool,
     /// Cap allocation lifetimes at the REST credential's expiry.
     pub strict_expiry: bool,
     pub external_v4: Option<Ipv4Addr>,

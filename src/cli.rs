@@ -1,0 +1,138 @@
+//! The command line: `tern [--config FILE]` serves, `tern check-config FILE`
+//! validates, `tern credentials` mints a REST credential.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::credentials;
+use crate::io::net;
+
+/// tern: a STUN/TURN relay server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, tern serves its embedded
+    /// default on port 3478 with a generated REST secret.
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<PathBuf>,
+    /// Log filter ("info", "tern=debug"); overrides RUST_LOG and the config.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Log format; overrides the config.
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file: exit 0, or print FILE:LINE: key: problem
+    /// and exit 1.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print a time-limited TURN REST credential made with the first secret.
+    Credentials {
+        /// User name part of the credential ("<expiry>:<user>").
+        #[arg(long, default_value = "")]
+        user: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// Print {"username","password","ttl","uris"}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `tern check-config FILE`.
+pub fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tern credentials`.
+pub fn print_credentials(config: &Config, user: &str, ttl: u64, json: bool) -> ExitCode {
+    let Some(secret) = config.secrets.first() else {
+        eprintln!("{}: auth.secrets: no REST secret configured", config.source);
+        return ExitCode::FAILURE;
+    };
+    let v4 = net::resolve_relay(config.relay_ipv4, true);
+    let v6 = net::resolve_relay(config.relay_ipv6, false);
+    let host = credentials::public_host(config, v4, v6);
+    let uris = credentials::turn_uris(&host, &config.listen_udp, &config.listen_tcp);
+    let cred = credentials::mint(secret, user, ttl, unix_now(), uris);
+    if json {
+        match serde_json::to_string(&cred) {
+            Ok(s) => println!("{s}"),
+            Err(_) => return ExitCode::FAILURE,
+        }
+    } else {
+        println!("username: {}\npassword: {}", cred.username, cred.password);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Set up `tracing`: flag, then RUST_LOG, then the config's level.
+pub fn init_logging(cli: &Cli, config: Option<&Config>) {
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .or_else(|| config.map(|c| c.log_level.clone()))
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = cli
+        .log_format
+        .or(config.map(|c| c.log_format))
+        .unwrap_or(LogFormat::Text);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// What `cargo run` prints with no config: the secret, a one-hour
+/// credential and a ready `iceServers` array.
+pub fn print_startup_credentials(server: &crate::server::Server) {
+    let config = server.config();
+    let Some(secret) = config.secrets.first() else {
+        return;
+    };
+    let (v4, v6) = server.relay_addresses();
+    let host = credentials::public_host(config, v4, v6);
+    let uris = credentials::turn_uris(&host, server.udp_addrs(), server.tcp_addrs());
+    let cred = credentials::mint(secret, "user", 3600, unix_now(), uris);
+    let ice = credentials::ice_servers_json(&host, server.udp_addrs(), server.tcp_addrs(), &cred);
+    println!(
+        "tern: no --config given; serving the embedded default.\n\
+         REST secret (generated for this run): {secret}\n\
+         One-hour credential: username {} password {}\n\
+         iceServers for RTCPeerConnection:\n{ice}",
+        cred.username, cred.password
+    );
+}

@@ -1,0 +1,278 @@
+//! The I/O layer: one [`Worker`] per thread, each a current-thread tokio
+//! runtime that owns its [`Core`], its listener sockets (SO_REUSEPORT) and
+//! the relay sockets of its allocations. Nothing on the per-packet path
+//! crosses threads or takes a lock.
+//!
+//! - `net`: socket creation, relay address discovery.
+//! - `ports`: the shared relay port allocator.
+//! - `tcp`: RFC 8656 stream framing for TCP clients.
+
+pub mod net;
+pub mod ports;
+mod tcp;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::core::{
+    AllocId, Core, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest, Stats, Transport,
+};
+use crate::wire::PEER_HEADROOM;
+use ports::RelayPorts;
+
+/// Datagrams handled per readiness event before yielding to other tasks.
+const BATCH: usize = 64;
+/// Receive buffer: headroom for re-framing, the largest UDP payload, padding.
+const BUF_LEN: usize = PEER_HEADROOM + 65_535 + 4;
+
+/// State shared by all workers; touched per allocation or connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub ports: RelayPorts,
+    pub tcp_connections: AtomicUsize,
+    pub max_tcp_connections: usize,
+    pub tcp_idle_timeout: Duration,
+    /// Each worker's counters, copied out once a tick for metrics.
+    pub stats: Vec<Mutex<Stats>>,
+    /// Live allocations per worker, copied out once a tick.
+    pub allocations: Vec<AtomicUsize>,
+}
+
+impl Shared {
+    /// Counters summed over every worker (as of their last tick).
+    pub fn total_stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for s in &self.stats {
+            total.add(&s.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        total
+    }
+}
+
+/// The current time for the core.
+pub(crate) fn now() -> Now {
+    Now {
+        instant: Instant::now(),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// One worker thread's state.
+pub struct Worker {
+    index: usize,
+    core: RefCell<Core>,
+    io: RefCell<WorkerIo>,
+    /// The receive buffer every task of this worker uses in turn (never held
+    /// across an await).
+    buf: RefCell<Box<[u8]>>,
+    shared: Arc<Shared>,
+}
+
+struct Relay {
+    sock: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+/// A TCP client's outgoing bytes, drained by its writer task.
+#[derive(Default)]
+pub(crate) struct TcpOut {
+    buf: RefCell<Vec<u8>>,
+    notify: tokio::sync::Notify,
+    closed: std::cell::Cell<bool>,
+}
+
+/// Queued bytes above which a slow TCP client's data is dropped.
+const TCP_OUT_LIMIT: usize = 1 << 20;
+
+/// The worker's implementation of [`Io`].
+struct WorkerIo {
+    me: Weak<Worker>,
+    shared: Arc<Shared>,
+    listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
+    relays: HashMap<AllocId, Relay>,
+    tcp: HashMap<FiveTuple, Rc<TcpOut>>,
+}
+
+impl Io for WorkerIo {
+    fn to_client(&mut self, client: &FiveTuple, bytes: &[u8]) {
+        match client.transport {
+            Transport::Udp => {
+                if let Some(sock) = self.listeners.get(&client.local) {
+                    // Datagram semantics: a full socket buffer drops.
+                    let _ = sock.try_send_to(bytes, client.remote);
+                }
+            }
+            Transport::Tcp => {
+                if let Some(out) = self.tcp.get(&client) {
+                    let mut buf = out.buf.borrow_mut();
+                    if buf.len() + bytes.len() <= TCP_OUT_LIMIT {
+                        buf.extend_from_slice(bytes);
+                        out.notify.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
+        if let Some(r) = self.relays.get(&alloc) {
+            let _ = r.sock.try_send_to(bytes, peer);
+        }
+    }
+
+    fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        let (std_sock, token) = self.shared.ports.open(req, Instant::now())?;
+        let local = std_sock.local_addr().map_err(|_| RelayError::NoCapacity)?;
+        let sock = Rc::new(UdpSocket::from_std(std_sock).map_err(|_| RelayError::NoCapacity)?);
+        let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
+        let task = tokio::task::spawn_local(relay_loop(me, alloc, Rc::clone(&sock)));
+        self.relays.insert(alloc, Relay { sock, task });
+        Ok(RelayGrant { local, token })
+    }
+
+    fn close_relay(&mut self, alloc: AllocId) {
+        if let Some(r) = self.relays.remove(&alloc) {
+            r.task.abort();
+        }
+    }
+}
+
+impl Worker {
+    /// A worker with its core; sockets are added by [`Worker::run`].
+    pub fn new(index: usize, core: Core, shared: Arc<Shared>) -> Rc<Self> {
+        Rc::new_cyclic(|me| Self {
+            index,
+            core: RefCell::new(core),
+            io: RefCell::new(WorkerIo {
+                me: me.clone(),
+                shared: Arc::clone(&shared),
+                listeners: HashMap::new(),
+                relays: HashMap::new(),
+                tcp: HashMap::new(),
+            }),
+            buf: RefCell::new(vec![0u8; BUF_LEN].into_boxed_slice()),
+            shared,
+        })
+    }
+
+    /// Serve on the given sockets until `shutdown` turns true. Must run
+    /// inside a `LocalSet`.
+    pub async fn run(
+        self: Rc<Self>,
+        udp: Vec<std::net::UdpSocket>,
+        tcp: Vec<std::net::TcpListener>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        for s in udp {
+            let local = s.local_addr()?;
+            let sock = Rc::new(UdpSocket::from_std(s)?);
+            self.io.borrow_mut().listeners.insert(local, Rc::clone(&sock));
+            tokio::task::spawn_local(udp_loop(Rc::clone(&self), sock, local));
+        }
+        for l in tcp {
+            let listener = tokio::net::TcpListener::from_std(l)?;
+            tokio::task::spawn_local(tcp::accept_loop(Rc::clone(&self), listener));
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(),
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+            }
+        }
+        let mut io = self.io.borrow_mut();
+        self.core.borrow_mut().close_all(now(), &mut *io);
+        drop(io);
+        self.publish();
+        Ok(())
+    }
+
+    fn tick(&self) {
+        self.core.borrow_mut().tick(now(), &mut *self.io.borrow_mut());
+        self.publish();
+    }
+
+    /// Copy this worker's counters where metrics can read them.
+    fn publish(&self) {
+        let core = self.core.borrow();
+        if let Some(s) = self.shared.stats.get(self.index) {
+            s.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&core.stats);
+        }
+        if let Some(a) = self.shared.allocations.get(self.index) {
+            a.store(core.allocation_count(), Ordering::Relaxed);
+        }
+    }
+
+    /// Hand one client message to the core.
+    fn client_message(&self, tuple: &FiveTuple, bytes: &[u8]) {
+        let mut io = self.io.borrow_mut();
+        self.core.borrow_mut().on_client(now(), tuple, bytes, &mut *io);
+    }
+}
+
+async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>, local: SocketAddr) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let mut handled = 0;
+        while handled < BATCH {
+            let mut buf = w.buf.borrow_mut();
+            match sock.try_recv_from(&mut buf[..]) {
+                Ok((n, remote)) => {
+                    let tuple = FiveTuple {
+                        transport: Transport::Udp,
+                        local,
+                        remote,
+                    };
+                    w.client_message(&tuple, &buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {}
+            }
+            handled += 1;
+        }
+        if handled == BATCH {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<UdpSocket>) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let mut handled = 0;
+        while handled < BATCH {
+            let mut buf = w.buf.borrow_mut();
+            let payload = &mut buf[PEER_HEADROOM..PEER_HEADROOM + 65_535];
+            match sock.try_recv_from(payload) {
+                Ok((n, peer)) => {
+                    let mut io = w.io.borrow_mut();
+                    let mut core = w.core.borrow_mut();
+                    core.on_peer(now(), alloc, peer, &mut buf, PEER_HEADROOM, n, &mut *io);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {}
+            }
+            handled += 1;
+        }
+        if handled == BATCH {
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Socket set-up: listener sockets (SO_REUSEPORT, sized buffers), relay
+//! address discovery and the host's own addresses.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::RelayAddress;
+
+/// A UDP listener socket that other workers can share (SO_REUSEPORT).
+pub(crate) fn udp_listener(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = s.set_recv_buffer_size(buffer_bytes);
+    let _ = s.set_send_buffer_size(buffer_bytes);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// A TCP listener socket that other workers can share (SO_REUSEPORT).
+pub(crate) fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// A relay socket bound to exactly `addr` (no port sharing).
+pub(crate) fn relay_socket(addr: SocketAddr, dont_fragment: bool) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    if dont_fragment {
+        set_dont_fragment(&s, addr.is_ipv6())?;
+    }
+    Ok(s.into())
+}
+
+/// DONT-FRAGMENT (RFC 8656 §14.8): set DF on everything the relay sends.
+pub(crate) fn set_dont_fragment(s: &impl std::os::fd::AsRawFd, v6: bool) -> io::Result<()> {
+    let (level, name, value) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    let value: libc::c_int = value;
+    // SAFETY: a valid fd, and a pointer/length pair describing a c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Resolve a configured relay address. `Auto` asks the routing table which
+/// source address the host would use for a global destination (a UDP
+/// `connect`, which sends nothing), falling back to loopback.
+pub fn resolve_relay(addr: RelayAddress, v4: bool) -> Option<IpAddr> {
+    match addr {
+        RelayAddress::Ip(ip) => Some(ip),
+        RelayAddress::Disabled => None,
+        RelayAddress::Auto => {
+            // Documentation addresses: routed by the default route like any
+            // global address, and nothing is ever sent to them.
+            let (bind, probe): (SocketAddr, SocketAddr) = if v4 {
+                ((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(203, 0, 113, 1), 9).into())
+            } else {
+                let probe = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+                ((Ipv6Addr::UNSPECIFIED, 0).into(), (probe, 9).into())
+            };
+            let routed = UdpSocket::bind(bind)
+                .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+                .ok()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified());
+            let loopback = if v4 {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            };
+            let fallback = UdpSocket::bind(SocketAddr::new(loopback, 0)).ok().map(|_| loopback);
+            routed.or(fallback)
+        }
+    }
+}
+
+/// Every address configured on this host's interfaces (for the peer
+/// policy's "own addresses" rule).
+pub fn interface_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says its type.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: family AF_INET means a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: family AF_INET6 means a sockaddr_in6.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        let addrs = interface_addresses();
+        assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
+    }
+
+    #[test]
+    fn explicit_and_disabled_relay_addresses_resolve_as_given() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(resolve_relay(RelayAddress::Ip(ip), true), Some(ip));
+        assert_eq!(resolve_relay(RelayAddress::Disabled, true), None);
+        assert!(resolve_relay(RelayAddress::Auto, true).is_some_and(|ip| ip.is_ipv4()));
+    }
+
+    #[test]
+    fn udp_listeners_share_a_port_across_workers() {
+        let a = udp_listener("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let port = a.local_addr().unwrap().port();
+        let b = udp_listener(SocketAddr::from(([127, 0, 0, 1], port)), 1 << 20).unwrap();
+        assert_eq!(b.local_addr().unwrap().port(), port);
+    }
+}
