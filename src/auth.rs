@@ -292,7 +292,10 @@ mod tests {
     fn static_users_authenticate() {
         let creds = Credentials::new("r", &[("alice".into(), "pw".into())], &[]);
         let key = long_term_key("alice", "r", "pw");
-        assert_eq!(creds.authenticate("alice", 0, |k| k == &key).unwrap().key, key);
+        assert_eq!(
+            creds.authenticate("alice", 0, |k| k == &key).unwrap().key,
+            key
+        );
         assert_eq!(
             creds.authenticate("alice", 0, |_| false),
             Err(AuthError::BadIntegrity)
@@ -305,10 +308,22 @@ mod tests {
         let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
         let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
         let nonce = n.issue(10_000, false, &a);
-        assert_eq!(n.check(nonce.as_bytes(), 10_599, false, &a), NonceState::Valid);
-        assert_eq!(n.check(nonce.as_bytes(), 10_600, false, &a), NonceState::Stale);
-        assert_eq!(n.check(nonce.as_bytes(), 10_001, false, &b), NonceState::Stale);
-        assert_eq!(n.check(nonce.as_bytes(), 10_001, true, &a), NonceState::Stale);
+        assert_eq!(
+            n.check(nonce.as_bytes(), 10_599, false, &a),
+            NonceState::Valid
+        );
+        assert_eq!(
+            n.check(nonce.as_bytes(), 10_600, false, &a),
+            NonceState::Stale
+        );
+        assert_eq!(
+            n.check(nonce.as_bytes(), 10_001, false, &b),
+            NonceState::Stale
+        );
+        assert_eq!(
+            n.check(nonce.as_bytes(), 10_001, true, &a),
+            NonceState::Stale
+        );
         assert_eq!(n.check(b"garbage", 10_001, false, &a), NonceState::Stale);
     }
 }

@@ -109,7 +109,9 @@ pub fn init_logging(cli: &Cli, config: Option<&Config>) {
         .log_format
         .or(config.map(|c| c.log_format))
         .unwrap_or(LogFormat::Text);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

@@ -300,7 +300,16 @@ macro_rules! empty_default {
         }
     )*};
 }
-empty_default!(RawListen, RawRelay, RawAuth, RawAllocations, RawLimits, RawTcp, RawAdmin, RawLog);
+empty_default!(
+    RawListen,
+    RawRelay,
+    RawAuth,
+    RawAllocations,
+    RawLimits,
+    RawTcp,
+    RawAdmin,
+    RawLog
+);
 
 impl Config {
     /// Read and validate a configuration file.
@@ -345,29 +354,40 @@ impl Config {
         let de = toml::Deserializer::new(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             // Spanned<T> shows up in the path as a private field; drop it.
-            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let path = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             let key = if path == "." { "-".to_owned() } else { path };
             err(inner.span(), &key, inner.message().trim().to_owned())
         })?;
         let realm = raw.realm.get_ref().trim().to_owned();
         if realm.is_empty() || realm.len() > 127 {
-            return Err(err(Some(raw.realm.span()), "realm", "must be 1 to 127 characters".into()));
+            return Err(err(
+                Some(raw.realm.span()),
+                "realm",
+                "must be 1 to 127 characters".into(),
+            ));
         }
-        let relay_ports = PortRange::new(*raw.relay.min_port.get_ref(), *raw.relay.max_port.get_ref())
-            .ok_or_else(|| {
-                err(
-                    Some(raw.relay.min_port.span()),
-                    "relay.min-port",
-                    "must be at least 1 and not above relay.max-port".into(),
-                )
-            })?;
+        let relay_ports =
+            PortRange::new(*raw.relay.min_port.get_ref(), *raw.relay.max_port.get_ref())
+                .ok_or_else(|| {
+                    err(
+                        Some(raw.relay.min_port.span()),
+                        "relay.min-port",
+                        "must be at least 1 and not above relay.max-port".into(),
+                    )
+                })?;
         let relay_ipv4 = relay_address(&raw.relay.address_ipv4, true)
             .map_err(|p| err(Some(raw.relay.address_ipv4.span()), "relay.address-ipv4", p))?;
         let relay_ipv6 = relay_address(&raw.relay.address_ipv6, false)
             .map_err(|p| err(Some(raw.relay.address_ipv6.span()), "relay.address-ipv6", p))?;
         let a = &raw.allocations;
-        let (default_s, max_s) = (*a.default_lifetime_seconds.get_ref(), *a.max_lifetime_seconds.get_ref());
+        let (default_s, max_s) = (
+            *a.default_lifetime_seconds.get_ref(),
+            *a.max_lifetime_seconds.get_ref(),
+        );
         if default_s == 0 || max_s < default_s {
             return Err(err(
                 Some(a.default_lifetime_seconds.span()),
@@ -377,16 +397,28 @@ impl Config {
         }
         let nonce = &raw.auth.nonce_lifetime_seconds;
         if *nonce.get_ref() < 10 {
-            return Err(err(Some(nonce.span()), "auth.nonce-lifetime-seconds", "must be at least 10".into()));
+            return Err(err(
+                Some(nonce.span()),
+                "auth.nonce-lifetime-seconds",
+                "must be at least 10".into(),
+            ));
         }
         let idle = &raw.tcp.idle_timeout_seconds;
         if *idle.get_ref() == 0 {
-            return Err(err(Some(idle.span()), "tcp.idle-timeout-seconds", "must be at least 1".into()));
+            return Err(err(
+                Some(idle.span()),
+                "tcp.idle-timeout-seconds",
+                "must be at least 1".into(),
+            ));
         }
         let mut secrets = Vec::new();
         for s in &raw.auth.secrets {
             if s.get_ref().is_empty() {
-                return Err(err(Some(s.span()), "auth.secrets", "a secret may not be empty".into()));
+                return Err(err(
+                    Some(s.span()),
+                    "auth.secrets",
+                    "a secret may not be empty".into(),
+                ));
             }
             secrets.push(s.get_ref().clone());
         }
@@ -399,18 +431,34 @@ impl Config {
         for u in &raw.auth.users {
             let (name, password) = (u.name.get_ref(), u.password.get_ref());
             if name.is_empty() || password.is_empty() {
-                return Err(err(Some(u.name.span()), "auth.users", "name and password may not be empty".into()));
+                return Err(err(
+                    Some(u.name.span()),
+                    "auth.users",
+                    "name and password may not be empty".into(),
+                ));
             }
             if users.iter().any(|(n, _)| n == name) {
-                return Err(err(Some(u.name.span()), "auth.users.name", format!("user {name:?} is listed twice")));
+                return Err(err(
+                    Some(u.name.span()),
+                    "auth.users.name",
+                    format!("user {name:?} is listed twice"),
+                ));
             }
             users.push((name.clone(), password.clone()));
         }
         if !embedded && secrets.is_empty() && users.is_empty() {
-            return Err(err(None, "auth", "no secrets and no users: nobody could authenticate".into()));
+            return Err(err(
+                None,
+                "auth",
+                "no secrets and no users: nobody could authenticate".into(),
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            return Err(err(None, "log.level", format!("not a log filter: {:?}", raw.log.level)));
+            return Err(err(
+                None,
+                "log.level",
+                format!("not a log filter: {:?}", raw.log.level),
+            ));
         }
         Ok(Self {
             source: file.to_owned(),

@@ -17,7 +17,13 @@ pub struct RestCredential {
 }
 
 /// Mint `<expiry>:<user>` / base64(HMAC-SHA1(secret, username)).
-pub fn mint(secret: &str, user: &str, ttl: u64, now_unix: u64, uris: Vec<String>) -> RestCredential {
+pub fn mint(
+    secret: &str,
+    user: &str,
+    ttl: u64,
+    now_unix: u64,
+    uris: Vec<String>,
+) -> RestCredential {
     let expiry = now_unix.saturating_add(ttl);
     let username = if user.is_empty() {
         expiry.to_string()
@@ -65,7 +71,12 @@ pub fn turn_uris(host: &str, udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<Stri
 }
 
 /// An `iceServers` array for `RTCPeerConnection`.
-pub fn ice_servers_json(host: &str, udp: &[SocketAddr], tcp: &[SocketAddr], cred: &RestCredential) -> String {
+pub fn ice_servers_json(
+    host: &str,
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+    cred: &RestCredential,
+) -> String {
     let stun_port = udp.first().or(tcp.first()).map_or(3478, SocketAddr::port);
     let servers = serde_json::json!([
         { "urls": [format!("stun:{host}:{stun_port}")] },
@@ -84,7 +95,11 @@ mod tests {
         assert_eq!(c.username, "4600:alice");
         let creds = crate::auth::Credentials::new("r", &[], &["s".into()]);
         let key = crate::auth::long_term_key(&c.username, "r", &c.password);
-        assert!(creds.authenticate(&c.username, 1_000, |k| k == &key).is_ok());
+        assert!(
+            creds
+                .authenticate(&c.username, 1_000, |k| k == &key)
+                .is_ok()
+        );
         assert_eq!(mint("s", "", 10, 5, vec![]).username, "15");
     }
 

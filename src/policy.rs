@@ -125,20 +125,33 @@ impl PeerPolicy {
     fn check(&self, ip: IpAddr, port: Option<u16>) -> Result<(), Denial> {
         let ips = embedded(ip);
         let judged = ips.iter().flatten();
-        if judged.clone().all(|ip| self.allow.iter().any(|n| n.contains(ip))) {
+        if judged
+            .clone()
+            .all(|ip| self.allow.iter().any(|n| n.contains(ip)))
+        {
             return Ok(());
         }
-        if judged.clone().any(|ip| self.deny.iter().any(|n| n.contains(ip))) {
+        if judged
+            .clone()
+            .any(|ip| self.deny.iter().any(|n| n.contains(ip)))
+        {
             return Err(Denial::Configured);
         }
         let in_range = port.is_none_or(|p| self.relay_ports.contains(p));
         if judged.clone().any(|ip| self.relay_ips.contains(ip)) {
-            return if in_range { Ok(()) } else { Err(Denial::OwnAddress) };
+            return if in_range {
+                Ok(())
+            } else {
+                Err(Denial::OwnAddress)
+            };
         }
         if judged.clone().any(|ip| self.own_ips.contains(ip)) {
             return Err(Denial::OwnAddress);
         }
-        if judged.clone().any(|ip| self.defaults.iter().any(|n| n.contains(ip))) {
+        if judged
+            .clone()
+            .any(|ip| self.defaults.iter().any(|n| n.contains(ip)))
+        {
             return Err(Denial::Reserved);
         }
         Ok(())
@@ -225,8 +238,14 @@ mod tests {
         assert_eq!(p.check_ip("2606:4700::1111".parse().unwrap()), Ok(()));
         assert_eq!(p.check_ip("127.0.0.1".parse().unwrap()), Ok(()));
         assert_eq!(p.check_ip("::ffff:127.0.0.1".parse().unwrap()), Ok(()));
-        assert_eq!(p.check_ip("127.0.0.2".parse().unwrap()), Err(Denial::Reserved));
-        assert_eq!(p.check_ip("9.9.9.9".parse().unwrap()), Err(Denial::Configured));
+        assert_eq!(
+            p.check_ip("127.0.0.2".parse().unwrap()),
+            Err(Denial::Reserved)
+        );
+        assert_eq!(
+            p.check_ip("9.9.9.9".parse().unwrap()),
+            Err(Denial::Configured)
+        );
     }
 
     #[test]

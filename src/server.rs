@@ -64,8 +64,16 @@ impl Server {
                         sockets[w].0.push(s);
                     }
                 }
-                Err(e) if config.listen_best_effort => tracing::warn!(%addr, error = %e, "udp listener skipped"),
-                Err(source) => return Err(ServerError::Bind { transport: "udp", addr: *addr, source }),
+                Err(e) if config.listen_best_effort => {
+                    tracing::warn!(%addr, error = %e, "udp listener skipped")
+                }
+                Err(source) => {
+                    return Err(ServerError::Bind {
+                        transport: "udp",
+                        addr: *addr,
+                        source,
+                    });
+                }
             }
         }
         let mut tcp_addrs = Vec::new();
@@ -77,8 +85,16 @@ impl Server {
                         sockets[w].1.push(s);
                     }
                 }
-                Err(e) if config.listen_best_effort => tracing::warn!(%addr, error = %e, "tcp listener skipped"),
-                Err(source) => return Err(ServerError::Bind { transport: "tcp", addr: *addr, source }),
+                Err(e) if config.listen_best_effort => {
+                    tracing::warn!(%addr, error = %e, "tcp listener skipped")
+                }
+                Err(source) => {
+                    return Err(ServerError::Bind {
+                        transport: "tcp",
+                        addr: *addr,
+                        source,
+                    });
+                }
             }
         }
         if udp_addrs.is_empty() && tcp_addrs.is_empty() {
@@ -176,7 +192,11 @@ impl Server {
             match thread.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(ServerError::Worker(e)),
-                Err(_) => result = Err(ServerError::Worker(std::io::Error::other("worker panicked"))),
+                Err(_) => {
+                    result = Err(ServerError::Worker(std::io::Error::other(
+                        "worker panicked",
+                    )))
+                }
             }
         }
         result

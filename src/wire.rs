@@ -269,7 +269,11 @@ impl<'a> StunView<'a> {
         header.copy_from_slice(&self.buf[..HEADER_LEN]);
         let covered_len = u16::try_from(at + 24 - HEADER_LEN).ok()?;
         header[2..4].copy_from_slice(&covered_len.to_be_bytes());
-        Some((header, &self.buf[HEADER_LEN..at], &self.buf[at + 4..at + 24]))
+        Some((
+            header,
+            &self.buf[HEADER_LEN..at],
+            &self.buf[at + 4..at + 24],
+        ))
     }
 }
 
@@ -477,13 +481,19 @@ mod tests {
         let mut raw = binding_with_fingerprint();
         let n = raw.len();
         raw[n - 1] ^= 1;
-        assert_eq!(StunView::parse(&raw).unwrap_err(), WireError::BadFingerprint);
+        assert_eq!(
+            StunView::parse(&raw).unwrap_err(),
+            WireError::BadFingerprint
+        );
         let raw = binding_with_fingerprint();
         assert_eq!(
             StunView::parse(&raw[..raw.len() - 4]).unwrap_err(),
             WireError::BadLength
         );
-        assert_eq!(StunView::parse(&raw[..10]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            StunView::parse(&raw[..10]).unwrap_err(),
+            WireError::Truncated
+        );
     }
 
     #[test]
@@ -504,7 +514,8 @@ mod tests {
             ip: "2001:db8::7".parse().unwrap(),
             port: 9,
         };
-        m.build(&[Box::new(TransactionId::new()), Box::new(a)]).unwrap();
+        m.build(&[Box::new(TransactionId::new()), Box::new(a)])
+            .unwrap();
         let raw = m.raw.clone();
         let v = StunView::parse(&raw).unwrap();
         let value = v.attr(attr::XOR_MAPPED_ADDRESS).unwrap();

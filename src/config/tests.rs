@@ -8,8 +8,14 @@ fn the_example_config_parses_with_its_documented_values() {
     assert_eq!(cfg.listen_udp.len(), 2);
     assert_eq!(cfg.listen_tcp.len(), 2);
     assert_eq!(cfg.secrets, vec!["change-me".to_owned()]);
-    assert_eq!(cfg.users, vec![("alice".to_owned(), "wonderland".to_owned())]);
-    assert_eq!(cfg.peers_allow, vec!["127.0.0.1/32".parse::<IpNet>().unwrap()]);
+    assert_eq!(
+        cfg.users,
+        vec![("alice".to_owned(), "wonderland".to_owned())]
+    );
+    assert_eq!(
+        cfg.peers_allow,
+        vec!["127.0.0.1/32".parse::<IpNet>().unwrap()]
+    );
     assert_eq!(cfg.admin_listen, "127.0.0.1:9641".parse().unwrap());
     assert_eq!(cfg.relay_ports, PortRange::new(49152, 65535).unwrap());
     assert_eq!(cfg.default_lifetime, Duration::from_secs(600));
@@ -24,7 +30,10 @@ fn example_defaults_match_the_code_defaults() {
     let text = std::fs::read_to_string(path).unwrap();
     let ex = Config::parse(&text, "ex").unwrap();
     let min = Config::parse("[auth]\nsecrets = [\"change-me\"]\n", "min").unwrap();
-    assert_eq!(format!("{:?}", ex.listen_udp), format!("{:?}", min.listen_udp));
+    assert_eq!(
+        format!("{:?}", ex.listen_udp),
+        format!("{:?}", min.listen_udp)
+    );
     assert_eq!(ex.socket_buffer_bytes, min.socket_buffer_bytes);
     assert_eq!(ex.relay_ipv4, min.relay_ipv4);
     assert_eq!(ex.nonce_lifetime, min.nonce_lifetime);
@@ -92,7 +101,10 @@ fn secret_files_add_one_secret_per_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("secrets");
     std::fs::write(&file, "one\n\n  two  \n").unwrap();
-    let text = format!("[auth]\nsecrets = [\"zero\"]\nsecret-files = [{:?}]\n", file.display().to_string());
+    let text = format!(
+        "[auth]\nsecrets = [\"zero\"]\nsecret-files = [{:?}]\n",
+        file.display().to_string()
+    );
     let cfg = Config::parse(&text, "t").unwrap();
     assert_eq!(cfg.secrets, vec!["zero", "one", "two"]);
     std::fs::remove_dir_all(dir).unwrap();

@@ -135,7 +135,8 @@ impl Allocation {
     pub fn sweep(&mut self, now: Instant) {
         self.permissions.retain(|_, exp| *exp > now);
         let before = self.channels.len();
-        self.channels.retain(|_, c| c.expires + CHANNEL_COOLDOWN > now);
+        self.channels
+            .retain(|_, c| c.expires + CHANNEL_COOLDOWN > now);
         if self.channels.len() != before {
             let channels = &self.channels;
             self.channel_of_peer.retain(|_, n| channels.contains_key(n));

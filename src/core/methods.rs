@@ -44,11 +44,12 @@ impl Core {
         let req = match parse_allocate(msg) {
             Ok(req) => req,
             Err(code) => {
-                self.stats.reject(if code == Code::AddressFamilyNotSupported {
-                    Rejection::Family
-                } else {
-                    Rejection::BadRequest
-                });
+                self.stats
+                    .reject(if code == Code::AddressFamilyNotSupported {
+                        Rejection::Family
+                    } else {
+                        Rejection::BadRequest
+                    });
                 return err(code);
             }
         };
@@ -61,9 +62,11 @@ impl Core {
             _ => return err(Code::BadRequest),
         };
         let cfg = &self.cfg;
-        let quota = self
-            .quotas
-            .acquire(&auth.username, cfg.max_allocations, cfg.max_allocations_per_user);
+        let quota = self.quotas.acquire(
+            &auth.username,
+            cfg.max_allocations,
+            cfg.max_allocations_per_user,
+        );
         if let Err(q) = quota {
             self.stats.reject(Rejection::Quota);
             return err(match q {
@@ -235,7 +238,10 @@ impl Core {
         if peers.is_empty() {
             return err(Code::BadRequest);
         }
-        let new = peers.iter().filter(|ip| !a.permissions.contains_key(ip)).count();
+        let new = peers
+            .iter()
+            .filter(|ip| !a.permissions.contains_key(ip))
+            .count();
         if a.permissions.len() + new > self.cfg.max_permissions {
             return err(Code::InsufficientCapacity);
         }
@@ -265,15 +271,25 @@ impl Core {
         let number = match msg.attr(attr::CHANNEL_NUMBER) {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
             other => {
-                tracing::debug!(alloc = id, ?other, "channel bind without a valid CHANNEL-NUMBER");
+                tracing::debug!(
+                    alloc = id,
+                    ?other,
+                    "channel bind without a valid CHANNEL-NUMBER"
+                );
                 return err(Code::BadRequest);
             }
         };
-        let peer = match msg.attr(attr::XOR_PEER_ADDRESS).map(|v| decode_xor_address(v, &txid)) {
-            Some(Some(peer)) => peer,
-            _ => return err(Code::BadRequest),
+        let Some(peer) = msg
+            .attr(attr::XOR_PEER_ADDRESS)
+            .and_then(|v| decode_xor_address(v, &txid))
+        else {
+            return err(Code::BadRequest);
         };
-        let last = if self.cfg.legacy_channel_numbers { 0x7FFF } else { 0x4FFF };
+        let last = if self.cfg.legacy_channel_numbers {
+            0x7FFF
+        } else {
+            0x4FFF
+        };
         if !(0x4000..=last).contains(&number) || !a.may_bind(number, &peer) {
             tracing::debug!(alloc = id, number, %peer, "channel bind refused: number out of range or bound elsewhere");
             return err(Code::BadRequest);

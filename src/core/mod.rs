@@ -74,7 +74,9 @@ impl Family {
 pub enum PortRequest {
     Any,
     /// EVEN-PORT: an even port, optionally reserving the next one.
-    Even { reserve_next: bool },
+    Even {
+        reserve_next: bool,
+    },
     /// RESERVATION-TOKEN from an earlier EVEN-PORT allocation.
     Reserved([u8; 8]),
 }
@@ -186,7 +188,10 @@ impl Quotas {
 
     /// Allocations held across all workers.
     pub fn total(&self) -> u32 {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).total
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
     }
 }
 
@@ -235,7 +240,9 @@ impl Core {
 
     /// The allocation owned by `client`, for tests and diagnostics.
     pub fn allocation_of(&self, client: &FiveTuple) -> Option<&Allocation> {
-        self.by_client.get(client).and_then(|id| self.allocs.get(id))
+        self.by_client
+            .get(client)
+            .and_then(|id| self.allocs.get(id))
     }
 
     /// A datagram (UDP) or one framed message (TCP) from a client.
@@ -250,7 +257,13 @@ impl Core {
         }
     }
 
-    fn stun_from_client(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) {
+    fn stun_from_client(
+        &mut self,
+        now: Now,
+        from: &FiveTuple,
+        msg: &StunView<'_>,
+        io: &mut impl Io,
+    ) {
         match (msg.class(), msg.method()) {
             (Class::Indication, method::SEND) => self.send_indication(now, from, msg, io),
             (Class::Request, method::BINDING) => self.binding(from, msg, io),
@@ -275,23 +288,34 @@ impl Core {
         };
         // SOFTWARE only when the answer stays within twice the request.
         let plain = 20 + if from.remote.is_ipv4() { 12 } else { 24 } + 8;
-        let software = self.cfg.software.as_deref().filter(|sw| {
-            plain + 4 + ((sw.len() + 3) & !3) <= 2 * msg.bytes().len()
-        });
+        let software = self
+            .cfg
+            .software
+            .as_deref()
+            .filter(|sw| plain + 4 + ((sw.len() + 3) & !3) <= 2 * msg.bytes().len());
         let seal = Seal::for_request(msg, None, software);
         io.to_client(from, &response::success(msg, vec![Box::new(mapped)], seal));
     }
 
     /// Authenticate a TURN request (RFC 8489 §9.2.4). On failure the
     /// challenge or error is sent and `None` returned.
-    fn authenticate(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) -> Option<Authenticated> {
+    fn authenticate(
+        &mut self,
+        now: Now,
+        from: &FiveTuple,
+        msg: &StunView<'_>,
+        io: &mut impl Io,
+    ) -> Option<Authenticated> {
         let tcp = from.transport == Transport::Tcp;
         let cfg = Arc::clone(&self.cfg);
         let realm = cfg.credentials.realm();
         let fresh_nonce = || cfg.nonces.issue(now.unix, tcp, &from.remote);
         let Some((header, body, mac)) = msg.integrity() else {
             self.stats.auth_failure(AuthFailure::Missing);
-            io.to_client(from, &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()));
+            io.to_client(
+                from,
+                &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
+            );
             return None;
         };
         let (Some(user), Some(_), Some(nonce)) = (
@@ -306,12 +330,18 @@ impl Core {
         };
         if cfg.nonces.check(nonce, now.unix, tcp, &from.remote) != NonceState::Valid {
             self.stats.auth_failure(AuthFailure::StaleNonce);
-            io.to_client(from, &response::challenge(msg, Code::StaleNonce, realm, fresh_nonce()));
+            io.to_client(
+                from,
+                &response::challenge(msg, Code::StaleNonce, realm, fresh_nonce()),
+            );
             return None;
         }
         let Ok(user) = std::str::from_utf8(user) else {
             self.stats.auth_failure(AuthFailure::UnknownUser);
-            io.to_client(from, &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()));
+            io.to_client(
+                from,
+                &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
+            );
             return None;
         };
         let verify = |key: &[u8; 16]| crate::auth::verify_integrity(key, &header, body, mac);
@@ -323,14 +353,24 @@ impl Core {
                     AuthError::Expired => AuthFailure::Expired,
                     AuthError::BadIntegrity => AuthFailure::BadIntegrity,
                 });
-                io.to_client(from, &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()));
+                io.to_client(
+                    from,
+                    &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
+                );
                 None
             }
         }
     }
 
     /// Allocate, Refresh, CreatePermission, ChannelBind.
-    fn turn_request(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, m: u16, io: &mut impl Io) {
+    fn turn_request(
+        &mut self,
+        now: Now,
+        from: &FiveTuple,
+        msg: &StunView<'_>,
+        m: u16,
+        io: &mut impl Io,
+    ) {
         if !matches!(
             m,
             method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
@@ -365,7 +405,11 @@ impl Core {
                     io.to_client(from, &answer);
                     return;
                 };
-                if self.allocs.get(&id).is_some_and(|a| a.username != auth.username) {
+                if self
+                    .allocs
+                    .get(&id)
+                    .is_some_and(|a| a.username != auth.username)
+                {
                     let answer = response::error(msg, Code::WrongCredentials, vec![], seal);
                     io.to_client(from, &answer);
                     return;

@@ -83,19 +83,19 @@ impl Core {
     }
 
     /// A datagram from `peer` arrived on allocation `id`'s relay. The payload
-    /// sits at `buf[start..start + len]` with at least
-    /// [`wire::PEER_HEADROOM`] bytes free before it and 3 after it, so the
-    /// ChannelData header or Data indication is written around it in place.
+    /// sits at `buf[payload]` with at least [`wire::PEER_HEADROOM`] bytes
+    /// free before it and 3 after it, so the ChannelData header or Data
+    /// indication is written around it in place.
     pub fn on_peer(
         &mut self,
         now: Now,
         id: AllocId,
         peer: SocketAddr,
         buf: &mut [u8],
-        start: usize,
-        len: usize,
+        payload: std::ops::Range<usize>,
         io: &mut impl Io,
     ) {
+        let (start, len) = (payload.start, payload.len());
         let txid = self.next_txid();
         let Some(a) = self.allocs.get_mut(&id) else {
             self.stats.drop(DropReason::NoAllocation);

@@ -3,10 +3,10 @@
 //! Control-plane only: these allocate. The per-packet path frames data in
 //! place with [`crate::wire`].
 
+use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, AttrType};
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::integrity::MessageIntegrity;
-use stun::agent::TransactionId;
 use stun::message::{CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Message, MessageType, Setter};
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
@@ -64,7 +64,11 @@ pub struct Seal<'a> {
 
 impl<'a> Seal<'a> {
     /// Seal for an answer to `req`: FINGERPRINT iff the request had one.
-    pub fn for_request(req: &StunView<'_>, key: Option<&'a Key>, software: Option<&'a str>) -> Self {
+    pub fn for_request(
+        req: &StunView<'_>,
+        key: Option<&'a Key>,
+        software: Option<&'a str>,
+    ) -> Self {
         Self {
             key,
             fingerprint: req.has_fingerprint(),
@@ -83,10 +87,8 @@ fn build(
     let mut typ = MessageType::default();
     typ.read_value(u16::from_be_bytes([req.bytes()[0], req.bytes()[1]]));
     typ.class = class;
-    let mut setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(TransactionId(req.transaction_id())),
-        Box::new(typ),
-    ];
+    let mut setters: Vec<Box<dyn Setter>> =
+        vec![Box::new(TransactionId(req.transaction_id())), Box::new(typ)];
     setters.append(&mut attrs);
     if let Some(sw) = seal.software {
         setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, sw.to_owned())));

@@ -1,0 +1,860 @@
+//! Core unit tests: a recording `Io` and a fake clock.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType, RawAttribute};
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, Message,
+    MessageType, Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+use super::*;
+use crate::auth::{long_term_key, rest_password};
+use crate::policy::PortRange;
+
+const REALM: &str = "test.realm";
+const SECRET: &str = "shh";
+const START_UNIX: u64 = 1_800_000_000;
+
+#[derive(Default)]
+struct Rec {
+    to_client: Vec<(FiveTuple, Vec<u8>)>,
+    to_peer: Vec<(AllocId, SocketAddr, Vec<u8>)>,
+    opened: Vec<(AllocId, RelayRequest)>,
+    closed: Vec<AllocId>,
+    fail: Option<RelayError>,
+    next_port: u16,
+}
+
+impl Io for Rec {
+    fn to_client(&mut self, client: &FiveTuple, bytes: &[u8]) {
+        self.to_client.push((*client, bytes.to_vec()));
+    }
+    fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
+        self.to_peer.push((alloc, peer, bytes.to_vec()));
+    }
+    fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        if let Some(e) = self.fail {
+            return Err(e);
+        }
+        if req.family == Family::V6 {
+            return Err(RelayError::FamilyUnavailable);
+        }
+        self.opened.push((alloc, *req));
+        self.next_port += 2;
+        Ok(RelayGrant {
+            local: SocketAddr::from(([203, 0, 113, 5], 50000 + self.next_port)),
+            token: None,
+        })
+    }
+    fn close_relay(&mut self, alloc: AllocId) {
+        self.closed.push(alloc);
+    }
+}
+
+impl Rec {
+    fn last(&self) -> Message {
+        let (_, bytes) = self.to_client.last().expect("an answer");
+        decode(bytes)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Message {
+    let mut m = Message::new();
+    m.raw = bytes.to_vec();
+    m.decode().expect("a valid STUN message");
+    m
+}
+
+/// A fake clock.
+struct Clock {
+    start: Instant,
+    offset: Duration,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            offset: Duration::ZERO,
+        }
+    }
+    fn now(&self) -> Now {
+        Now {
+            instant: self.start + self.offset,
+            unix: START_UNIX + self.offset.as_secs(),
+        }
+    }
+    fn advance(&mut self, secs: u64) {
+        self.offset += Duration::from_secs(secs);
+    }
+}
+
+fn core_config() -> CoreConfig {
+    CoreConfig {
+        credentials: Credentials::new(
+            REALM,
+            &[("alice".into(), "pw".into()), ("bob".into(), "pw2".into())],
+            &[SECRET.into()],
+        ),
+        nonces: NonceIssuer::new([3; 32], 600),
+        policy: PeerPolicy::new(
+            vec![],
+            vec![],
+            vec!["203.0.113.5".parse().unwrap()],
+            vec![],
+            PortRange::new(49152, 65535).unwrap(),
+        ),
+        software: Some("tern-test".into()),
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        max_allocations: 100,
+        max_allocations_per_user: 3,
+        max_permissions: 4,
+        max_channels: 4,
+        legacy_channel_numbers: false,
+        strict_expiry: true,
+        external_v4: None,
+        external_v6: None,
+    }
+}
+
+struct Harness {
+    core: Core,
+    io: Rec,
+    clock: Clock,
+}
+
+fn client(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Udp,
+        local: "192.0.2.1:3478".parse().unwrap(),
+        remote: SocketAddr::from(([198, 51, 100, 7], port)),
+    }
+}
+
+const PEER_A: &str = "8.8.8.8:5000";
+const PEER_B: &str = "1.1.1.1:6000";
+
+fn method_type(method: u16, class: stun::message::MessageClass) -> MessageType {
+    // Build via the wire value so any method number works.
+    let mut t = MessageType::default();
+    let m = method;
+    let v = (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2);
+    t.read_value(v);
+    t.class = class;
+    t
+}
+
+fn peer_attr(addr: &str) -> Box<dyn Setter> {
+    let a: SocketAddr = addr.parse().unwrap();
+    Box::new(PeerAddress {
+        ip: a.ip(),
+        port: a.port(),
+    })
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(core_config())
+    }
+
+    fn with(cfg: CoreConfig) -> Self {
+        Self {
+            core: Core::new(Arc::new(cfg), Arc::new(Quotas::default()), 0, 42),
+            io: Rec::default(),
+            clock: Clock::new(),
+        }
+    }
+
+    fn send(&mut self, from: &FiveTuple, bytes: &[u8]) {
+        self.core
+            .on_client(self.clock.now(), from, bytes, &mut self.io);
+    }
+
+    /// Build a request, signed as `user` with a nonce fetched for `from`.
+    fn signed(
+        &mut self,
+        from: &FiveTuple,
+        method: u16,
+        attrs: Vec<Box<dyn Setter>>,
+        user: &str,
+        pass: &str,
+    ) -> Vec<u8> {
+        let nonce = self
+            .core
+            .cfg
+            .nonces
+            .issue(self.clock.now().unix, false, &from.remote);
+        build(method, CLASS_REQUEST, attrs, Some((user, pass, &nonce)))
+    }
+
+    fn request(&mut self, from: &FiveTuple, method: u16, attrs: Vec<Box<dyn Setter>>) -> Message {
+        let raw = self.signed(from, method, attrs, "alice", "pw");
+        self.send(from, &raw);
+        self.io.last()
+    }
+
+    fn allocate(&mut self, from: &FiveTuple) -> SocketAddr {
+        let m = self.request(from, method::ALLOCATE, vec![udp()]);
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+        let mut r = RelayedAddress::default();
+        r.get_from(&m).unwrap();
+        SocketAddr::new(r.ip, r.port)
+    }
+
+    fn tick(&mut self) {
+        self.core.tick(self.clock.now(), &mut self.io);
+    }
+
+    fn peer_datagram(&mut self, id: AllocId, peer: &str, payload: &[u8]) -> Option<Vec<u8>> {
+        let before = self.io.to_client.len();
+        let mut buf = vec![0u8; crate::wire::PEER_HEADROOM + payload.len() + 4];
+        let start = crate::wire::PEER_HEADROOM;
+        buf[start..start + payload.len()].copy_from_slice(payload);
+        self.core.on_peer(
+            self.clock.now(),
+            id,
+            peer.parse().unwrap(),
+            &mut buf,
+            start..start + payload.len(),
+            &mut self.io,
+        );
+        (self.io.to_client.len() > before).then(|| self.io.to_client.last().unwrap().1.clone())
+    }
+}
+
+fn udp() -> Box<dyn Setter> {
+    Box::new(RequestedTransport {
+        protocol: turn::proto::PROTO_UDP,
+    })
+}
+
+fn build(
+    method: u16,
+    class: stun::message::MessageClass,
+    mut attrs: Vec<Box<dyn Setter>>,
+    auth: Option<(&str, &str, &str)>,
+) -> Vec<u8> {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(method_type(method, class)),
+    ];
+    setters.append(&mut attrs);
+    if let Some((user, pass, nonce)) = auth {
+        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, user.into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
+        let key = long_term_key(user, REALM, pass);
+        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    m.raw
+}
+
+fn error_code(m: &Message) -> u16 {
+    assert_eq!(m.typ.class, CLASS_ERROR_RESPONSE, "{m}");
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).unwrap();
+    e.code.0
+}
+
+fn alloc_id(h: &Harness, from: &FiveTuple) -> AllocId {
+    h.core.allocation_of(from).unwrap().id
+}
+
+#[test]
+fn binding_reflects_the_source_with_fingerprint_when_asked() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(stun::message::BINDING_REQUEST),
+    ];
+    setters.push(Box::new(stun::fingerprint::FINGERPRINT));
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    h.send(&c, &m.raw);
+    let r = h.io.last();
+    assert_eq!(r.typ, stun::message::BINDING_SUCCESS);
+    assert_eq!(r.transaction_id, m.transaction_id);
+    let mut x = XorMappedAddress::default();
+    x.get_from(&r).unwrap();
+    assert_eq!(SocketAddr::new(x.ip, x.port), c.remote);
+    assert!(r.contains(stun::attributes::ATTR_FINGERPRINT));
+    stun::fingerprint::FINGERPRINT.check(&r).unwrap();
+    // No per-source state.
+    assert_eq!(h.core.allocation_count(), 0);
+}
+
+#[test]
+fn allocate_challenges_then_succeeds_with_clamped_lifetime() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.send(
+        &c,
+        &build(method::ALLOCATE, CLASS_REQUEST, vec![udp()], None),
+    );
+    let r = h.io.last();
+    assert_eq!(error_code(&r), 401);
+    assert!(r.contains(ATTR_REALM) && r.contains(ATTR_NONCE));
+    assert!(h.io.to_client.last().unwrap().1.len() < 120);
+
+    let m = h.request(
+        &c,
+        method::ALLOCATE,
+        vec![udp(), Box::new(Lifetime(Duration::from_secs(99_999)))],
+    );
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE);
+    let mut l = Lifetime::default();
+    l.get_from(&m).unwrap();
+    assert_eq!(l.0, Duration::from_secs(3600));
+    MessageIntegrity(long_term_key("alice", REALM, "pw").to_vec())
+        .check(&mut m.clone())
+        .unwrap();
+    let mut x = XorMappedAddress::default();
+    x.get_from(&m).unwrap();
+    assert_eq!(x.port, 1000);
+
+    let c2 = client(1001);
+    let m = h.request(
+        &c2,
+        method::ALLOCATE,
+        vec![udp(), Box::new(Lifetime(Duration::from_secs(5)))],
+    );
+    l.get_from(&m).unwrap();
+    assert_eq!(l.0, Duration::from_secs(600));
+}
+
+#[test]
+fn a_bad_password_gets_401_and_an_unknown_user_too() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    let raw = h.signed(&c, method::ALLOCATE, vec![udp()], "alice", "wrong");
+    h.send(&c, &raw);
+    assert_eq!(error_code(&h.io.last()), 401);
+    let raw = h.signed(&c, method::ALLOCATE, vec![udp()], "mallory", "x");
+    h.send(&c, &raw);
+    assert_eq!(error_code(&h.io.last()), 401);
+    assert_eq!(
+        h.core.stats.auth_failures[AuthFailure::BadIntegrity as usize],
+        1
+    );
+    assert_eq!(
+        h.core.stats.auth_failures[AuthFailure::UnknownUser as usize],
+        1
+    );
+}
+
+#[test]
+fn rest_credentials_work_and_expire() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    let user = format!("{}:carol", START_UNIX + 100);
+    let pass = rest_password(SECRET.as_bytes(), &user);
+    let raw = h.signed(&c, method::ALLOCATE, vec![udp()], &user, &pass);
+    h.send(&c, &raw);
+    let m = h.io.last();
+    let mut l = Lifetime::default();
+    l.get_from(&m).unwrap();
+    // Strict expiry caps the lifetime at the credential's expiry.
+    assert_eq!(l.0, Duration::from_secs(100));
+    h.clock.advance(100);
+    h.tick();
+    assert_eq!(h.core.allocation_count(), 0);
+    let raw = h.signed(&client(1001), method::ALLOCATE, vec![udp()], &user, &pass);
+    h.send(&client(1001), &raw);
+    assert_eq!(error_code(&h.io.last()), 401);
+}
+
+#[test]
+fn stale_nonces_get_438_with_a_fresh_nonce() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    let raw = h.signed(&c, method::ALLOCATE, vec![udp()], "alice", "pw");
+    h.clock.advance(600);
+    h.send(&c, &raw);
+    let r = h.io.last();
+    assert_eq!(error_code(&r), 438);
+    let nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap();
+    assert_eq!(
+        h.core
+            .cfg
+            .nonces
+            .check(nonce.text.as_bytes(), h.clock.now().unix, false, &c.remote),
+        NonceState::Valid
+    );
+}
+
+#[test]
+fn allocate_retransmissions_get_the_original_answer() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    let raw = h.signed(&c, method::ALLOCATE, vec![udp()], "alice", "pw");
+    h.send(&c, &raw);
+    let first = h.io.to_client.last().unwrap().1.clone();
+    h.clock.advance(5);
+    h.send(&c, &raw);
+    assert_eq!(h.io.to_client.last().unwrap().1, first);
+    assert_eq!(h.io.opened.len(), 1);
+    // A new transaction on the same 5-tuple is a mismatch.
+    assert_eq!(
+        error_code(&h.request(&c, method::ALLOCATE, vec![udp()])),
+        437
+    );
+}
+
+#[test]
+fn allocate_checks_transport_attributes_and_families() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    assert_eq!(error_code(&h.request(&c, method::ALLOCATE, vec![])), 400);
+    let tcp = Box::new(RequestedTransport {
+        protocol: turn::proto::PROTO_TCP,
+    });
+    assert_eq!(error_code(&h.request(&c, method::ALLOCATE, vec![tcp])), 442);
+    let unknown = Box::new(RawAttribute {
+        typ: AttrType(0x0077),
+        length: 4,
+        value: vec![0; 4],
+    });
+    let r = h.request(&c, method::ALLOCATE, vec![udp(), unknown]);
+    assert_eq!(error_code(&r), 420);
+    let mut u = stun::uattrs::UnknownAttributes(vec![]);
+    u.get_from(&r).unwrap();
+    assert_eq!(u.0, vec![AttrType(0x0077)]);
+    let v6 = Box::new(turn::proto::reqfamily::REQUESTED_FAMILY_IPV6);
+    assert_eq!(
+        error_code(&h.request(&c, method::ALLOCATE, vec![udp(), v6])),
+        440
+    );
+    let bad = Box::new(turn::proto::reqfamily::RequestedAddressFamily(9));
+    assert_eq!(
+        error_code(&h.request(&c, method::ALLOCATE, vec![udp(), bad])),
+        440
+    );
+    let even = even_port(false);
+    let token = Box::new(turn::proto::rsrvtoken::ReservationToken(vec![1; 8]));
+    assert_eq!(
+        error_code(&h.request(&c, method::ALLOCATE, vec![udp(), even, token])),
+        400
+    );
+    let even = even_port(true);
+    h.allocate_with(&c, vec![udp(), even]);
+    assert_eq!(
+        h.io.opened[0].1.port,
+        PortRequest::Even { reserve_next: true }
+    );
+}
+
+impl Harness {
+    fn allocate_with(&mut self, c: &FiveTuple, attrs: Vec<Box<dyn Setter>>) {
+        let m = self.request(c, method::ALLOCATE, attrs);
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    }
+}
+
+#[test]
+fn no_relay_port_gives_508_and_quotas_give_486() {
+    let mut h = Harness::new();
+    h.io.fail = Some(RelayError::NoCapacity);
+    assert_eq!(
+        error_code(&h.request(&client(1), method::ALLOCATE, vec![udp()])),
+        508
+    );
+    h.io.fail = None;
+    for p in 2..5 {
+        h.allocate(&client(p));
+    }
+    assert_eq!(
+        error_code(&h.request(&client(9), method::ALLOCATE, vec![udp()])),
+        486
+    );
+    // Closing one frees the user's slot.
+    h.request(
+        &client(2),
+        method::REFRESH,
+        vec![Box::new(Lifetime(Duration::ZERO))],
+    );
+    h.allocate(&client(9));
+}
+
+#[test]
+fn requests_without_an_allocation_get_437_and_other_users_441() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    assert_eq!(error_code(&h.request(&c, method::REFRESH, vec![])), 437);
+    assert_eq!(
+        error_code(&h.request(&c, method::CREATE_PERMISSION, vec![peer_attr(PEER_A)])),
+        437
+    );
+    h.allocate(&c);
+    let raw = h.signed(&c, method::REFRESH, vec![], "bob", "pw2");
+    h.send(&c, &raw);
+    assert_eq!(error_code(&h.io.last()), 441);
+}
+
+#[test]
+fn refresh_extends_and_lifetime_zero_deletes() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    h.clock.advance(590);
+    let m = h.request(
+        &c,
+        method::REFRESH,
+        vec![Box::new(Lifetime(Duration::from_secs(1200)))],
+    );
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE);
+    h.clock.advance(590);
+    h.tick();
+    assert_eq!(h.core.allocation_count(), 1);
+    let raw = h.signed(
+        &c,
+        method::REFRESH,
+        vec![Box::new(Lifetime(Duration::ZERO))],
+        "alice",
+        "pw",
+    );
+    h.send(&c, &raw);
+    assert_eq!(h.io.last().typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.io.closed.len(), 1);
+}
+
+#[test]
+fn allocations_expire_on_tick() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    h.clock.advance(599);
+    h.tick();
+    assert_eq!(h.core.allocation_count(), 1);
+    h.clock.advance(1);
+    h.tick();
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.io.closed.len(), 1);
+}
+
+#[test]
+fn create_permission_installs_every_peer_and_they_expire() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    let id = alloc_id(&h, &c);
+    let m = h.request(
+        &c,
+        method::CREATE_PERMISSION,
+        vec![peer_attr(PEER_A), peer_attr(PEER_B)],
+    );
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    for peer in [PEER_A, PEER_B] {
+        let data = h.peer_datagram(id, peer, b"hi").expect("relayed");
+        let d = decode(&data);
+        assert_eq!(d.typ, method_type(method::DATA, CLASS_INDICATION));
+    }
+    assert!(h.peer_datagram(id, "9.9.9.9:1", b"x").is_none());
+    assert_eq!(h.core.stats.dropped[DropReason::NoPermission as usize], 1);
+    h.clock.advance(300);
+    assert!(h.peer_datagram(id, PEER_A, b"late").is_none());
+}
+
+#[test]
+fn create_permission_refuses_denied_and_mismatched_peers_atomically() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    let id = alloc_id(&h, &c);
+    let r = h.request(
+        &c,
+        method::CREATE_PERMISSION,
+        vec![peer_attr(PEER_A), peer_attr("127.0.0.1:1")],
+    );
+    assert_eq!(error_code(&r), 403);
+    assert!(
+        h.peer_datagram(id, PEER_A, b"x").is_none(),
+        "nothing installed"
+    );
+    let r = h.request(
+        &c,
+        method::CREATE_PERMISSION,
+        vec![peer_attr("[2606:4700::1]:1")],
+    );
+    assert_eq!(error_code(&r), 443);
+    assert_eq!(
+        error_code(&h.request(&c, method::CREATE_PERMISSION, vec![])),
+        400
+    );
+    // Own relay address inside the relay range: relay-to-relay is allowed.
+    let r = h.request(
+        &c,
+        method::CREATE_PERMISSION,
+        vec![peer_attr("203.0.113.5:50002")],
+    );
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    // The permission limit (4) holds.
+    let peers = ["2.2.2.2:1", "3.3.3.3:1", "4.4.4.4:1", "5.5.5.5:1"];
+    let r = h.request(
+        &c,
+        method::CREATE_PERMISSION,
+        peers.iter().map(|p| peer_attr(p)).collect(),
+    );
+    assert_eq!(error_code(&r), 508);
+}
+
+fn even_port(reserve: bool) -> Box<dyn Setter> {
+    Box::new(RawAttribute {
+        typ: AttrType(0x0018),
+        length: 1,
+        value: vec![if reserve { 0x80 } else { 0 }],
+    })
+}
+
+fn channel(n: u16) -> Box<dyn Setter> {
+    Box::new(ChannelNumber(n))
+}
+
+#[test]
+fn channel_bind_follows_the_rebinding_rules() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    let id = alloc_id(&h, &c);
+    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+        assert_eq!(
+            error_code(&h.request(
+                &c,
+                method::CHANNEL_BIND,
+                vec![channel(bad), peer_attr(PEER_A)]
+            )),
+            400
+        );
+    }
+    assert_eq!(
+        error_code(&h.request(&c, method::CHANNEL_BIND, vec![channel(0x4000)])),
+        400
+    );
+    let ok = h.request(
+        &c,
+        method::CHANNEL_BIND,
+        vec![channel(0x4000), peer_attr(PEER_A)],
+    );
+    assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
+    // Refreshing the same binding is fine; binding either side elsewhere is not.
+    let ok = h.request(
+        &c,
+        method::CHANNEL_BIND,
+        vec![channel(0x4000), peer_attr(PEER_A)],
+    );
+    assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(
+        error_code(&h.request(
+            &c,
+            method::CHANNEL_BIND,
+            vec![channel(0x4000), peer_attr(PEER_B)]
+        )),
+        400
+    );
+    assert_eq!(
+        error_code(&h.request(
+            &c,
+            method::CHANNEL_BIND,
+            vec![channel(0x4001), peer_attr(PEER_A)]
+        )),
+        400
+    );
+    assert_eq!(
+        error_code(&h.request(
+            &c,
+            method::CHANNEL_BIND,
+            vec![channel(0x4002), peer_attr("10.0.0.1:1")]
+        )),
+        403
+    );
+
+    // ChannelData both ways.
+    h.send(&c, &[0x40, 0x00, 0x00, 0x03, b'a', b'b', b'c', 0]);
+    let (to, peer, bytes) = h.io.to_peer.last().unwrap().clone();
+    assert_eq!(
+        (to, peer, bytes.as_slice()),
+        (id, PEER_A.parse().unwrap(), &b"abc"[..])
+    );
+    let back = h.peer_datagram(id, PEER_A, b"xyz").unwrap();
+    assert_eq!(back, vec![0x40, 0x00, 0x00, 0x03, b'x', b'y', b'z']);
+
+    // Unbound channels drop; the binding expires after 600 s, but its number
+    // and peer stay reserved for 300 s more.
+    h.request(
+        &c,
+        method::REFRESH,
+        vec![Box::new(Lifetime(Duration::from_secs(3600)))],
+    );
+    h.send(&c, &[0x40, 0x09, 0x00, 0x01, b'a', 0, 0, 0]);
+    assert_eq!(h.core.stats.dropped[DropReason::NoChannel as usize], 1);
+    h.clock.advance(600);
+    h.tick();
+    let sent = h.io.to_peer.len();
+    h.send(&c, &[0x40, 0x00, 0x00, 0x01, b'a', 0, 0, 0]);
+    assert_eq!(h.io.to_peer.len(), sent);
+    assert_eq!(
+        error_code(&h.request(
+            &c,
+            method::CHANNEL_BIND,
+            vec![channel(0x4000), peer_attr(PEER_B)]
+        )),
+        400
+    );
+    h.clock.advance(300);
+    h.tick();
+    let ok = h.request(
+        &c,
+        method::CHANNEL_BIND,
+        vec![channel(0x4000), peer_attr(PEER_B)],
+    );
+    assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
+}
+
+#[test]
+fn legacy_channel_numbers_are_opt_in() {
+    let mut cfg = core_config();
+    cfg.legacy_channel_numbers = true;
+    let mut h = Harness::with(cfg);
+    let c = client(1000);
+    h.allocate(&c);
+    let ok = h.request(
+        &c,
+        method::CHANNEL_BIND,
+        vec![channel(0x7A22), peer_attr(PEER_A)],
+    );
+    assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(
+        error_code(&h.request(
+            &c,
+            method::CHANNEL_BIND,
+            vec![channel(0x8000), peer_attr(PEER_B)]
+        )),
+        400
+    );
+}
+
+#[test]
+fn send_indications_need_a_permission_and_get_no_answer() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    let answers = h.io.to_client.len();
+    let send = |peer: &str| {
+        build(
+            method::SEND,
+            CLASS_INDICATION,
+            vec![
+                peer_attr(peer),
+                Box::new(turn::proto::data::Data(b"payload".to_vec())),
+            ],
+            None,
+        )
+    };
+    h.send(&c, &send(PEER_A));
+    assert!(h.io.to_peer.is_empty());
+    h.request(&c, method::CREATE_PERMISSION, vec![peer_attr(PEER_A)]);
+    let answers = answers + 1;
+    h.send(&c, &send(PEER_A));
+    assert_eq!(h.io.to_peer.last().unwrap().2, b"payload");
+    assert_eq!(h.io.to_client.len(), answers);
+}
+
+#[test]
+fn other_requests_retransmitted_get_the_cached_answer() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    h.allocate(&c);
+    let raw = h.signed(
+        &c,
+        method::CREATE_PERMISSION,
+        vec![peer_attr(PEER_A)],
+        "alice",
+        "pw",
+    );
+    h.send(&c, &raw);
+    let first = h.io.to_client.last().unwrap().1.clone();
+    h.clock.advance(700); // even with the nonce stale by now
+    h.send(&c, &raw);
+    assert_ne!(
+        h.io.to_client.last().unwrap().1,
+        first,
+        "cache lasts 40 s only"
+    );
+    let raw = h.signed(
+        &c,
+        method::CREATE_PERMISSION,
+        vec![peer_attr(PEER_A)],
+        "alice",
+        "pw",
+    );
+    h.send(&c, &raw);
+    let first = h.io.to_client.last().unwrap().1.clone();
+    h.clock.advance(10);
+    h.send(&c, &raw);
+    assert_eq!(h.io.to_client.last().unwrap().1, first);
+}
+
+#[test]
+fn tcp_allocations_die_with_their_connection() {
+    let mut h = Harness::new();
+    let c = FiveTuple {
+        transport: Transport::Tcp,
+        ..client(1000)
+    };
+    let nonce = h.core.cfg.nonces.issue(h.clock.now().unix, true, &c.remote);
+    h.send(
+        &c,
+        &build(
+            method::ALLOCATE,
+            CLASS_REQUEST,
+            vec![udp()],
+            Some(("alice", "pw", &nonce)),
+        ),
+    );
+    assert_eq!(h.core.allocation_count(), 1);
+    h.core.on_client_closed(h.clock.now(), &c, &mut h.io);
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.io.closed.len(), 1);
+}
+
+#[test]
+fn garbage_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let c = client(1000);
+    for bytes in [
+        &[][..],
+        &[0xFF; 30],
+        &[0x00, 0x01, 0x00, 0x08],
+        &[0x40, 0x00, 0xFF, 0xFF, 1],
+    ] {
+        h.send(&c, bytes);
+    }
+    assert!(h.io.to_client.is_empty());
+    assert_eq!(h.core.stats.dropped[DropReason::Malformed as usize], 4);
+}
+
+#[test]
+fn draining_refuses_new_allocations() {
+    let mut h = Harness::new();
+    h.core.set_refuse_allocations(true);
+    assert_eq!(
+        error_code(&h.request(&client(1), method::ALLOCATE, vec![udp()])),
+        508
+    );
+}

@@ -115,7 +115,7 @@ impl Io for WorkerIo {
                 }
             }
             Transport::Tcp => {
-                if let Some(out) = self.tcp.get(&client) {
+                if let Some(out) = self.tcp.get(client) {
                     let mut buf = out.buf.borrow_mut();
                     if buf.len() + bytes.len() <= TCP_OUT_LIMIT {
                         buf.extend_from_slice(bytes);
@@ -178,7 +178,10 @@ impl Worker {
         for s in udp {
             let local = s.local_addr()?;
             let sock = Rc::new(UdpSocket::from_std(s)?);
-            self.io.borrow_mut().listeners.insert(local, Rc::clone(&sock));
+            self.io
+                .borrow_mut()
+                .listeners
+                .insert(local, Rc::clone(&sock));
             tokio::task::spawn_local(udp_loop(Rc::clone(&self), sock, local));
         }
         for l in tcp {
@@ -201,7 +204,9 @@ impl Worker {
     }
 
     fn tick(&self) {
-        self.core.borrow_mut().tick(now(), &mut *self.io.borrow_mut());
+        self.core
+            .borrow_mut()
+            .tick(now(), &mut *self.io.borrow_mut());
         self.publish();
     }
 
@@ -209,7 +214,9 @@ impl Worker {
     fn publish(&self) {
         let core = self.core.borrow();
         if let Some(s) = self.shared.stats.get(self.index) {
-            s.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&core.stats);
+            s.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone_from(&core.stats);
         }
         if let Some(a) = self.shared.allocations.get(self.index) {
             a.store(core.allocation_count(), Ordering::Relaxed);
@@ -219,7 +226,9 @@ impl Worker {
     /// Hand one client message to the core.
     fn client_message(&self, tuple: &FiveTuple, bytes: &[u8]) {
         let mut io = self.io.borrow_mut();
-        self.core.borrow_mut().on_client(now(), tuple, bytes, &mut *io);
+        self.core
+            .borrow_mut()
+            .on_client(now(), tuple, bytes, &mut *io);
     }
 }
 
@@ -264,7 +273,14 @@ async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<UdpSocket>) {
                 Ok((n, peer)) => {
                     let mut io = w.io.borrow_mut();
                     let mut core = w.core.borrow_mut();
-                    core.on_peer(now(), alloc, peer, &mut buf, PEER_HEADROOM, n, &mut *io);
+                    core.on_peer(
+                        now(),
+                        alloc,
+                        peer,
+                        &mut buf,
+                        PEER_HEADROOM..PEER_HEADROOM + n,
+                        &mut *io,
+                    );
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {}

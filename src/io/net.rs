@@ -56,7 +56,11 @@ pub(crate) fn set_dont_fragment(s: &impl std::os::fd::AsRawFd, v6: bool) -> io::
     let (level, name, value) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     let value: libc::c_int = value;
     // SAFETY: a valid fd, and a pointer/length pair describing a c_int.
@@ -87,7 +91,10 @@ pub fn resolve_relay(addr: RelayAddress, v4: bool) -> Option<IpAddr> {
             // Documentation addresses: routed by the default route like any
             // global address, and nothing is ever sent to them.
             let (bind, probe): (SocketAddr, SocketAddr) = if v4 {
-                ((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(203, 0, 113, 1), 9).into())
+                (
+                    (Ipv4Addr::UNSPECIFIED, 0).into(),
+                    (Ipv4Addr::new(203, 0, 113, 1), 9).into(),
+                )
             } else {
                 let probe = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
                 ((Ipv6Addr::UNSPECIFIED, 0).into(), (probe, 9).into())
@@ -102,7 +109,9 @@ pub fn resolve_relay(addr: RelayAddress, v4: bool) -> Option<IpAddr> {
             } else {
                 IpAddr::V6(Ipv6Addr::LOCALHOST)
             };
-            let fallback = UdpSocket::bind(SocketAddr::new(loopback, 0)).ok().map(|_| loopback);
+            let fallback = UdpSocket::bind(SocketAddr::new(loopback, 0))
+                .ok()
+                .map(|_| loopback);
             routed.or(fallback)
         }
     }
@@ -127,7 +136,9 @@ pub fn interface_addresses() -> Vec<IpAddr> {
             if family == libc::AF_INET {
                 // SAFETY: family AF_INET means a sockaddr_in.
                 let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
             } else if family == libc::AF_INET6 {
                 // SAFETY: family AF_INET6 means a sockaddr_in6.
                 let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
@@ -148,7 +159,10 @@ mod tests {
     #[test]
     fn interface_addresses_include_loopback() {
         let addrs = interface_addresses();
-        assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
     }
 
     #[test]

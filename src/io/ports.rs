@@ -53,11 +53,21 @@ impl RelayPorts {
     }
 
     /// Bind a relay socket for `req`; returns it and any reservation token.
-    pub fn open(&self, req: &RelayRequest, now: Instant) -> Result<(UdpSocket, Option<[u8; 8]>), RelayError> {
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub fn open(
+        &self,
+        req: &RelayRequest,
+        now: Instant,
+    ) -> Result<(UdpSocket, Option<[u8; 8]>), RelayError> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.reservations.retain(|_, (_, exp)| *exp > now);
         if let PortRequest::Reserved(token) = req.port {
-            let (sock, _) = st.reservations.remove(&token).ok_or(RelayError::NoCapacity)?;
+            let (sock, _) = st
+                .reservations
+                .remove(&token)
+                .ok_or(RelayError::NoCapacity)?;
             if req.dont_fragment {
                 let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
                 net::set_dont_fragment(&sock, v6).map_err(|_| RelayError::NoCapacity)?;
@@ -92,7 +102,8 @@ impl RelayPorts {
                     continue;
                 };
                 let token: [u8; 8] = rand::random();
-                st.reservations.insert(token, (next, now + RESERVATION_TIME));
+                st.reservations
+                    .insert(token, (next, now + RESERVATION_TIME));
                 Some(token)
             } else {
                 None
@@ -121,11 +132,16 @@ mod tests {
         let range = PortRange::new(41000, 41003).unwrap();
         let p = RelayPorts::new(Some("127.0.0.1".parse().unwrap()), None, range);
         let now = Instant::now();
-        let socks: Vec<_> = (0..4).map(|_| p.open(&req(PortRequest::Any), now).unwrap().0).collect();
+        let socks: Vec<_> = (0..4)
+            .map(|_| p.open(&req(PortRequest::Any), now).unwrap().0)
+            .collect();
         for s in &socks {
             assert!(range.contains(s.local_addr().unwrap().port()));
         }
-        assert_eq!(p.open(&req(PortRequest::Any), now).unwrap_err(), RelayError::NoCapacity);
+        assert_eq!(
+            p.open(&req(PortRequest::Any), now).unwrap_err(),
+            RelayError::NoCapacity
+        );
         let v6 = RelayRequest {
             family: Family::V6,
             ..req(PortRequest::Any)
@@ -138,7 +154,9 @@ mod tests {
         let range = PortRange::new(41100, 41109).unwrap();
         let p = RelayPorts::new(Some("127.0.0.1".parse().unwrap()), None, range);
         let now = Instant::now();
-        let (sock, token) = p.open(&req(PortRequest::Even { reserve_next: true }), now).unwrap();
+        let (sock, token) = p
+            .open(&req(PortRequest::Even { reserve_next: true }), now)
+            .unwrap();
         let port = sock.local_addr().unwrap().port();
         assert_eq!(port % 2, 0);
         let token = token.unwrap();
@@ -148,8 +166,13 @@ mod tests {
         // A token works once.
         assert!(p.open(&req(PortRequest::Reserved(token)), now).is_err());
         // And expires.
-        let (_s, t2) = p.open(&req(PortRequest::Even { reserve_next: true }), now).unwrap();
+        let (_s, t2) = p
+            .open(&req(PortRequest::Even { reserve_next: true }), now)
+            .unwrap();
         let later = now + RESERVATION_TIME;
-        assert!(p.open(&req(PortRequest::Reserved(t2.unwrap())), later).is_err());
+        assert!(
+            p.open(&req(PortRequest::Reserved(t2.unwrap())), later)
+                .is_err()
+        );
     }
 }

@@ -73,7 +73,10 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple) {
             let rest = &inbuf[used..];
             let Some(n) = wire::stream_frame_len(rest) else {
                 // Framing error: neither STUN nor ChannelData.
-                w.core.borrow_mut().stats.drop(crate::core::DropReason::Malformed);
+                w.core
+                    .borrow_mut()
+                    .stats
+                    .drop(crate::core::DropReason::Malformed);
                 break 'conn;
             };
             if rest.len() < n {
@@ -94,7 +97,9 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple) {
     w.io.borrow_mut().tcp.remove(&tuple);
     {
         let mut io = w.io.borrow_mut();
-        w.core.borrow_mut().on_client_closed(now(), &tuple, &mut *io);
+        w.core
+            .borrow_mut()
+            .on_client_closed(now(), &tuple, &mut *io);
     }
     out.closed.set(true);
     out.notify.notify_one();
