@@ -110,8 +110,7 @@ impl Io for WorkerIo {
         match client.transport {
             Transport::Udp => {
                 if let Some(sock) = self.listeners.get(&client.local) {
-                    // Datagram semantics: a full socket buffer drops.
-                    let _ = sock.try_send_to(bytes, client.remote);
+                    send_now(sock, bytes, client.remote);
                 }
             }
             Transport::Tcp => {
@@ -128,7 +127,7 @@ impl Io for WorkerIo {
 
     fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
         if let Some(r) = self.relays.get(&alloc) {
-            let _ = r.sock.try_send_to(bytes, peer);
+            send_now(&r.sock, bytes, peer);
         }
     }
 
@@ -147,6 +146,15 @@ impl Io for WorkerIo {
             r.task.abort();
         }
     }
+}
+
+/// Send a datagram with one `sendto`, now. Tokio's `try_send_to` refuses
+/// to try until its reactor has seen the socket writable, which drops the
+/// first datagrams on a fresh relay socket; UDP needs no readiness
+/// bookkeeping, so go straight to the kernel. A full buffer drops the
+/// datagram (datagram semantics).
+fn send_now(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let _ = socket2::SockRef::from(sock).send_to(bytes, &to.into());
 }
 
 impl Worker {

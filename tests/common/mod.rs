@@ -1,0 +1,301 @@
+//! Shared helpers for integration tests: a real tern on loopback port 0 and
+//! a raw STUN/TURN client over UDP or TCP.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::{CLASS_ERROR_RESPONSE, Getter, Message, MessageClass, MessageType, Setter};
+use stun::textattrs::TextAttribute;
+use tern::config::Config;
+use tern::io::Shared;
+
+pub const SECRET: &str = "integration-secret";
+pub const REALM: &str = "tern.test";
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A tern serving on loopback; stopped and joined on drop.
+pub struct TestServer {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The base test configuration: loopback v4 and v6 listeners on port 0.
+pub fn base_config(extra: &str) -> String {
+    format!(
+        r#"realm = "{REALM}"
+workers = 2
+[listen]
+udp = ["127.0.0.1:0", "[::1]:0"]
+tcp = ["127.0.0.1:0", "[::1]:0"]
+[relay]
+address-ipv4 = "127.0.0.1"
+address-ipv6 = "::1"
+[auth]
+secrets = ["{SECRET}"]
+[[auth.users]]
+name = "alice"
+password = "wonderland"
+[[auth.users]]
+name = "bob"
+password = "builder"
+{extra}
+"#
+    )
+}
+
+impl TestServer {
+    /// Start a server with `base_config(extra)`.
+    pub fn start(extra: &str) -> Self {
+        Self::start_with(&base_config(extra))
+    }
+
+    /// Start a server with this exact TOML.
+    pub fn start_with(toml: &str) -> Self {
+        let config = Config::parse(toml, "test.toml").expect("valid test config");
+        let server = tern::server::Server::bind(config).expect("bind");
+        let udp = server.udp_addrs().to_vec();
+        let tcp = server.tcp_addrs().to_vec();
+        let shared = server.shared();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(server.run(async {
+                let _ = rx.await;
+            }))
+            .unwrap();
+        });
+        Self {
+            udp,
+            tcp,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn udp4(&self) -> SocketAddr {
+        self.udp[0]
+    }
+    pub fn udp6(&self) -> SocketAddr {
+        self.udp[1]
+    }
+    pub fn tcp4(&self) -> SocketAddr {
+        self.tcp[0]
+    }
+    pub fn tcp6(&self) -> SocketAddr {
+        self.tcp[1]
+    }
+
+    /// Live allocations across workers (published once a second).
+    pub fn allocations(&self) -> usize {
+        self.shared
+            .allocations
+            .iter()
+            .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Poll `cond` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+enum Wire {
+    Udp(UdpSocket),
+    Tcp(TcpStream, Vec<u8>),
+}
+
+/// A raw STUN/TURN client with long-term credentials.
+pub struct RawClient {
+    wire: Wire,
+    pub server: SocketAddr,
+    pub user: String,
+    pub pass: String,
+    pub nonce: Option<String>,
+}
+
+pub fn message_type(method: u16, class: MessageClass) -> MessageType {
+    let m = method;
+    let mut t = MessageType::default();
+    t.read_value((m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2));
+    t.class = class;
+    t
+}
+
+pub fn decode(bytes: &[u8]) -> Message {
+    let mut m = Message::new();
+    m.raw = bytes.to_vec();
+    m.decode().expect("valid STUN");
+    m
+}
+
+pub fn error_code(m: &Message) -> Option<u16> {
+    if m.typ.class != CLASS_ERROR_RESPONSE {
+        return None;
+    }
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).ok()?;
+    Some(e.code.0)
+}
+
+impl RawClient {
+    pub fn udp(server: SocketAddr, user: &str, pass: &str) -> Self {
+        let bind: SocketAddr = if server.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        }
+        .parse()
+        .unwrap();
+        let s = UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Self::new(Wire::Udp(s), server, user, pass)
+    }
+
+    pub fn tcp(server: SocketAddr, user: &str, pass: &str) -> Self {
+        let s = TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Self::new(Wire::Tcp(s, Vec::new()), server, user, pass)
+    }
+
+    fn new(wire: Wire, server: SocketAddr, user: &str, pass: &str) -> Self {
+        Self {
+            wire,
+            server,
+            user: user.into(),
+            pass: pass.into(),
+            nonce: None,
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.wire {
+            Wire::Udp(s) => s.local_addr().unwrap(),
+            Wire::Tcp(s, _) => s.local_addr().unwrap(),
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        match &mut self.wire {
+            Wire::Udp(s) => {
+                s.send_to(bytes, self.server).unwrap();
+            }
+            Wire::Tcp(s, _) => s.write_all(bytes).unwrap(),
+        }
+    }
+
+    /// The next message or ChannelData frame; `None` on timeout or close.
+    pub fn recv_raw(&mut self) -> Option<Vec<u8>> {
+        match &mut self.wire {
+            Wire::Udp(s) => {
+                let mut buf = vec![0u8; 70_000];
+                let (n, _) = s.recv_from(&mut buf).ok()?;
+                buf.truncate(n);
+                Some(buf)
+            }
+            Wire::Tcp(s, pending) => loop {
+                if let Some(n) = tern::wire::stream_frame_len(pending) {
+                    if pending.len() >= n {
+                        return Some(pending.drain(..n).collect());
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                }
+            },
+        }
+    }
+
+    /// Build a request; signed when a nonce is known.
+    pub fn build(&self, method: u16, attrs: Vec<Box<dyn Setter>>, signed: bool) -> Vec<u8> {
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(message_type(method, stun::message::CLASS_REQUEST)),
+        ];
+        setters.extend(attrs);
+        if let (true, Some(nonce)) = (signed, &self.nonce) {
+            setters.push(Box::new(TextAttribute::new(
+                ATTR_USERNAME,
+                self.user.clone(),
+            )));
+            setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.into())));
+            setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
+            setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+                self.user.clone(),
+                REALM.into(),
+                self.pass.clone(),
+            )));
+        }
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        m.raw
+    }
+
+    /// Send and wait for the answer to this transaction.
+    pub fn transact(&mut self, raw: &[u8]) -> Message {
+        self.send_raw(raw);
+        let want = &raw[8..20];
+        loop {
+            let got = self.recv_raw().expect("an answer before the timeout");
+            if tern::wire::kind(&got) == tern::wire::Kind::Stun && &got[8..20] == want {
+                return decode(&got);
+            }
+        }
+    }
+
+    /// A signed request; on 401/438 learn the nonce and try once more.
+    pub fn request(&mut self, method: u16, attrs: impl Fn() -> Vec<Box<dyn Setter>>) -> Message {
+        let raw = self.build(method, attrs(), true);
+        let m = self.transact(&raw);
+        if matches!(error_code(&m), Some(401 | 438)) && self.learn_nonce(&m) {
+            let raw = self.build(method, attrs(), true);
+            return self.transact(&raw);
+        }
+        m
+    }
+
+    /// Take NONCE from a challenge; true if it was new.
+    pub fn learn_nonce(&mut self, m: &Message) -> bool {
+        let Ok(n) = TextAttribute::get_from_as(m, ATTR_NONCE) else {
+            return false;
+        };
+        let fresh = self.nonce.as_deref() != Some(n.text.as_str());
+        self.nonce = Some(n.text);
+        fresh
+    }
+}

@@ -1,0 +1,418 @@
+//! Integration tests: a real tern on loopback port 0, driven by
+//! `turn::client::Client` and by raw STUN messages over UDP and TCP.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use stun::attributes::{AttrType, RawAttribute};
+use stun::message::{CLASS_INDICATION, CLASS_SUCCESS_RESPONSE, Getter, Setter};
+use stun::xoraddr::XorMappedAddress;
+use tern::wire::method;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::data::Data;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqfamily::{REQUESTED_FAMILY_IPV6, RequestedAddressFamily};
+use turn::proto::reqtrans::RequestedTransport;
+
+const ALLOW_LOOPBACK: &str = "[peers]\nallow = [\"127.0.0.1/32\", \"::1/128\"]\n";
+
+fn udp_transport() -> Box<dyn Setter> {
+    Box::new(RequestedTransport {
+        protocol: turn::proto::PROTO_UDP,
+    })
+}
+
+fn peer(addr: SocketAddr) -> Box<dyn Setter> {
+    Box::new(PeerAddress {
+        ip: addr.ip(),
+        port: addr.port(),
+    })
+}
+
+fn peer_socket(v6: bool) -> UdpSocket {
+    let s = UdpSocket::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn allocate(c: &mut RawClient, extra: fn() -> Vec<Box<dyn Setter>>) -> SocketAddr {
+    let m = c.request(method::ALLOCATE, || {
+        let mut v = vec![udp_transport()];
+        v.extend(extra());
+        v
+    });
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    let mut r = RelayedAddress::default();
+    r.get_from(&m).unwrap();
+    SocketAddr::new(r.ip, r.port)
+}
+
+fn none() -> Vec<Box<dyn Setter>> {
+    vec![]
+}
+
+fn binding(c: &mut RawClient) -> SocketAddr {
+    let raw = c.build(method::BINDING, vec![], false);
+    let m = c.transact(&raw);
+    let mut x = XorMappedAddress::default();
+    x.get_from(&m).unwrap();
+    SocketAddr::new(x.ip, x.port)
+}
+
+#[test]
+fn binding_reflects_the_client_over_udp_and_tcp_on_both_families() {
+    let s = TestServer::start("");
+    for mut c in [
+        RawClient::udp(s.udp4(), "", ""),
+        RawClient::udp(s.udp6(), "", ""),
+        RawClient::tcp(s.tcp4(), "", ""),
+        RawClient::tcp(s.tcp6(), "", ""),
+    ] {
+        assert_eq!(binding(&mut c), c.local_addr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_crate_client_relays_to_a_peer() {
+    use webrtc_util::conn::Conn;
+    let s = TestServer::start(ALLOW_LOOPBACK);
+    let conn = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let cfg = turn::client::ClientConfig {
+        stun_serv_addr: s.udp4().to_string(),
+        turn_serv_addr: s.udp4().to_string(),
+        username: "alice".into(),
+        password: "wonderland".into(),
+        realm: REALM.into(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    };
+    let client = turn::client::Client::new(cfg).await.unwrap();
+    client.listen().await.unwrap();
+    let relay = client.allocate().await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    assert_eq!(
+        relay_addr.ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut buf = vec![0u8; 1500];
+    for i in 0..20u8 {
+        let msg = vec![i; 100 + usize::from(i)];
+        relay.send_to(&msg, peer_addr).await.unwrap();
+        let (n, from) = tokio::time::timeout(TIMEOUT, peer.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&msg[..], relay_addr));
+        peer.send_to(&buf[..n], relay_addr).await.unwrap();
+        let (n, from) = tokio::time::timeout(TIMEOUT, relay.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&msg[..], peer_addr));
+    }
+    relay.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// Permission, Send/Data indications and channels, over one transport.
+fn relay_round_trips(c: &mut RawClient, v6: bool) {
+    let relayed = if v6 {
+        allocate(c, || vec![Box::new(REQUESTED_FAMILY_IPV6)])
+    } else {
+        allocate(c, none)
+    };
+    assert_eq!(relayed.is_ipv6(), v6);
+    let p = peer_socket(v6);
+    let paddr = p.local_addr().unwrap();
+    let m = c.request(method::CREATE_PERMISSION, || vec![peer(paddr)]);
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+
+    // Send indication -> peer; peer -> Data indication.
+    let mut send = stun::message::Message::new();
+    send.build(&[
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(message_type(method::SEND, CLASS_INDICATION)),
+        peer(paddr),
+        Box::new(Data(b"via send".to_vec())),
+    ])
+    .unwrap();
+    c.send_raw(&send.raw);
+    let mut buf = [0u8; 2048];
+    let (n, from) = p.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"via send"[..], relayed));
+    p.send_to(b"via data", relayed).unwrap();
+    let d = decode(&c.recv_raw().unwrap());
+    assert_eq!(d.typ, message_type(method::DATA, CLASS_INDICATION));
+    let mut data = Data::default();
+    data.get_from(&d).unwrap();
+    assert_eq!(data.0, b"via data");
+
+    // Channel both ways.
+    let m = c.request(method::CHANNEL_BIND, || {
+        vec![Box::new(ChannelNumber(0x4001)), peer(paddr)]
+    });
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    c.send_raw(&[
+        0x40, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o', 0, 0, 0,
+    ]);
+    let (n, _) = p.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    p.send_to(b"world!", relayed).unwrap();
+    let frame = c.recv_raw().unwrap();
+    assert_eq!(
+        &frame[..10],
+        &[0x40, 0x01, 0x00, 0x06, b'w', b'o', b'r', b'l', b'd', b'!']
+    );
+
+    // A peer without permission (another IP) is not relayed; a second port
+    // on a permitted IP is, as a Data indication (permissions are per IP).
+    if !v6 {
+        let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+        stranger.send_to(b"nope", relayed).unwrap();
+    }
+    let same_ip = peer_socket(v6);
+    same_ip.send_to(b"same ip", relayed).unwrap();
+    let d = decode(&c.recv_raw().unwrap());
+    data.get_from(&d).unwrap();
+    assert_eq!(data.0, b"same ip");
+    p.send_to(b"after", relayed).unwrap();
+    let frame = c.recv_raw().unwrap();
+    assert_eq!(&frame[4..9], b"after");
+}
+
+#[test]
+fn relaying_works_over_udp_and_tcp_for_ipv4_and_ipv6() {
+    let s = TestServer::start(ALLOW_LOOPBACK);
+    relay_round_trips(&mut RawClient::udp(s.udp4(), "alice", "wonderland"), false);
+    relay_round_trips(&mut RawClient::tcp(s.tcp4(), "alice", "wonderland"), false);
+    relay_round_trips(&mut RawClient::udp(s.udp6(), "bob", "builder"), true);
+    relay_round_trips(&mut RawClient::tcp(s.tcp6(), "bob", "builder"), true);
+}
+
+#[test]
+fn rest_api_credentials_allocate_and_expired_ones_do_not() {
+    let s = TestServer::start("");
+    let now = tern::cli::unix_now();
+    let good = tern::credentials::mint(SECRET, "carol", 600, now, vec![]);
+    let mut c = RawClient::udp(s.udp4(), &good.username, &good.password);
+    allocate(&mut c, none);
+    let old = tern::credentials::mint(SECRET, "carol", 0, now - 10, vec![]);
+    let mut c = RawClient::udp(s.udp4(), &old.username, &old.password);
+    let m = c.request(method::ALLOCATE, || vec![udp_transport()]);
+    assert_eq!(error_code(&m), Some(401));
+    let bare = tern::credentials::mint(SECRET, "", 600, now, vec![]);
+    assert!(!bare.username.contains(':'));
+    allocate(
+        &mut RawClient::tcp(s.tcp4(), &bare.username, &bare.password),
+        none,
+    );
+}
+
+fn error_codes_over(mut c: impl FnMut(&str, &str) -> RawClient) {
+    // First request: 401 with REALM and NONCE, small.
+    let mut a = c("alice", "wonderland");
+    let raw = a.build(method::ALLOCATE, vec![udp_transport()], false);
+    let m = a.transact(&raw);
+    assert_eq!(error_code(&m), Some(401));
+    assert!(m.contains(stun::attributes::ATTR_REALM) && m.contains(stun::attributes::ATTR_NONCE));
+    assert!(
+        m.raw.len() <= 3 * raw.len(),
+        "401 is {} bytes for {}",
+        m.raw.len(),
+        raw.len()
+    );
+
+    // Wrong password: 401, not 400.
+    let mut bad = c("alice", "wrong");
+    assert_eq!(
+        error_code(&bad.request(method::ALLOCATE, || vec![udp_transport()])),
+        Some(401)
+    );
+    // A nonce that is not ours: 438 with a fresh one.
+    let mut forged = c("alice", "wonderland");
+    forged.nonce = Some("AAAAAAAAAAAAAAAAAAAA".into());
+    let raw = forged.build(method::ALLOCATE, vec![udp_transport()], true);
+    assert_eq!(error_code(&forged.transact(&raw)), Some(438));
+    // No allocation yet: 437.
+    assert_eq!(error_code(&a.request(method::REFRESH, Vec::new)), Some(437));
+    // Transport and attribute checks.
+    let tcp = || -> Vec<Box<dyn Setter>> {
+        vec![Box::new(RequestedTransport {
+            protocol: turn::proto::PROTO_TCP,
+        })]
+    };
+    assert_eq!(error_code(&a.request(method::ALLOCATE, tcp)), Some(442));
+    let unknown = || -> Vec<Box<dyn Setter>> {
+        vec![
+            udp_transport(),
+            Box::new(RawAttribute {
+                typ: AttrType(0x7777),
+                length: 0,
+                value: vec![],
+            }),
+        ]
+    };
+    assert_eq!(error_code(&a.request(method::ALLOCATE, unknown)), Some(420));
+    assert_eq!(
+        error_code(&a.request(method::ALLOCATE, || vec![
+            Box::new(RequestedAddressFamily(7)),
+            udp_transport()
+        ])),
+        Some(440)
+    );
+    allocate(&mut a, none);
+    // Same 5-tuple, other user: 441.
+    a.user = "bob".into();
+    a.pass = "builder".into();
+    assert_eq!(error_code(&a.request(method::REFRESH, Vec::new)), Some(441));
+    a.user = "alice".into();
+    a.pass = "wonderland".into();
+    // Channel numbers outside 0x4000-0x4FFF: 400. Denied peer: 403.
+    let p: SocketAddr = "8.8.8.8:9".parse().unwrap();
+    assert_eq!(
+        error_code(&a.request(method::CHANNEL_BIND, || vec![
+            Box::new(ChannelNumber(0x5000)),
+            peer(p)
+        ])),
+        Some(400)
+    );
+    // No datagram is ever sent to these: the requests are refused.
+    let private: SocketAddr = "10.0.0.1:9".parse().unwrap();
+    assert_eq!(
+        error_code(&a.request(method::CREATE_PERMISSION, || vec![peer(private)])),
+        Some(403)
+    );
+    // The server's own address outside the relay port range.
+    let own: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(
+        error_code(&a.request(method::CHANNEL_BIND, || vec![
+            Box::new(ChannelNumber(0x4000)),
+            peer(own)
+        ])),
+        Some(403)
+    );
+    let v6: SocketAddr = "[2606:4700::1]:9".parse().unwrap();
+    assert_eq!(
+        error_code(&a.request(method::CREATE_PERMISSION, || vec![peer(v6)])),
+        Some(443)
+    );
+    // Refresh with LIFETIME 0 deletes; then 437.
+    let zero = || -> Vec<Box<dyn Setter>> { vec![Box::new(Lifetime(Duration::ZERO))] };
+    assert_eq!(
+        a.request(method::REFRESH, zero).typ.class,
+        CLASS_SUCCESS_RESPONSE
+    );
+    assert_eq!(error_code(&a.request(method::REFRESH, Vec::new)), Some(437));
+}
+
+#[test]
+fn every_error_code_over_udp_and_tcp() {
+    let s = TestServer::start("");
+    let (u, t) = (s.udp4(), s.tcp4());
+    error_codes_over(|user, pass| RawClient::udp(u, user, pass));
+    error_codes_over(|user, pass| RawClient::tcp(t, user, pass));
+}
+
+#[test]
+fn allocate_retransmission_gets_the_same_answer() {
+    let s = TestServer::start("");
+    for mut c in [
+        RawClient::udp(s.udp4(), "alice", "wonderland"),
+        RawClient::tcp(s.tcp4(), "alice", "wonderland"),
+    ] {
+        let probe = c.build(method::ALLOCATE, vec![udp_transport()], false);
+        let challenge = c.transact(&probe);
+        assert!(c.learn_nonce(&challenge));
+        let req = c.build(method::ALLOCATE, vec![udp_transport()], true);
+        let first = c.transact(&req);
+        assert_eq!(first.typ.class, CLASS_SUCCESS_RESPONSE, "{first}");
+        // The very same bytes (same transaction ID) again: the same answer.
+        let again = c.transact(&req);
+        assert_eq!(again.raw, first.raw);
+        // A new transaction on the same 5-tuple is a mismatch.
+        let other = c.build(method::ALLOCATE, vec![udp_transport()], true);
+        assert_eq!(error_code(&c.transact(&other)), Some(437));
+    }
+}
+
+#[test]
+fn no_relay_port_left_gives_508_and_a_missing_family_440() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = base_config("").replace(
+        "address-ipv6 = \"::1\"",
+        &format!("address-ipv6 = \"none\"\nmin-port = {port}\nmax-port = {port}"),
+    );
+    let s = TestServer::start_with(&toml);
+    let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
+    allocate(&mut a, none);
+    let mut b = RawClient::udp(s.udp4(), "alice", "wonderland");
+    assert_eq!(
+        error_code(&b.request(method::ALLOCATE, || vec![udp_transport()])),
+        Some(508)
+    );
+    let v6 = || -> Vec<Box<dyn Setter>> { vec![udp_transport(), Box::new(REQUESTED_FAMILY_IPV6)] };
+    assert_eq!(error_code(&b.request(method::ALLOCATE, v6)), Some(440));
+}
+
+#[test]
+fn tcp_framing_handles_split_and_coalesced_messages() {
+    let s = TestServer::start("");
+    let mut c = RawClient::tcp(s.tcp4(), "", "");
+    let one = c.build(method::BINDING, vec![], false);
+    let two = c.build(method::BINDING, vec![], false);
+    let mut both = one.clone();
+    both.extend_from_slice(&two);
+    c.send_raw(&both);
+    let a = c.recv_raw().unwrap();
+    let b = c.recv_raw().unwrap();
+    assert_eq!((&a[8..20], &b[8..20]), (&one[8..20], &two[8..20]));
+    let three = c.build(method::BINDING, vec![], false);
+    for byte in &three {
+        c.send_raw(std::slice::from_ref(byte));
+    }
+    assert_eq!(&c.recv_raw().unwrap()[8..20], &three[8..20]);
+    // Garbage closes the connection.
+    c.send_raw(&[0xFF; 8]);
+    assert!(c.recv_raw().is_none());
+}
+
+#[test]
+fn a_tcp_allocation_is_deleted_when_its_connection_closes() {
+    let s = TestServer::start("");
+    {
+        let mut c = RawClient::tcp(s.tcp4(), "alice", "wonderland");
+        allocate(&mut c, none);
+        assert!(wait_until(TIMEOUT, || s.allocations() == 1));
+    }
+    assert!(wait_until(TIMEOUT, || s.allocations() == 0));
+}
+
+#[test]
+fn malformed_floods_do_not_stop_binding_answers() {
+    let s = TestServer::start("");
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut junk = [0u8; 64];
+    for i in 0..5_000u32 {
+        junk[..4].copy_from_slice(&i.to_be_bytes());
+        junk[4] = (i % 251) as u8;
+        let _ = flood.send_to(&junk[..(i as usize % 64) + 1], s.udp4());
+    }
+    let mut c = RawClient::udp(s.udp4(), "", "");
+    assert_eq!(binding(&mut c), c.local_addr());
+    assert!(wait_until(TIMEOUT, || s.shared.total_stats().dropped[0] > 0));
+}
