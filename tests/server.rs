@@ -1,6 +1,8 @@
 //! Integration tests: a real tern on loopback port 0, driven by
 //! `turn::client::Client` and by raw STUN messages over UDP and TCP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
