@@ -1,0 +1,75 @@
+# Shared helpers for the interop suite: free ports, starting and stopping a
+# tern, and PASS/FAIL bookkeeping. Sourced by tests/interop/run.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TERN_BIN=${TERN_BIN:-$ROOT/target/release/tern}
+WORK=$(mktemp -d /tmp/tern-interop.XXXXXX)
+PIDS=()
+PASSED=0
+FAILED=0
+REASON=""
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A port free for both UDP and TCP on 127.0.0.1 and ::1.
+free_port() {
+  python3 - <<'PY'
+import socket
+for _ in range(200):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    try:
+        for fam, typ, host in [(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
+                               (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
+                               (socket.AF_INET6, socket.SOCK_STREAM, "::1")]:
+            t = socket.socket(fam, typ); t.bind((host, port)); t.close()
+    except OSError:
+        s.close(); continue
+    s.close(); print(port); break
+PY
+}
+
+# start_tern NAME CONFIG_TEXT: start tern, wait until it serves. Sets TERN_PID.
+start_tern() {
+  local name=$1 text=$2
+  printf '%s\n' "$text" > "$WORK/$name.toml"
+  "$TERN_BIN" --config "$WORK/$name.toml" --log-format text >"$WORK/$name.log" 2>&1 &
+  TERN_PID=$!
+  PIDS+=("$TERN_PID")
+  local deadline=$((SECONDS + 15))
+  until grep -q "tern serving" "$WORK/$name.log" 2>/dev/null; do
+    if ! kill -0 "$TERN_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      echo "tern did not start:"; cat "$WORK/$name.log"; return 1
+    fi
+    sleep 0.1
+  done
+}
+
+stop_tern() {
+  kill "$TERN_PID" 2>/dev/null || true
+  wait "$TERN_PID" 2>/dev/null || true
+}
+
+# run_case NAME FUNCTION: run one case, print PASS/FAIL with the reason.
+run_case() {
+  local name=$1 fn=$2 started=$SECONDS
+  REASON=""
+  if "$fn"; then
+    PASSED=$((PASSED + 1)); echo "PASS $name ($((SECONDS - started))s)"
+  else
+    FAILED=$((FAILED + 1)); echo "FAIL $name: ${REASON:-failed} ($((SECONDS - started))s)"
+  fi
+}
+
+# selected NAME: whether the command line asked for this case (all if none).
+selected() {
+  [ ${#SELECTED[@]} -eq 0 ] && return 0
+  local s
+  for s in "${SELECTED[@]}"; do [[ $1 == $s* ]] && return 0; done
+  return 1
+}
