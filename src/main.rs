@@ -41,12 +41,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let shutdown = tern::shutdown::signal();
         let embedded = config.generated_secret;
         let server = tern::server::Server::bind(config)?;
         if embedded {
             cli::print_startup_credentials(&server);
         }
-        server.run(tern::shutdown::signal()).await?;
+        server.run(shutdown).await?;
         Ok(())
     })
 }

@@ -1,0 +1,129 @@
+//! The `tern` binary as an operator runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const TERN: &str = env!("CARGO_BIN_EXE_tern");
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tern.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_example_and_reports_file_line_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml");
+    let out = Command::new(TERN)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let bad = temp_file(
+        "bad",
+        "[auth]\nsecrets = [\"x\"]\n\n[relay]\nmin-port = \"many\"\n",
+    );
+    let out = Command::new(TERN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let want = format!("{}:5: relay.min-port: ", bad.display());
+    assert!(err.starts_with(&want), "{err}");
+
+    // Serving with a bad file fails the same way, with a non-zero exit.
+    let out = Command::new(TERN)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn credentials_json_has_the_rest_api_shape_and_a_valid_password() {
+    let cfg = temp_file(
+        "cred",
+        "host = \"turn.example.org\"\n[listen]\nudp = [\"0.0.0.0:3478\"]\ntcp = [\"0.0.0.0:443\"]\n[auth]\nsecrets = [\"s1\", \"s0\"]\n",
+    );
+    let out = Command::new(TERN)
+        .args([
+            "credentials",
+            "--user",
+            "alice",
+            "--ttl",
+            "3600",
+            "--json",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let username = v["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().unwrap();
+    let now = tern::cli::unix_now();
+    assert!((now + 3590..=now + 3610).contains(&expiry));
+    assert_eq!(v["ttl"], 3600);
+    assert_eq!(
+        v["password"].as_str().unwrap(),
+        tern::auth::rest_password(b"s1", username)
+    );
+    assert_eq!(
+        v["uris"],
+        serde_json::json!([
+            "turn:turn.example.org:3478?transport=udp",
+            "turn:turn.example.org:443?transport=tcp"
+        ])
+    );
+}
+
+#[test]
+fn serves_until_sigterm_then_exits_zero() {
+    let cfg = temp_file(
+        "serve",
+        "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n",
+    );
+    let mut child = Command::new(TERN)
+        .args(["--log-format", "json", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("tern serving"))
+        .expect("a start-up line");
+    let log: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let udp = log["fields"]["udp"].as_str().unwrap();
+    let addr: SocketAddr = udp.trim_matches(|c| c == '[' || c == ']').parse().unwrap();
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(&[7u8; 12]);
+    sock.send_to(&req, addr).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0x01, 0x01], "binding success");
+    assert!(n > 20);
+
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
