@@ -90,3 +90,38 @@ coturn_cases() {
   done
   stop_tern
 }
+
+# `cargo run --release` with no config: serves on 3478 at once and prints a
+# working credential; loopback peers stay denied by default.
+case_default_config() {
+  "$TERN_BIN" >"$WORK/default.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  local deadline=$((SECONDS + 15))
+  until grep -q "tern serving" "$WORK/default.log"; do
+    if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      REASON="did not start: $(tail -3 "$WORK/default.log" | tr '\n' ' ')"; return 1
+    fi
+    sleep 0.1
+  done
+  local user pass out ok=0
+  user=$(grep -o 'username [^ ]*' "$WORK/default.log" | head -1 | cut -d' ' -f2)
+  pass=$(grep -o 'password [^ ]*' "$WORK/default.log" | head -1 | cut -d' ' -f2)
+  if ! grep -q '"turn:.*:3478?transport=udp"' "$WORK/default.log"; then
+    REASON="no iceServers printed"; ok=1
+  elif ! timeout 10 turnutils_stunclient -p 3478 127.0.0.1 2>&1 | grep -q "UDP reflexive addr"; then
+    REASON="no Binding answer on 3478"; ok=1
+  else
+    # The printed credential allocates; the loopback peer is then refused.
+    out=$(timeout 20 turnutils_uclient -s -n 2 -m 1 -l 100 -e 127.0.0.1 -r 9 -u "$user" -w "$pass" 127.0.0.1 2>&1)
+    if ! grep -q "create permission error 403" <<<"$out"; then
+      REASON="expected allocation then 403 for a loopback peer: $(tail -2 <<<"$out" | tr '\n' ' ')"; ok=1
+    fi
+  fi
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  return $ok
+}
+
+default_config_cases() {
+  selected default-config && run_case default-config case_default_config
+}
