@@ -418,3 +418,69 @@ fn malformed_floods_do_not_stop_binding_answers() {
     assert_eq!(binding(&mut c), c.local_addr());
     assert!(wait_until(TIMEOUT, || s.shared.total_stats().dropped[0] > 0));
 }
+
+fn even_port(reserve: bool) -> Box<dyn Setter> {
+    Box::new(RawAttribute {
+        typ: AttrType(0x0018),
+        length: 1,
+        value: vec![if reserve { 0x80 } else { 0 }],
+    })
+}
+
+#[test]
+fn even_port_reserves_the_next_port_for_a_reservation_token() {
+    let s = TestServer::start("");
+    let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
+    let m = a.request(method::ALLOCATE, || vec![udp_transport(), even_port(true)]);
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    let mut r = RelayedAddress::default();
+    r.get_from(&m).unwrap();
+    assert_eq!(r.port % 2, 0);
+    let mut token = turn::proto::rsrvtoken::ReservationToken::default();
+    token.get_from(&m).unwrap();
+    assert_eq!(token.0.len(), 8);
+
+    let mut b = RawClient::udp(s.udp4(), "bob", "builder");
+    let t = token.0.clone();
+    let m = b.request(method::ALLOCATE, || {
+        vec![
+            udp_transport(),
+            Box::new(turn::proto::rsrvtoken::ReservationToken(t.clone())),
+        ]
+    });
+    let mut r2 = RelayedAddress::default();
+    r2.get_from(&m).unwrap();
+    assert_eq!(r2.port, r.port + 1);
+    // The token is spent.
+    let mut c = RawClient::udp(s.udp4(), "bob", "builder");
+    let t = token.0.clone();
+    let m = c.request(method::ALLOCATE, || {
+        vec![
+            udp_transport(),
+            Box::new(turn::proto::rsrvtoken::ReservationToken(t.clone())),
+        ]
+    });
+    assert_eq!(error_code(&m), Some(508));
+}
+
+#[test]
+fn the_external_address_is_advertised_and_relay_to_it_is_allowed() {
+    let toml = base_config("").replace(
+        "address-ipv6 = \"::1\"",
+        "address-ipv6 = \"::1\"\nexternal-ipv4 = \"203.0.113.10\"",
+    );
+    let s = TestServer::start_with(&toml);
+    let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
+    let relayed = allocate(&mut a, none);
+    assert_eq!(
+        relayed.ip(),
+        "203.0.113.10".parse::<std::net::IpAddr>().unwrap()
+    );
+    // Another client's relay address (even in a denied range) is a valid
+    // peer: relay-to-relay works. No datagram is sent by this request.
+    let other: SocketAddr = "203.0.113.10:50000".parse().unwrap();
+    let m = a.request(method::CHANNEL_BIND, || {
+        vec![Box::new(ChannelNumber(0x4000)), peer(other)]
+    });
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+}
