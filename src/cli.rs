@@ -95,8 +95,20 @@ pub fn print_credentials(config: &Config, user: &str, ttl: u64, json: bool) -> E
     ExitCode::SUCCESS
 }
 
+/// Handle to change the log filter on reload.
+pub type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Whether the log level is pinned by the command line or `RUST_LOG`
+/// (then a reload leaves it alone).
+pub fn log_level_pinned(cli: &Cli) -> bool {
+    cli.log_level.is_some() || std::env::var_os("RUST_LOG").is_some()
+}
+
 /// Set up `tracing`: flag, then RUST_LOG, then the config's level.
-pub fn init_logging(cli: &Cli, config: Option<&Config>) {
+pub fn init_logging(cli: &Cli, config: Option<&Config>) -> Option<LogHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = cli
         .log_level
         .clone()
@@ -105,17 +117,43 @@ pub fn init_logging(cli: &Cli, config: Option<&Config>) {
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let format = cli
         .log_format
         .or(config.map(|c| c.log_format))
         .unwrap_or(LogFormat::Text);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let registry = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let done = match format {
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
+    done.is_ok().then_some(handle)
+}
+
+/// Serve `config` until a signal stops it: SIGHUP reloads `cli.config`,
+/// SIGTERM drains, SIGINT stops.
+pub fn serve(cli: &Cli, config: Config, log: Option<LogHandle>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pinned = log_level_pinned(cli);
+        let controls = crate::shutdown::controls(cli.config.clone(), move |c: &Config| {
+            if let (false, Some(h)) = (pinned, &log) {
+                if let Ok(f) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
+                    let _ = h.reload(f);
+                }
+            }
+        })?;
+        let embedded = config.generated_secret;
+        let server = crate::server::Server::bind(config)?;
+        if embedded {
+            print_startup_credentials(&server);
+        }
+        server.run_with(controls).await?;
+        Ok(())
+    })
 }
 
 /// What `cargo run` prints with no config: the secret, a one-hour

@@ -82,6 +82,8 @@ pub struct Config {
     pub max_tcp_connections: usize,
     pub tcp_idle_timeout: Duration,
     pub admin_listen: SocketAddr,
+    pub drain_timeout: Duration,
+    pub alternate_server: Option<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -113,6 +115,8 @@ pub struct RawConfig {
     tcp: RawTcp,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    shutdown: RawShutdown,
     #[serde(default)]
     log: RawLog,
 }
@@ -216,6 +220,14 @@ struct RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawShutdown {
+    #[serde(default = "default_drain")]
+    drain_timeout_seconds: u64,
+    alternate_server: Option<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawLog {
     #[serde(default = "default_log_level")]
     level: String,
@@ -283,6 +295,9 @@ fn default_tcp_idle() -> Spanned<u64> {
 fn default_admin() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))
 }
+fn default_drain() -> u64 {
+    30
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -308,6 +323,7 @@ empty_default!(
     RawLimits,
     RawTcp,
     RawAdmin,
+    RawShutdown,
     RawLog
 );
 
@@ -492,6 +508,8 @@ impl Config {
             max_tcp_connections: raw.limits.max_tcp_connections,
             tcp_idle_timeout: Duration::from_secs(*idle.get_ref()),
             admin_listen: raw.admin.listen,
+            drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
+            alternate_server: raw.shutdown.alternate_server,
             log_level: raw.log.level,
             log_format: raw.log.format,
         })

@@ -15,14 +15,19 @@
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
 //! - [`auth`]: long-term credentials, REST API secrets, stateless nonces.
 //! - [`policy`]: which peers may be relayed to.
-//! - [`config`], [`cli`], [`credentials`], [`shutdown`]: the operator's edge.
+//! - [`config`], [`cli`], [`credentials`], [`shutdown`]: the operator's edge;
+//!   [`admin`] serves [`metrics`] and health over HTTP; [`notify`] speaks
+//!   systemd's sd_notify.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod credentials;
 pub mod io;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod server;
 pub mod shutdown;

@@ -25,8 +25,8 @@ fn main() -> ExitCode {
     if let Some(Command::Credentials { user, ttl, json }) = &args.command {
         return cli::print_credentials(&config, user, *ttl, *json);
     }
-    cli::init_logging(&args, Some(&config));
-    match serve(config) {
+    let log = cli::init_logging(&args, Some(&config));
+    match cli::serve(&args, config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -34,20 +34,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn serve(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let shutdown = tern::shutdown::signal();
-        let embedded = config.generated_secret;
-        let server = tern::server::Server::bind(config)?;
-        if embedded {
-            cli::print_startup_credentials(&server);
-        }
-        server.run(shutdown).await?;
-        Ok(())
-    })
 }

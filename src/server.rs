@@ -3,15 +3,16 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Credentials, NonceIssuer};
 use crate::config::Config;
-use crate::core::{Core, CoreConfig, Quotas, Stats};
+use crate::core::{Core, CoreConfig, Quotas};
 use crate::io::ports::RelayPorts;
 use crate::io::{Shared, Worker, net};
 use crate::policy::PeerPolicy;
@@ -33,6 +34,25 @@ pub enum ServerError {
     Worker(std::io::Error),
 }
 
+/// What the operator asks of a running server (signals map onto these).
+#[derive(Debug)]
+pub enum Control {
+    /// Swap in a new configuration (SIGHUP); live allocations are kept.
+    Reload(Box<Config>),
+    /// Stop taking allocations, let live ones finish (SIGTERM).
+    Drain,
+    /// Close everything now (SIGINT, or a second SIGTERM).
+    Stop,
+}
+
+/// The phase a server is in; workers watch it.
+#[derive(Debug, Clone)]
+pub struct WorkerState {
+    pub config: Arc<CoreConfig>,
+    pub draining: bool,
+    pub stopping: bool,
+}
+
 /// A server whose sockets are bound, ready to [`Server::run`].
 pub struct Server {
     config: Config,
@@ -40,11 +60,14 @@ pub struct Server {
     sockets: Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)>,
     udp_addrs: Vec<SocketAddr>,
     tcp_addrs: Vec<SocketAddr>,
+    admin: std::net::TcpListener,
+    relay: (Option<IpAddr>, Option<IpAddr>),
+    own_ips: Vec<IpAddr>,
+    nonce_key: [u8; 32],
     core_config: Arc<CoreConfig>,
     quotas: Arc<Quotas>,
     shared: Arc<Shared>,
 }
-
 impl Server {
     /// Bind every listener (port 0 is allowed: workers share the port the
     /// first bind got) and prepare the workers.
@@ -106,22 +129,33 @@ impl Server {
             return Err(ServerError::NoRelayAddress);
         }
         let ports = RelayPorts::new(v4, v6, config.relay_ports);
-        let mut own: Vec<IpAddr> = net::interface_addresses();
-        own.extend(udp_addrs.iter().chain(&tcp_addrs).map(SocketAddr::ip));
-        let core_config = Arc::new(core_config(&config, v4, v6, own, rand::random()));
-        let shared = Arc::new(Shared {
+        let mut own_ips: Vec<IpAddr> = net::interface_addresses();
+        own_ips.extend(udp_addrs.iter().chain(&tcp_addrs).map(SocketAddr::ip));
+        let nonce_key: [u8; 32] = rand::random();
+        let core_config = Arc::new(core_config(&config, v4, v6, own_ips.clone(), nonce_key));
+        let admin = std::net::TcpListener::bind(config.admin_listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| ServerError::Bind {
+                transport: "admin http",
+                addr: config.admin_listen,
+                source,
+            })?;
+        let shared = Arc::new(Shared::new(
             ports,
-            tcp_connections: AtomicUsize::new(0),
-            max_tcp_connections: config.max_tcp_connections,
-            tcp_idle_timeout: config.tcp_idle_timeout,
-            stats: (0..workers).map(|_| Mutex::new(Stats::default())).collect(),
-            allocations: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-        });
+            workers,
+            config.max_tcp_connections,
+            config.max_allocations,
+            config.tcp_idle_timeout,
+        ));
         Ok(Self {
             config,
             sockets,
             udp_addrs,
             tcp_addrs,
+            admin,
+            relay: (v4, v6),
+            own_ips,
+            nonce_key,
             core_config,
             quotas: Arc::new(Quotas::default()),
             shared,
@@ -153,11 +187,126 @@ impl Server {
         Arc::clone(&self.shared)
     }
 
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
     /// Serve until `shutdown` completes, then close every allocation.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let stop = async move {
+            shutdown.await;
+            let _ = tx.send(Control::Stop).await;
+        };
+        let (_, result) = tokio::join!(stop, self.run_with(rx));
+        result
+    }
+
+    /// Serve, obeying `control`: reload, drain, stop. Returns when stopped
+    /// (or when `control` closes).
+    pub async fn run_with(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<(), ServerError> {
+        let state = WorkerState {
+            config: Arc::clone(&self.core_config),
+            draining: false,
+            stopping: false,
+        };
+        let (tx, rx) = watch::channel(state);
+        let threads = self.spawn_workers(&rx)?;
+        let admin =
+            tokio::net::TcpListener::from_std(self.admin.try_clone().map_err(ServerError::Worker)?)
+                .map_err(ServerError::Worker)?;
+        let admin_task = tokio::spawn(crate::admin::serve(admin, Arc::clone(&self.shared)));
+        self.wait_until_serving().await;
+        tracing::info!(
+            udp = ?self.udp_addrs,
+            tcp = ?self.tcp_addrs,
+            admin = ?self.admin_addr(),
+            workers = threads.len(),
+            "tern serving"
+        );
+        crate::notify::notify("READY=1");
+        let watchdog = crate::notify::watchdog_interval().map(|every| {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if shared.healthy(crate::admin::HEALTH_WINDOW) {
+                        crate::notify::notify("WATCHDOG=1");
+                    }
+                }
+            })
+        });
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let drained = async {
+                match drain_deadline {
+                    Some(deadline) => {
+                        let mut poll = tokio::time::interval(Duration::from_millis(250));
+                        loop {
+                            poll.tick().await;
+                            if self.shared.allocation_total() == 0
+                                || tokio::time::Instant::now() >= deadline
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = control.recv() => match msg {
+                    Some(Control::Reload(config)) => self.reload(*config, &tx),
+                    Some(Control::Drain) if drain_deadline.is_none() => {
+                        tracing::info!(timeout_seconds = self.config.drain_timeout.as_secs(), "draining");
+                        crate::notify::notify("STOPPING=1");
+                        self.shared.ready.store(false, Ordering::Relaxed);
+                        tx.send_modify(|s| s.draining = true);
+                        drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
+                    }
+                    Some(Control::Drain | Control::Stop) | None => break,
+                },
+                () = drained => {
+                    tracing::info!(left = self.shared.allocation_total(), "drain finished");
+                    break;
+                }
+            }
+        }
+        tracing::info!("shutting down");
+        crate::notify::notify("STOPPING=1");
+        self.shared.ready.store(false, Ordering::Relaxed);
+        tx.send_modify(|s| s.stopping = true);
+        admin_task.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        let mut result = Ok(());
+        for (thread, done) in threads {
+            let _ = done.await;
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(ServerError::Worker(e)),
+                Err(_) => {
+                    result = Err(ServerError::Worker(std::io::Error::other(
+                        "worker panicked",
+                    )))
+                }
+            }
+        }
+        result
+    }
+
+    fn spawn_workers(
+        &mut self,
+        rx: &watch::Receiver<WorkerState>,
+    ) -> Result<Vec<WorkerThread>, ServerError> {
         let mut threads = Vec::new();
-        for (index, (udp, tcp)) in self.sockets.into_iter().enumerate() {
+        for (index, (udp, tcp)) in std::mem::take(&mut self.sockets).into_iter().enumerate() {
             let core = Core::new(
                 Arc::clone(&self.core_config),
                 Arc::clone(&self.quotas),
@@ -177,31 +326,74 @@ impl Server {
                 .map_err(ServerError::Worker)?;
             threads.push((thread, done_rx));
         }
-        tracing::info!(
-            udp = ?self.udp_addrs,
-            tcp = ?self.tcp_addrs,
-            workers = threads.len(),
-            "tern serving"
-        );
-        shutdown.await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-        let mut result = Ok(());
-        for (thread, done) in threads {
-            let _ = done.await;
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(ServerError::Worker(e)),
-                Err(_) => {
-                    result = Err(ServerError::Worker(std::io::Error::other(
-                        "worker panicked",
-                    )))
-                }
+        Ok(threads)
+    }
+
+    /// Wait until every worker's loop has turned once, then mark ready.
+    async fn wait_until_serving(&self) {
+        let mut poll = tokio::time::interval(Duration::from_millis(5));
+        while !self
+            .shared
+            .last_tick_ms
+            .iter()
+            .all(|t| t.load(Ordering::Relaxed) > 0)
+        {
+            poll.tick().await;
+        }
+        self.shared.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Apply a new configuration: credentials, peer policy, limits and
+    /// lifetimes change at once; listeners, relay addresses and workers need
+    /// a restart.
+    fn reload(&mut self, new: Config, tx: &watch::Sender<WorkerState>) {
+        let old = &self.config;
+        let needs_restart = [
+            (
+                "listen",
+                old.listen_udp != new.listen_udp || old.listen_tcp != new.listen_tcp,
+            ),
+            (
+                "relay",
+                old.relay_ipv4 != new.relay_ipv4
+                    || old.relay_ipv6 != new.relay_ipv6
+                    || old.relay_ports != new.relay_ports,
+            ),
+            ("workers", old.workers != new.workers),
+            ("admin.listen", old.admin_listen != new.admin_listen),
+        ];
+        for (key, changed) in needs_restart {
+            if changed {
+                tracing::warn!(
+                    key,
+                    "changed in the reloaded config but needs a restart; keeping the old value"
+                );
             }
         }
-        result
+        let cfg = Arc::new(core_config(
+            &new,
+            self.relay.0,
+            self.relay.1,
+            self.own_ips.clone(),
+            self.nonce_key,
+        ));
+        self.shared
+            .max_tcp_connections
+            .store(new.max_tcp_connections, Ordering::Relaxed);
+        self.shared
+            .max_allocations
+            .store(new.max_allocations, Ordering::Relaxed);
+        tx.send_modify(|s| s.config = Arc::clone(&cfg));
+        self.core_config = cfg;
+        tracing::info!(source = %new.source, "configuration reloaded");
+        self.config = new;
     }
 }
+
+type WorkerThread = (
+    std::thread::JoinHandle<std::io::Result<()>>,
+    tokio::sync::oneshot::Receiver<()>,
+);
 
 /// Bind one socket per worker on `addr`; with port 0, the first socket's
 /// port is reused for the others.
@@ -243,14 +435,14 @@ fn worker_thread(
     shared: Arc<Shared>,
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
-    shutdown: watch::Receiver<bool>,
+    state: watch::Receiver<WorkerState>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     let worker = Worker::new(index, core, shared);
-    let result = local.block_on(&rt, worker.run(udp, tcp, shutdown));
+    let result = local.block_on(&rt, worker.run(udp, tcp, state));
     // Dropping the LocalSet cancels the worker's remaining tasks.
     drop(local);
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -289,6 +481,7 @@ pub fn core_config(
         strict_expiry: config.strict_expiry,
         external_v4: config.external_ipv4,
         external_v6: config.external_ipv6,
+        alternate_server: config.alternate_server,
     }
 }
 

@@ -93,7 +93,7 @@ fn credentials_json_has_the_rest_api_shape_and_a_valid_password() {
 fn serves_until_sigterm_then_exits_zero() {
     let cfg = temp_file(
         "serve",
-        "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n",
     );
     let mut child = Command::new(TERN)
         .args(["--log-format", "json", "--config"])

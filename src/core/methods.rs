@@ -55,7 +55,10 @@ impl Core {
         };
         if self.refuse_allocations {
             self.stats.reject(Rejection::Draining);
-            return err(Code::InsufficientCapacity);
+            return match self.cfg.alternate_server {
+                Some(alt) => response::try_alternate(msg, alt, seal),
+                None => err(Code::InsufficientCapacity),
+            };
         }
         let lifetime = match self.granted_lifetime(msg, auth.expires_unix, now) {
             Some(l) if !l.is_zero() => l,

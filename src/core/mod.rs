@@ -136,6 +136,8 @@ pub struct CoreConfig {
     pub strict_expiry: bool,
     pub external_v4: Option<Ipv4Addr>,
     pub external_v6: Option<Ipv6Addr>,
+    /// Where to send clients (300 Try Alternate) while draining.
+    pub alternate_server: Option<SocketAddr>,
 }
 
 /// Allocation counts shared by every worker (touched per Allocate and
@@ -236,6 +238,22 @@ impl Core {
     /// Number of live allocations in this worker.
     pub fn allocation_count(&self) -> usize {
         self.allocs.len()
+    }
+
+    /// Recompute the gauges in [`Stats`] (once a tick, not per packet).
+    pub fn refresh_gauges(&mut self, now: Now) {
+        let mut allocations = [[0u64; 2]; 2];
+        let (mut permissions, mut channels) = (0u64, 0u64);
+        for a in self.allocs.values() {
+            let t = stats::transport_index(a.client.transport);
+            let f = usize::from(Family::of(&a.relayed) == Family::V6);
+            allocations[t][f] += 1;
+            permissions += a.permissions.len() as u64;
+            channels += a.live_channels(now.instant) as u64;
+        }
+        self.stats.allocations = allocations;
+        self.stats.permissions = permissions;
+        self.stats.channels = channels;
     }
 
     /// The allocation owned by `client`, for tests and diagnostics.

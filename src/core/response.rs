@@ -18,6 +18,7 @@ use crate::wire::StunView;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Code {
+    TryAlternate = 300,
     BadRequest = 400,
     Unauthorized = 401,
     Forbidden = 403,
@@ -36,6 +37,7 @@ pub enum Code {
 impl Code {
     fn reason(self) -> &'static str {
         match self {
+            Self::TryAlternate => "Try Alternate",
             Self::BadRequest => "Bad Request",
             Self::Unauthorized => "Unauthorized",
             Self::Forbidden => "Forbidden",
@@ -141,6 +143,29 @@ pub fn challenge(req: &StunView<'_>, code: Code, realm: &str, nonce: String) -> 
         software: None,
     };
     error(req, code, attrs, seal)
+}
+
+/// ALTERNATE-SERVER (RFC 8489 §14.15), encoded like MAPPED-ADDRESS.
+struct AlternateServer(std::net::SocketAddr);
+
+impl Setter for AlternateServer {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        let a = stun::addr::MappedAddress {
+            ip: self.0.ip(),
+            port: self.0.port(),
+        };
+        a.add_to_as(m, stun::attributes::ATTR_ALTERNATE_SERVER)
+    }
+}
+
+/// A 300 Try Alternate pointing at `server`.
+pub fn try_alternate(req: &StunView<'_>, server: std::net::SocketAddr, seal: Seal<'_>) -> Vec<u8> {
+    error(
+        req,
+        Code::TryAlternate,
+        vec![Box::new(AlternateServer(server))],
+        seal,
+    )
 }
 
 /// A 420 listing the attributes not understood.

@@ -141,6 +141,11 @@ pub struct Stats {
     /// Cumulative histogram counts of allocation lifetimes, plus +Inf last.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_seconds: f64,
+    /// Gauges, set by [`super::Core::refresh_gauges`]: live allocations by
+    /// `[transport][family]`, permissions and live channels.
+    pub allocations: [[u64; 2]; 2],
+    pub permissions: u64,
+    pub channels: u64,
 }
 
 /// Index of a transport in per-transport arrays.
@@ -207,5 +212,10 @@ impl Stats {
         self.peer_denied += o.peer_denied;
         sum(&mut self.duration_buckets, &o.duration_buckets);
         self.duration_sum_seconds += o.duration_sum_seconds;
+        for t in 0..2 {
+            sum(&mut self.allocations[t], &o.allocations[t]);
+        }
+        self.permissions += o.permissions;
+        self.channels += o.channels;
     }
 }

@@ -127,6 +127,7 @@ fn core_config() -> CoreConfig {
         strict_expiry: true,
         external_v4: None,
         external_v6: None,
+        alternate_server: None,
     }
 }
 
@@ -857,4 +858,14 @@ fn draining_refuses_new_allocations() {
         error_code(&h.request(&client(1), method::ALLOCATE, vec![udp()])),
         508
     );
+    let mut cfg = core_config();
+    let alt: SocketAddr = "192.0.2.99:3478".parse().unwrap();
+    cfg.alternate_server = Some(alt);
+    h.core.set_config(Arc::new(cfg));
+    let r = h.request(&client(1), method::ALLOCATE, vec![udp()]);
+    assert_eq!(error_code(&r), 300);
+    let mut a = stun::addr::MappedAddress::default();
+    a.get_from_as(&r, stun::attributes::ATTR_ALTERNATE_SERVER)
+        .unwrap();
+    assert_eq!(SocketAddr::new(a.ip, a.port), alt);
 }

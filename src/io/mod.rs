@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,8 +40,16 @@ const BUF_LEN: usize = PEER_HEADROOM + 65_535 + 4;
 pub struct Shared {
     pub ports: RelayPorts,
     pub tcp_connections: AtomicUsize,
-    pub max_tcp_connections: usize,
+    pub max_tcp_connections: AtomicUsize,
+    /// The server-wide allocation limit in force (for metrics).
+    pub max_allocations: AtomicU32,
     pub tcp_idle_timeout: Duration,
+    /// Set once every worker serves; cleared when draining starts.
+    pub ready: AtomicBool,
+    /// When the shared state was made; ticks are measured from it.
+    pub started: Instant,
+    /// Per worker: milliseconds after `started` of its last tick.
+    pub last_tick_ms: Vec<AtomicU64>,
     /// Each worker's counters, copied out once a tick for metrics.
     pub stats: Vec<Mutex<Stats>>,
     /// Live allocations per worker, copied out once a tick.
@@ -49,6 +57,45 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Fresh shared state for `workers` workers.
+    pub fn new(
+        ports: RelayPorts,
+        workers: usize,
+        max_tcp: usize,
+        max_allocations: u32,
+        tcp_idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            ports,
+            tcp_connections: AtomicUsize::new(0),
+            max_tcp_connections: AtomicUsize::new(max_tcp),
+            max_allocations: AtomicU32::new(max_allocations),
+            tcp_idle_timeout,
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            last_tick_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            stats: (0..workers).map(|_| Mutex::new(Stats::default())).collect(),
+            allocations: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Whether every worker's event loop ticked within `within`.
+    pub fn healthy(&self, within: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let limit = within.as_millis() as u64;
+        self.last_tick_ms
+            .iter()
+            .all(|t| now.saturating_sub(t.load(Ordering::Relaxed)) <= limit)
+    }
+
+    /// Live allocations across workers (as of their last tick).
+    pub fn allocation_total(&self) -> usize {
+        self.allocations
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Counters summed over every worker (as of their last tick).
     pub fn total_stats(&self) -> Stats {
         let mut total = Stats::default();
@@ -181,7 +228,7 @@ impl Worker {
         self: Rc<Self>,
         udp: Vec<std::net::UdpSocket>,
         tcp: Vec<std::net::TcpListener>,
-        mut shutdown: watch::Receiver<bool>,
+        mut state: watch::Receiver<crate::server::WorkerState>,
     ) -> std::io::Result<()> {
         for s in udp {
             let local = s.local_addr()?;
@@ -201,7 +248,18 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.tick(),
-                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+                r = state.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let s = state.borrow_and_update().clone();
+                    if s.stopping {
+                        break;
+                    }
+                    let mut core = self.core.borrow_mut();
+                    core.set_config(s.config);
+                    core.set_refuse_allocations(s.draining);
+                }
             }
         }
         let mut io = self.io.borrow_mut();
@@ -220,6 +278,7 @@ impl Worker {
 
     /// Copy this worker's counters where metrics can read them.
     fn publish(&self) {
+        self.core.borrow_mut().refresh_gauges(now());
         let core = self.core.borrow();
         if let Some(s) = self.shared.stats.get(self.index) {
             s.lock()
@@ -228,6 +287,10 @@ impl Worker {
         }
         if let Some(a) = self.shared.allocations.get(self.index) {
             a.store(core.allocation_count(), Ordering::Relaxed);
+        }
+        if let Some(t) = self.shared.last_tick_ms.get(self.index) {
+            let ms = self.shared.started.elapsed().as_millis() as u64;
+            t.store(ms.max(1), Ordering::Relaxed);
         }
     }
 

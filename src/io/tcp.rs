@@ -30,7 +30,8 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             }
         };
         let shared = &w.shared;
-        if shared.tcp_connections.fetch_add(1, Ordering::Relaxed) >= shared.max_tcp_connections {
+        let max = shared.max_tcp_connections.load(Ordering::Relaxed);
+        if shared.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
             shared.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(%remote, "tcp connection limit reached; closing");
             continue;

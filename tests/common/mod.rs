@@ -24,8 +24,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TestServer {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    pub admin: SocketAddr,
     pub shared: Arc<Shared>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub control: tokio::sync::mpsc::Sender<tern::server::Control>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -48,6 +49,8 @@ password = "wonderland"
 [[auth.users]]
 name = "bob"
 password = "builder"
+[admin]
+listen = "127.0.0.1:0"
 {extra}
 "#
     )
@@ -66,24 +69,28 @@ impl TestServer {
         let udp = server.udp_addrs().to_vec();
         let tcp = server.tcp_addrs().to_vec();
         let shared = server.shared();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let admin = server.admin_addr().unwrap();
+        let (control, rx) = tokio::sync::mpsc::channel(4);
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(server.run(async {
-                let _ = rx.await;
-            }))
-            .unwrap();
+            rt.block_on(server.run_with(rx)).unwrap();
         });
-        Self {
+        let s = Self {
             udp,
             tcp,
+            admin,
             shared,
-            stop: Some(stop),
+            control,
             thread: Some(thread),
-        }
+        };
+        assert!(wait_until(TIMEOUT, || s
+            .shared
+            .ready
+            .load(std::sync::atomic::Ordering::Relaxed)));
+        s
     }
 
     pub fn udp4(&self) -> SocketAddr {
@@ -99,6 +106,21 @@ impl TestServer {
         self.tcp[1]
     }
 
+    /// Send a control message as a signal would.
+    pub fn control(&self, c: tern::server::Control) {
+        self.control.try_send(c).unwrap();
+    }
+
+    /// Whether the server thread has ended.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// GET `path` from the admin listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
     /// Live allocations across workers (published once a second).
     pub fn allocations(&self) -> usize {
         self.shared
@@ -111,9 +133,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.control.try_send(tern::server::Control::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -298,4 +318,32 @@ impl RawClient {
         self.nonce = Some(n.text);
         fresh
     }
+}
+
+/// A minimal HTTP GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of an unlabelled or labelled sample in a Prometheus text page,
+/// summed over the samples whose name and labels start with `prefix`.
+pub fn metric(page: &str, prefix: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

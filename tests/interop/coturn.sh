@@ -24,7 +24,9 @@ password = \"wonderland\"
 # turnutils_uclient picks channel numbers from the RFC 5766 range.
 legacy-channel-numbers = true
 [peers]
-allow = [\"127.0.0.1/32\", \"::1/128\"]"
+allow = [\"127.0.0.1/32\", \"::1/128\"]
+[admin]
+listen = \"127.0.0.1:0\""
 }
 
 stunclient() { # FAMILY_ADDR EXPECT

@@ -1,0 +1,268 @@
+//! Prometheus metrics, all defined here. Workers keep plain counters
+//! ([`crate::core::Stats`]) and publish them once a second; a scrape sums
+//! them into a fresh registry, so the per-packet path never touches a
+//! shared atomic.
+//!
+//! Every name starts with `tern_`, uses base units, and counters end in
+//! `_total`; labels come from small fixed sets (transport, family,
+//! direction, reason), never from users or addresses.
+
+use prometheus::core::Collector;
+use prometheus::proto::{self, MetricFamily};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::core::Stats;
+use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, Rejection};
+use crate::io::Shared;
+
+const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+const DIRECTIONS: [&str; 2] = ["client_to_peer", "peer_to_client"];
+
+/// Render the text exposition of every metric.
+pub fn render(shared: &Shared) -> String {
+    let stats = shared.total_stats();
+    let registry = Registry::new();
+    let mut ok = true;
+    let mut add = |c: Box<dyn Collector>| ok &= registry.register(c).is_ok();
+    add(Box::new(build_info()));
+    add(Box::new(counters(&stats)));
+    add(Box::new(relayed(&stats)));
+    add(Box::new(reasons(&stats)));
+    add(Box::new(gauges(&stats, shared)));
+    add(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    let mut families = registry.gather();
+    families.push(duration_histogram(&stats));
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    if !ok || TextEncoder::new().encode(&families, &mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A collector made of several metrics, registered as one.
+struct Group(Vec<Box<dyn Collector>>);
+
+impl Collector for Group {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.iter().flat_map(|c| c.desc()).collect()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.iter().flat_map(|c| c.collect()).collect()
+    }
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    // Names and labels are constants of this module: valid by construction.
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("{name}: {e}"))
+}
+
+fn counter(name: &str, help: &str, value: u64) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{name}: {e}"));
+    c.inc_by(value);
+    c
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("{name}: {e}"))
+}
+
+fn gauge(name: &str, help: &str, value: f64) -> Gauge {
+    let g = Gauge::new(name, help).unwrap_or_else(|e| unreachable!("{name}: {e}"));
+    g.set(value);
+    g
+}
+
+fn build_info() -> GaugeVec {
+    let g = gauge_vec(
+        "tern_build_info",
+        "Build information; always 1.",
+        &["version"],
+    );
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+    g
+}
+
+fn counters(s: &Stats) -> Group {
+    let binding = counter_vec(
+        "tern_stun_binding_requests_total",
+        "STUN Binding requests answered.",
+        &["transport"],
+    );
+    let created = counter_vec(
+        "tern_allocations_created_total",
+        "TURN allocations created.",
+        &["transport"],
+    );
+    for (i, t) in TRANSPORTS.iter().enumerate() {
+        binding
+            .with_label_values(&[t])
+            .inc_by(s.binding_requests[i]);
+        created
+            .with_label_values(&[t])
+            .inc_by(s.allocations_created[i]);
+    }
+    Group(vec![
+        Box::new(binding),
+        Box::new(created),
+        Box::new(counter(
+            "tern_allocations_expired_total",
+            "Allocations closed because their lifetime or credential ran out.",
+            s.allocations_expired,
+        )),
+        Box::new(counter(
+            "tern_retransmissions_total",
+            "Retransmitted requests answered from the transaction cache.",
+            s.retransmissions,
+        )),
+        Box::new(counter(
+            "tern_peer_denied_total",
+            "CreatePermission/ChannelBind requests refused by the peer policy.",
+            s.peer_denied,
+        )),
+        Box::new(counter(
+            "tern_auth_challenges_total",
+            "Requests without credentials answered with a 401 challenge (the normal first step).",
+            s.auth_failures[AuthFailure::Missing as usize],
+        )),
+    ])
+}
+
+fn relayed(s: &Stats) -> Group {
+    let bytes = counter_vec(
+        "tern_relayed_bytes_total",
+        "Payload bytes relayed.",
+        &["direction", "transport"],
+    );
+    let packets = counter_vec(
+        "tern_relayed_packets_total",
+        "Packets relayed.",
+        &["direction", "transport"],
+    );
+    for (d, dir) in DIRECTIONS.iter().enumerate() {
+        for (t, tr) in TRANSPORTS.iter().enumerate() {
+            bytes
+                .with_label_values(&[dir, tr])
+                .inc_by(s.relayed_bytes[d][t]);
+            packets
+                .with_label_values(&[dir, tr])
+                .inc_by(s.relayed_packets[d][t]);
+        }
+    }
+    Group(vec![Box::new(bytes), Box::new(packets)])
+}
+
+fn reasons(s: &Stats) -> Group {
+    let dropped = counter_vec(
+        "tern_dropped_packets_total",
+        "Datagrams dropped, by reason.",
+        &["reason"],
+    );
+    for r in DropReason::ALL {
+        dropped
+            .with_label_values(&[r.label()])
+            .inc_by(s.dropped[r as usize]);
+    }
+    let auth = counter_vec(
+        "tern_auth_failures_total",
+        "Requests that failed authentication, by reason.",
+        &["reason"],
+    );
+    for r in AuthFailure::ALL
+        .into_iter()
+        .filter(|r| *r != AuthFailure::Missing)
+    {
+        auth.with_label_values(&[r.label()])
+            .inc_by(s.auth_failures[r as usize]);
+    }
+    let rejected = counter_vec(
+        "tern_allocation_rejections_total",
+        "Authenticated Allocate requests refused, by reason.",
+        &["reason"],
+    );
+    for r in Rejection::ALL {
+        rejected
+            .with_label_values(&[r.label()])
+            .inc_by(s.rejections[r as usize]);
+    }
+    Group(vec![Box::new(dropped), Box::new(auth), Box::new(rejected)])
+}
+
+fn gauges(s: &Stats, shared: &Shared) -> Group {
+    let allocations = gauge_vec(
+        "tern_allocations",
+        "Live TURN allocations.",
+        &["transport", "family"],
+    );
+    for (t, tr) in TRANSPORTS.iter().enumerate() {
+        for (f, fam) in FAMILIES.iter().enumerate() {
+            allocations
+                .with_label_values(&[tr, fam])
+                .set(s.allocations[t][f] as f64);
+        }
+    }
+    let tcp = shared
+        .tcp_connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Group(vec![
+        Box::new(allocations),
+        Box::new(gauge(
+            "tern_permissions",
+            "Live permissions.",
+            s.permissions as f64,
+        )),
+        Box::new(gauge(
+            "tern_channels",
+            "Live channel bindings.",
+            s.channels as f64,
+        )),
+        Box::new(gauge(
+            "tern_tcp_connections",
+            "Open TCP client connections.",
+            tcp as f64,
+        )),
+        Box::new(gauge(
+            "tern_allocations_limit",
+            "The configured server-wide allocation limit.",
+            f64::from(
+                shared
+                    .max_allocations
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        )),
+    ])
+}
+
+/// The lifetime histogram, built from the workers' cumulative bucket counts.
+fn duration_histogram(s: &Stats) -> MetricFamily {
+    let mut cumulative = 0;
+    let buckets = DURATION_BUCKETS
+        .iter()
+        .zip(&s.duration_buckets)
+        .map(|(bound, count)| {
+            cumulative += count;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    let mut h = proto::Histogram::default();
+    h.set_bucket(buckets);
+    h.set_sample_count(s.duration_buckets.iter().sum());
+    h.set_sample_sum(s.duration_sum_seconds);
+    let mut m = proto::Metric::default();
+    m.set_histogram(h);
+    let mut f = MetricFamily::default();
+    f.set_name("tern_allocation_duration_seconds".into());
+    f.set_help("How long closed allocations lived.".into());
+    f.set_field_type(proto::MetricType::HISTOGRAM);
+    f.set_metric(vec![m]);
+    f
+}
