@@ -249,9 +249,9 @@ impl Server {
                         let mut poll = tokio::time::interval(Duration::from_millis(250));
                         loop {
                             poll.tick().await;
-                            if self.shared.allocation_total() == 0
-                                || tokio::time::Instant::now() >= deadline
-                            {
+                            // The quota count is exact at every moment; the
+                            // per-worker gauges lag by up to a tick.
+                            if self.quotas.total() == 0 || tokio::time::Instant::now() >= deadline {
                                 return;
                             }
                         }
@@ -272,7 +272,7 @@ impl Server {
                     Some(Control::Drain | Control::Stop) | None => break,
                 },
                 () = drained => {
-                    tracing::info!(left = self.shared.allocation_total(), "drain finished");
+                    tracing::info!(left = self.quotas.total(), "drain finished");
                     break;
                 }
             }
