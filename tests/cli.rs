@@ -127,3 +127,92 @@ fn serves_until_sigterm_then_exits_zero() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A tern child process whose stdout (JSON logs) is read line by line.
+struct Child {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Child {
+    fn spawn(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(TERN)
+            .args(["--log-format", "json", "--log-level", "info", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Wait for a log line containing `text`.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+fn serve_config(extra: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n{extra}"
+    )
+}
+
+#[test]
+fn sd_notify_reports_ready_and_stopping_on_a_real_socket() {
+    let dir = std::env::temp_dir().join(format!("tern-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let cfg = temp_file("notify", &serve_config(""));
+    let mut child = Child::spawn(&cfg, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    child.signal(libc::SIGTERM);
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(child.child.wait().unwrap().code(), Some(0));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sighup_with_a_broken_file_keeps_the_running_config() {
+    let cfg = temp_file("hup", &serve_config(""));
+    let mut child = Child::spawn(&cfg, &[]);
+    child.wait_for("tern serving");
+    std::fs::write(&cfg, "[listen]\nudpp = []\n").unwrap();
+    child.signal(libc::SIGHUP);
+    let line = child.wait_for("reload failed");
+    assert!(line.contains("udpp"), "{line}");
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    std::fs::write(&cfg, serve_config("[limits]\nmax-allocations = 7\n")).unwrap();
+    child.signal(libc::SIGHUP);
+    child.wait_for("configuration reloaded");
+    child.signal(libc::SIGINT);
+    assert_eq!(child.child.wait().unwrap().code(), Some(0));
+}
