@@ -80,6 +80,9 @@ pub struct Config {
     pub max_channels: usize,
     pub legacy_channel_numbers: bool,
     pub max_tcp_connections: usize,
+    pub max_tcp_connections_per_ip: usize,
+    pub unauthenticated_rate: u32,
+    pub max_bandwidth: u64,
     pub tcp_idle_timeout: Duration,
     pub admin_listen: SocketAddr,
     pub drain_timeout: Duration,
@@ -202,6 +205,12 @@ struct RawLimits {
     max_channels_per_allocation: usize,
     #[serde(default = "default_max_tcp")]
     max_tcp_connections: usize,
+    #[serde(default = "default_max_tcp_per_ip")]
+    max_tcp_connections_per_ip: usize,
+    #[serde(default = "default_unauth_rate")]
+    unauthenticated_requests_per_second_per_ip: u32,
+    #[serde(default = "default_bandwidth")]
+    max_bandwidth_bytes_per_second: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +297,15 @@ fn default_max_channels() -> usize {
 }
 fn default_max_tcp() -> usize {
     10_000
+}
+fn default_max_tcp_per_ip() -> usize {
+    100
+}
+fn default_unauth_rate() -> u32 {
+    50
+}
+fn default_bandwidth() -> u64 {
+    5_000_000
 }
 fn default_tcp_idle() -> Spanned<u64> {
     unspanned(30)
@@ -506,6 +524,9 @@ impl Config {
             max_channels: raw.limits.max_channels_per_allocation,
             legacy_channel_numbers: raw.allocations.legacy_channel_numbers,
             max_tcp_connections: raw.limits.max_tcp_connections,
+            max_tcp_connections_per_ip: raw.limits.max_tcp_connections_per_ip,
+            unauthenticated_rate: raw.limits.unauthenticated_requests_per_second_per_ip,
+            max_bandwidth: raw.limits.max_bandwidth_bytes_per_second,
             tcp_idle_timeout: Duration::from_secs(*idle.get_ref()),
             admin_listen: raw.admin.listen,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),

@@ -14,7 +14,8 @@
 //!   state in `core/alloc.rs`, answers in `core/response.rs`.
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
 //! - [`auth`]: long-term credentials, REST API secrets, stateless nonces.
-//! - [`policy`]: which peers may be relayed to.
+//! - [`policy`]: which peers may be relayed to; [`ratelimit`]: per-source
+//!   and per-allocation limits in bounded memory.
 //! - [`config`], [`cli`], [`credentials`], [`shutdown`]: the operator's edge;
 //!   [`admin`] serves [`metrics`] and health over HTTP; [`notify`] speaks
 //!   systemd's sd_notify.
@@ -29,6 +30,7 @@ pub mod io;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod shutdown;
 pub mod wire;

@@ -147,6 +147,9 @@ impl Server {
             config.max_allocations,
             config.tcp_idle_timeout,
         ));
+        shared
+            .max_tcp_connections_per_ip
+            .store(config.max_tcp_connections_per_ip, Ordering::Relaxed);
         Ok(Self {
             config,
             sockets,
@@ -312,6 +315,7 @@ impl Server {
                 Arc::clone(&self.quotas),
                 u16::try_from(index).unwrap_or(u16::MAX),
                 rand::random(),
+                self.shared.started,
             );
             let shared = Arc::clone(&self.shared);
             let rx = rx.clone();
@@ -380,6 +384,9 @@ impl Server {
         self.shared
             .max_tcp_connections
             .store(new.max_tcp_connections, Ordering::Relaxed);
+        self.shared
+            .max_tcp_connections_per_ip
+            .store(new.max_tcp_connections_per_ip, Ordering::Relaxed);
         self.shared
             .max_allocations
             .store(new.max_allocations, Ordering::Relaxed);
@@ -482,6 +489,8 @@ pub fn core_config(
         external_v4: config.external_ipv4,
         external_v6: config.external_ipv6,
         alternate_server: config.alternate_server,
+        unauthenticated_rate: config.unauthenticated_rate,
+        max_bandwidth: config.max_bandwidth,
     }
 }
 

@@ -404,21 +404,6 @@ fn a_tcp_allocation_is_deleted_when_its_connection_closes() {
     assert!(wait_until(TIMEOUT, || s.allocations() == 0));
 }
 
-#[test]
-fn malformed_floods_do_not_stop_binding_answers() {
-    let s = TestServer::start("");
-    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut junk = [0u8; 64];
-    for i in 0..5_000u32 {
-        junk[..4].copy_from_slice(&i.to_be_bytes());
-        junk[4] = (i % 251) as u8;
-        let _ = flood.send_to(&junk[..(i as usize % 64) + 1], s.udp4());
-    }
-    let mut c = RawClient::udp(s.udp4(), "", "");
-    assert_eq!(binding(&mut c), c.local_addr());
-    assert!(wait_until(TIMEOUT, || s.shared.total_stats().dropped[0] > 0));
-}
-
 fn even_port(reserve: bool) -> Box<dyn Setter> {
     Box::new(RawAttribute {
         typ: AttrType(0x0018),

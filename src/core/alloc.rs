@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::auth::Key;
+use crate::ratelimit::Bandwidth;
 
 use super::{AllocId, FiveTuple};
 
@@ -47,6 +48,8 @@ pub struct Allocation {
     answers: VecDeque<(Instant, [u8; 12], Vec<u8>)>,
     pub bytes_to_peer: u64,
     pub bytes_to_client: u64,
+    pub bandwidth_to_peer: Bandwidth,
+    pub bandwidth_to_client: Bandwidth,
 }
 
 impl Allocation {
@@ -77,6 +80,8 @@ impl Allocation {
             answers: VecDeque::with_capacity(ANSWER_CACHE_LEN),
             bytes_to_peer: 0,
             bytes_to_client: 0,
+            bandwidth_to_peer: Bandwidth::new(now, u64::MAX),
+            bandwidth_to_client: Bandwidth::new(now, u64::MAX),
         }
     }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{AuthError, Authenticated, Credentials, NonceIssuer, NonceState};
 use crate::policy::PeerPolicy;
+use crate::ratelimit::SourceLimiter;
 use crate::wire::{self, Class, Kind, StunView, attr, method};
 
 use alloc::Allocation;
@@ -138,6 +139,10 @@ pub struct CoreConfig {
     pub external_v6: Option<Ipv6Addr>,
     /// Where to send clients (300 Try Alternate) while draining.
     pub alternate_server: Option<SocketAddr>,
+    /// Unauthenticated answers per second per source IP (0: unlimited).
+    pub unauthenticated_rate: u32,
+    /// Relayed bytes per second per allocation and direction (0: unlimited).
+    pub max_bandwidth: u64,
 }
 
 /// Allocation counts shared by every worker (touched per Allocate and
@@ -207,13 +212,22 @@ pub struct Core {
     rng: u64,
     /// Whether new allocations are refused (draining).
     refuse_allocations: bool,
+    limiter: SourceLimiter,
     pub stats: Stats,
 }
 
 impl Core {
-    /// A core for worker `worker` (ids are unique across workers).
-    pub fn new(cfg: Arc<CoreConfig>, quotas: Arc<Quotas>, worker: u16, seed: u64) -> Self {
+    /// A core for worker `worker` (ids are unique across workers);
+    /// `epoch` is any instant not after the first `now` it will see.
+    pub fn new(
+        cfg: Arc<CoreConfig>,
+        quotas: Arc<Quotas>,
+        worker: u16,
+        seed: u64,
+        epoch: Instant,
+    ) -> Self {
         Self {
+            limiter: SourceLimiter::new(cfg.unauthenticated_rate, epoch),
             cfg,
             quotas,
             allocs: HashMap::new(),
@@ -227,6 +241,7 @@ impl Core {
 
     /// Swap in a new configuration; live allocations are kept.
     pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
+        self.limiter.set_rate(cfg.unauthenticated_rate);
         self.cfg = cfg;
     }
 
@@ -284,7 +299,7 @@ impl Core {
     ) {
         match (msg.class(), msg.method()) {
             (Class::Indication, method::SEND) => self.send_indication(now, from, msg, io),
-            (Class::Request, method::BINDING) => self.binding(from, msg, io),
+            (Class::Request, method::BINDING) => self.binding(now, from, msg, io),
             (Class::Request, m) => self.turn_request(now, from, msg, m, io),
             // Responses and other indications: nothing to do.
             _ => self.stats.drop(DropReason::Unexpected),
@@ -293,7 +308,11 @@ impl Core {
 
     /// STUN Binding (RFC 8489 §8.1): reflect the source address. No
     /// authentication (browsers send none), no per-source state.
-    fn binding(&mut self, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) {
+    fn binding(&mut self, now: Now, from: &FiveTuple, msg: &StunView<'_>, io: &mut impl Io) {
+        if !self.limiter.allow(from.remote.ip(), now.instant) {
+            self.stats.drop(DropReason::RateLimited);
+            return;
+        }
         self.stats.binding_requests[stats::transport_index(from.transport)] += 1;
         if let Some(unknown) = unknown_required(msg) {
             let seal = Seal::for_request(msg, None, None);
@@ -330,9 +349,11 @@ impl Core {
         let fresh_nonce = || cfg.nonces.issue(now.unix, tcp, &from.remote);
         let Some((header, body, mac)) = msg.integrity() else {
             self.stats.auth_failure(AuthFailure::Missing);
-            io.to_client(
+            self.unauthenticated(
+                now,
                 from,
                 &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
+                io,
             );
             return None;
         };
@@ -343,22 +364,31 @@ impl Core {
         ) else {
             self.stats.auth_failure(AuthFailure::Malformed);
             let seal = Seal::for_request(msg, None, None);
-            io.to_client(from, &response::error(msg, Code::BadRequest, vec![], seal));
+            self.unauthenticated(
+                now,
+                from,
+                &response::error(msg, Code::BadRequest, vec![], seal),
+                io,
+            );
             return None;
         };
         if cfg.nonces.check(nonce, now.unix, tcp, &from.remote) != NonceState::Valid {
             self.stats.auth_failure(AuthFailure::StaleNonce);
-            io.to_client(
+            self.unauthenticated(
+                now,
                 from,
                 &response::challenge(msg, Code::StaleNonce, realm, fresh_nonce()),
+                io,
             );
             return None;
         }
         let Ok(user) = std::str::from_utf8(user) else {
             self.stats.auth_failure(AuthFailure::UnknownUser);
-            io.to_client(
+            self.unauthenticated(
+                now,
                 from,
                 &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
+                io,
             );
             return None;
         };
@@ -371,12 +401,24 @@ impl Core {
                     AuthError::Expired => AuthFailure::Expired,
                     AuthError::BadIntegrity => AuthFailure::BadIntegrity,
                 });
-                io.to_client(
+                self.unauthenticated(
+                    now,
                     from,
                     &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
+                    io,
                 );
                 None
             }
+        }
+    }
+
+    /// Send an answer to an unauthenticated request, within the per-source
+    /// rate limit (beyond it the answer is dropped and counted).
+    fn unauthenticated(&mut self, now: Now, to: &FiveTuple, answer: &[u8], io: &mut impl Io) {
+        if self.limiter.allow(to.remote.ip(), now.instant) {
+            io.to_client(to, answer);
+        } else {
+            self.stats.drop(DropReason::RateLimited);
         }
     }
 
@@ -394,7 +436,12 @@ impl Core {
             method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
         ) {
             let seal = Seal::for_request(msg, None, None);
-            io.to_client(from, &response::error(msg, Code::BadRequest, vec![], seal));
+            self.unauthenticated(
+                now,
+                from,
+                &response::error(msg, Code::BadRequest, vec![], seal),
+                io,
+            );
             return;
         }
         // A retransmission of a request this allocation already answered gets

@@ -77,6 +77,13 @@ impl Core {
             self.stats.drop(DropReason::DeniedPeer);
             return;
         }
+        if !a
+            .bandwidth_to_peer
+            .spend(payload.len(), now.instant, self.cfg.max_bandwidth)
+        {
+            self.stats.drop(DropReason::Bandwidth);
+            return;
+        }
         a.bytes_to_peer += payload.len() as u64;
         self.stats.relayed(true, transport, payload.len());
         io.to_peer(id, peer, payload);
@@ -109,6 +116,13 @@ impl Core {
         }
         if self.cfg.policy.check_addr(peer).is_err() {
             self.stats.drop(DropReason::DeniedPeer);
+            return;
+        }
+        if !a
+            .bandwidth_to_client
+            .spend(len, now.instant, self.cfg.max_bandwidth)
+        {
+            self.stats.drop(DropReason::Bandwidth);
             return;
         }
         let client = a.client;

@@ -23,11 +23,15 @@ pub enum DropReason {
     DeniedPeer,
     /// The frame did not fit (e.g. a payload too large to re-frame).
     TooLarge,
+    /// An unauthenticated answer beyond the per-source rate limit.
+    RateLimited,
+    /// Over the allocation's bandwidth limit.
+    Bandwidth,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Malformed,
         Self::Unexpected,
         Self::NoAllocation,
@@ -35,6 +39,8 @@ impl DropReason {
         Self::NoChannel,
         Self::DeniedPeer,
         Self::TooLarge,
+        Self::RateLimited,
+        Self::Bandwidth,
     ];
 
     /// The metric label.
@@ -47,6 +53,8 @@ impl DropReason {
             Self::NoChannel => "no_channel",
             Self::DeniedPeer => "denied_peer",
             Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Bandwidth => "bandwidth_limit",
         }
     }
 }

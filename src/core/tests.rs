@@ -128,6 +128,8 @@ fn core_config() -> CoreConfig {
         external_v4: None,
         external_v6: None,
         alternate_server: None,
+        unauthenticated_rate: 0,
+        max_bandwidth: 0,
     }
 }
 
@@ -172,10 +174,17 @@ impl Harness {
     }
 
     fn with(cfg: CoreConfig) -> Self {
+        let clock = Clock::new();
         Self {
-            core: Core::new(Arc::new(cfg), Arc::new(Quotas::default()), 0, 42),
+            core: Core::new(
+                Arc::new(cfg),
+                Arc::new(Quotas::default()),
+                0,
+                42,
+                clock.start,
+            ),
             io: Rec::default(),
-            clock: Clock::new(),
+            clock,
         }
     }
 
@@ -869,3 +878,5 @@ fn draining_refuses_new_allocations() {
         .unwrap();
     assert_eq!(SocketAddr::new(a.ip, a.port), alt);
 }
+
+mod props;

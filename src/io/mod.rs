@@ -41,6 +41,10 @@ pub struct Shared {
     pub ports: RelayPorts,
     pub tcp_connections: AtomicUsize,
     pub max_tcp_connections: AtomicUsize,
+    pub max_tcp_connections_per_ip: AtomicUsize,
+    /// Open TCP connections per client IP (entries leave at zero, so the
+    /// map never holds more than `max_tcp_connections` entries).
+    pub tcp_per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// The server-wide allocation limit in force (for metrics).
     pub max_allocations: AtomicU32,
     pub tcp_idle_timeout: Duration,
@@ -69,6 +73,8 @@ impl Shared {
             ports,
             tcp_connections: AtomicUsize::new(0),
             max_tcp_connections: AtomicUsize::new(max_tcp),
+            max_tcp_connections_per_ip: AtomicUsize::new(usize::MAX),
+            tcp_per_ip: Mutex::new(HashMap::new()),
             max_allocations: AtomicU32::new(max_allocations),
             tcp_idle_timeout,
             ready: AtomicBool::new(false),

@@ -3,7 +3,9 @@
 //! messages per read are handled; anything that is neither closes the
 //! connection. The allocation made over a connection dies with it.
 
+use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -29,15 +31,11 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 continue;
             }
         };
-        let shared = &w.shared;
-        let max = shared.max_tcp_connections.load(Ordering::Relaxed);
-        if shared.tcp_connections.fetch_add(1, Ordering::Relaxed) >= max {
-            shared.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) = TcpSlot::take(&w.shared, remote.ip()) else {
             tracing::debug!(%remote, "tcp connection limit reached; closing");
             continue;
-        }
+        };
         let Ok(local) = stream.local_addr() else {
-            shared.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             continue;
         };
         let tuple = FiveTuple {
@@ -45,11 +43,55 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             local,
             remote,
         };
-        tokio::task::spawn_local(connection(Rc::clone(&w), stream, tuple));
+        tokio::task::spawn_local(connection(Rc::clone(&w), stream, tuple, slot));
     }
 }
 
-async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple) {
+/// One connection's share of the total and per-IP limits, given back on drop.
+struct TcpSlot {
+    shared: std::sync::Arc<super::Shared>,
+    ip: IpAddr,
+}
+
+impl TcpSlot {
+    fn take(shared: &std::sync::Arc<super::Shared>, ip: IpAddr) -> Option<Self> {
+        let max = shared.max_tcp_connections.load(Ordering::Relaxed);
+        let max_ip = shared.max_tcp_connections_per_ip.load(Ordering::Relaxed);
+        let mut per_ip = shared
+            .tcp_per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if shared.tcp_connections.load(Ordering::Relaxed) >= max || mine >= max_ip {
+            return None;
+        }
+        per_ip.insert(ip, mine + 1);
+        shared.tcp_connections.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            shared: std::sync::Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .shared
+            .tcp_per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.shared.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: TcpSlot) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let out = Rc::new(TcpOut::default());
@@ -105,7 +147,7 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple) {
     out.closed.set(true);
     out.notify.notify_one();
     let _ = writer.await;
-    w.shared.tcp_connections.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
 }
 
 async fn writer(mut wr: OwnedWriteHalf, out: Rc<TcpOut>) {
