@@ -1,0 +1,108 @@
+//! The whole sans-IO core fed a sequence of packets from several sources
+//! and peers under a fake clock. Invariants: no panic, every table within
+//! its limit, and answers to unauthenticated traffic stay small.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use tern::auth::{Credentials, NonceIssuer};
+use tern::core::{
+    AllocId, Core, CoreConfig, FiveTuple, Io, Now, Quotas, RelayError, RelayGrant, RelayRequest,
+    Transport,
+};
+use tern::policy::{PeerPolicy, PortRange};
+
+#[derive(Default)]
+struct Sink {
+    answers: Vec<usize>,
+    open: usize,
+}
+
+impl Io for Sink {
+    fn to_client(&mut self, _: &FiveTuple, bytes: &[u8]) {
+        self.answers.push(bytes.len());
+    }
+    fn to_peer(&mut self, _: AllocId, _: SocketAddr, _: &[u8]) {}
+    fn open_relay(&mut self, _: AllocId, _: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        self.open += 1;
+        Ok(RelayGrant {
+            local: SocketAddr::from(([203, 0, 113, 1], 50_000)),
+            token: None,
+        })
+    }
+    fn close_relay(&mut self, _: AllocId) {
+        self.open -= 1;
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        credentials: Credentials::new("fuzz", &[("u".into(), "p".into())], &["s".into()]),
+        nonces: NonceIssuer::new([1; 32], 600),
+        policy: PeerPolicy::new(vec![], vec![], vec![], vec![], PortRange::new(49152, 65535).unwrap()),
+        software: Some("tern-fuzz".into()),
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        max_allocations: 4,
+        max_allocations_per_user: 4,
+        max_permissions: 8,
+        max_channels: 8,
+        legacy_channel_numbers: false,
+        strict_expiry: true,
+        external_v4: None,
+        external_v6: None,
+        alternate_server: None,
+        unauthenticated_rate: 0,
+        max_bandwidth: 0,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let start = Instant::now();
+    let mut core = Core::new(Arc::new(config()), Arc::new(Quotas::default()), 0, 7, start);
+    let mut io = Sink::default();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; tern::wire::PEER_HEADROOM + 600];
+    // Each record: [control byte][len byte][len bytes of packet].
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let (ctl, len) = (rest[0], usize::from(rest[1]));
+        let body = &rest[2..rest.len().min(2 + len)];
+        rest = &rest[(2 + len).min(rest.len())..];
+        offset += u64::from(ctl >> 5) * 37;
+        let now = Now {
+            instant: start + Duration::from_secs(offset),
+            unix: 1_800_000_000 + offset,
+        };
+        let from = FiveTuple {
+            transport: if ctl & 1 == 0 { Transport::Udp } else { Transport::Tcp },
+            local: SocketAddr::from(([192, 0, 2, 1], 3478)),
+            remote: SocketAddr::from(([198, 51, 100, (ctl >> 1) & 3], 1000)),
+        };
+        let before = io.answers.len();
+        // Answers to a client's own packet are bounded control messages;
+        // a peer's datagram is re-framed with at most 48 bytes of header.
+        let mut bound = 200;
+        match ctl & 0x18 {
+            0x18 => {
+                let n = body.len().min(500);
+                let start_at = tern::wire::PEER_HEADROOM;
+                buf[start_at..start_at + n].copy_from_slice(&body[..n]);
+                let peer = SocketAddr::from(([8, 8, 8, ctl], 5000));
+                core.on_peer(now, (ctl & 3) as u64, peer, &mut buf, start_at..start_at + n, &mut io);
+                bound = n + tern::wire::PEER_HEADROOM + 3;
+            }
+            0x10 => core.tick(now, &mut io),
+            0x08 if ctl & 0x80 != 0 => core.on_client_closed(now, &from, &mut io),
+            _ => core.on_client(now, &from, body, &mut io),
+        }
+        assert!(core.allocation_count() <= 4);
+        assert_eq!(core.allocation_count(), io.open);
+        for &n in &io.answers[before..] {
+            assert!(n <= bound, "answer of {n} bytes");
+        }
+    }
+});
