@@ -1,0 +1,71 @@
+# Interop cases with aiortc and aioice (PyPI), in the venv scripts/setup made.
+
+VENV_PY="$ROOT/.venv/bin/python"
+
+aiortc_start() { # NAME EXTRA_CONFIG
+  AIO_PORT=$(free_port)
+  start_tern "$1" "realm = \"aiortc.test\"
+[listen]
+udp = [\"127.0.0.1:$AIO_PORT\"]
+tcp = [\"127.0.0.1:$AIO_PORT\"]
+[relay]
+address-ipv4 = \"127.0.0.1\"
+address-ipv6 = \"none\"
+[auth]
+secrets = [\"aiortc-secret\"]
+[admin]
+listen = \"127.0.0.1:0\"
+$2"
+  local json
+  json=$("$TERN_BIN" credentials --config "$WORK/$1.toml" --user aiortc --ttl 600 --json)
+  AIO_USER=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])' <<<"$json")
+  AIO_PASS=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])' <<<"$json")
+}
+
+aio_run() { # ARGS...: run the Python case with a time bound
+  local out
+  out=$(timeout 120 "$VENV_PY" "$ROOT/tests/interop/aiortc_case.py" "$@" 2>&1)
+  local rc=$?
+  [ $rc -eq 0 ] && return 0
+  REASON="$(tail -1 <<<"$out")"
+  [ $rc -eq 124 ] && REASON="timed out after 120 s"
+  return 1
+}
+
+case_pc_udp() { aio_run pc 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "$AIO_PASS"; }
+case_pc_tcp() { aio_run pc 127.0.0.1 "$AIO_PORT" tcp "$AIO_USER" "$AIO_PASS"; }
+case_turn_udp() { aio_run turn 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "$AIO_PASS" "$AIO_PEER"; }
+case_turn_tcp() { aio_run turn 127.0.0.1 "$AIO_PORT" tcp "$AIO_USER" "$AIO_PASS" "$AIO_PEER"; }
+case_wrong_credential() {
+  if aio_run turn 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "not-the-password" "$AIO_PEER"; then
+    REASON="a wrong password relayed"; return 1
+  fi
+  REASON=""
+}
+
+aiortc_cases() {
+  selected aiortc || selected aioice || return 0
+  if [ ! -x "$VENV_PY" ] || ! "$VENV_PY" -c 'import aiortc' 2>/dev/null; then
+    FAILED=$((FAILED + 1)); echo "FAIL aiortc: not installed in .venv (run scripts/setup)"; return
+  fi
+  # Relay-to-relay needs no [peers] allow: both peers are tern relays.
+  if aiortc_start aiortc ""; then
+    selected aiortc-pc-udp && run_case aiortc-pc-udp case_pc_udp
+    selected aiortc-pc-tcp && run_case aiortc-pc-tcp case_pc_tcp
+    stop_tern
+  else
+    FAILED=$((FAILED + 1)); echo "FAIL aiortc: tern did not start"
+  fi
+  AIO_PEER=$(free_port)
+  turnutils_peer -L 127.0.0.1 -p "$AIO_PEER" >"$WORK/aio-peer.log" 2>&1 &
+  PIDS+=("$!")
+  if aiortc_start aioice "[peers]
+allow = [\"127.0.0.1/32\"]"; then
+    selected aioice-turn-udp && run_case aioice-turn-udp case_turn_udp
+    selected aioice-turn-tcp && run_case aioice-turn-tcp case_turn_tcp
+    selected aioice-wrong-credential && run_case aioice-wrong-credential case_wrong_credential
+    stop_tern
+  else
+    FAILED=$((FAILED + 1)); echo "FAIL aioice: tern did not start"
+  fi
+}
