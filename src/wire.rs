@@ -441,6 +441,56 @@ pub fn frame_data_indication(
     Some(begin..end)
 }
 
+/// An RFC 3489 ("classic STUN") Binding request: no magic cookie, a
+/// 128-bit transaction ID. Returns whether it asks the server to answer
+/// from another address or port (CHANGE-REQUEST with flags set), which tern
+/// cannot do. `None` if `buf` is not one.
+pub fn classic_binding(buf: &[u8]) -> Option<bool> {
+    if buf.len() < HEADER_LEN || be16(buf, 0) != 0x0001 || be32(buf, 4) == MAGIC_COOKIE {
+        return None;
+    }
+    let len = usize::from(be16(buf, 2));
+    if len % 4 != 0 || HEADER_LEN + len != buf.len() {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    let mut change = false;
+    while at + 4 <= buf.len() {
+        let (t, vlen) = (be16(buf, at), usize::from(be16(buf, at + 2)));
+        let value = buf.get(at + 4..at + 4 + vlen)?;
+        // CHANGE-REQUEST (RFC 3489 §11.2.4): "change IP" 0x4, "change port" 0x2.
+        if t == 0x0003 && value.len() == 4 && value[3] & 0x06 != 0 {
+            change = true;
+        }
+        at += 4 + ((vlen + 3) & !3);
+    }
+    (at == buf.len()).then_some(change)
+}
+
+/// The RFC 3489 Binding answer to `req`: MAPPED-ADDRESS of `client`, with
+/// the request's 128-bit transaction ID. At most 44 bytes.
+pub fn classic_binding_answer(req: &[u8], client: &SocketAddr, out: &mut [u8; 44]) -> usize {
+    let alen = xor_address_len(client);
+    out[0..2].copy_from_slice(&0x0101u16.to_be_bytes());
+    out[2..4].copy_from_slice(&((4 + alen) as u16).to_be_bytes());
+    out[4..20].copy_from_slice(&req[4..20]);
+    out[20..22].copy_from_slice(&0x0001u16.to_be_bytes());
+    out[22..24].copy_from_slice(&(alen as u16).to_be_bytes());
+    out[24] = 0;
+    out[26..28].copy_from_slice(&client.port().to_be_bytes());
+    match client.ip() {
+        IpAddr::V4(ip) => {
+            out[25] = 0x01;
+            out[28..32].copy_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out[25] = 0x02;
+            out[28..44].copy_from_slice(&ip.octets());
+        }
+    }
+    24 + alen
+}
+
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -537,6 +587,26 @@ mod tests {
         assert_eq!(v.attr(attr::DATA), Some(&b"hello"[..]));
         let p = v.attr(attr::XOR_PEER_ADDRESS).unwrap();
         assert_eq!(decode_xor_address(p, &v.transaction_id()), Some(peer));
+    }
+
+    #[test]
+    fn classic_stun_bindings_are_recognised_and_answered() {
+        let mut req = vec![0x00, 0x01, 0x00, 0x08];
+        req.extend_from_slice(&[9u8; 16]);
+        req.extend_from_slice(&[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
+        assert_eq!(classic_binding(&req), Some(false));
+        req[27] = 0x06;
+        assert_eq!(classic_binding(&req), Some(true));
+        assert_eq!(classic_binding(&req[..24]), None);
+        let mut out = [0u8; 44];
+        let client: SocketAddr = "192.0.2.5:4000".parse().unwrap();
+        let n = classic_binding_answer(&req, &client, &mut out);
+        assert_eq!(n, 32);
+        assert_eq!(&out[4..20], &req[4..20]);
+        assert_eq!(&out[24..32], &[0, 1, 0x0F, 0xA0, 192, 0, 2, 5]);
+        // A modern request is not classic.
+        let modern = binding_with_fingerprint();
+        assert_eq!(classic_binding(&modern), None);
     }
 
     #[test]

@@ -284,6 +284,7 @@ impl Core {
             Kind::ChannelData => self.channel_data_from_client(now, from, buf, io),
             Kind::Stun => match StunView::parse(buf) {
                 Ok(msg) => self.stun_from_client(now, from, &msg, io),
+                Err(wire::WireError::NotStun) => self.classic_binding(now, from, buf, io),
                 Err(_) => self.stats.drop(DropReason::Malformed),
             },
             Kind::Other => self.stats.drop(DropReason::Malformed),
@@ -332,6 +333,26 @@ impl Core {
             .filter(|sw| plain + 4 + ((sw.len() + 3) & !3) <= 2 * msg.bytes().len());
         let seal = Seal::for_request(msg, None, software);
         io.to_client(from, &response::success(msg, vec![Box::new(mapped)], seal));
+    }
+
+    /// RFC 3489 Binding (RFC 8489 §12 backwards compatibility): answer with
+    /// MAPPED-ADDRESS. Requests to answer from another address or port get
+    /// no answer, as from a server that has no second address.
+    fn classic_binding(&mut self, now: Now, from: &FiveTuple, buf: &[u8], io: &mut impl Io) {
+        match wire::classic_binding(buf) {
+            Some(false) => {
+                if !self.limiter.allow(from.remote.ip(), now.instant) {
+                    self.stats.drop(DropReason::RateLimited);
+                    return;
+                }
+                self.stats.binding_requests[stats::transport_index(from.transport)] += 1;
+                let mut out = [0u8; 44];
+                let n = wire::classic_binding_answer(buf, &from.remote, &mut out);
+                io.to_client(from, &out[..n]);
+            }
+            Some(true) => self.stats.drop(DropReason::Unexpected),
+            None => self.stats.drop(DropReason::Malformed),
+        }
     }
 
     /// Authenticate a TURN request (RFC 8489 §9.2.4). On failure the
