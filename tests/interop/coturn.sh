@@ -115,7 +115,7 @@ case_default_config() {
     REASON="no Binding answer on 3478"; ok=1
   else
     # The printed credential allocates; the loopback peer is then refused.
-    out=$(timeout 20 turnutils_uclient -s -n 2 -m 1 -l 100 -e 127.0.0.1 -r 9 -u "$user" -w "$pass" 127.0.0.1 2>&1)
+    out=$(timeout 8 turnutils_uclient -s -n 2 -m 1 -l 100 -e 127.0.0.1 -r 9 -u "$user" -w "$pass" 127.0.0.1 2>&1)
     if ! grep -q "create permission error 403" <<<"$out"; then
       REASON="expected allocation then 403 for a loopback peer: $(tail -2 <<<"$out" | tr '\n' ' ')"; ok=1
     fi
