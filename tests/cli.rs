@@ -193,13 +193,30 @@ fn sd_notify_reports_ready_and_stopping_on_a_real_socket() {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let cfg = temp_file("notify", &serve_config(""));
-    let mut child = Child::spawn(&cfg, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]);
+    // systemd asks for a watchdog ping every 0.2 s (WATCHDOG_USEC / 2).
+    let mut child = Child::spawn(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
+    for _ in 0..3 {
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
     child.signal(libc::SIGTERM);
-    let n = sock.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    // Pings may still be in flight; STOPPING=1 must follow.
+    loop {
+        let n = sock.recv(&mut buf).unwrap();
+        if &buf[..n] != b"WATCHDOG=1" {
+            assert_eq!(&buf[..n], b"STOPPING=1");
+            break;
+        }
+    }
     assert_eq!(child.child.wait().unwrap().code(), Some(0));
     std::fs::remove_dir_all(dir).unwrap();
 }

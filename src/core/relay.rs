@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 
 use super::stats::DropReason;
-use super::{AllocId, Core, FiveTuple, Io, Now, Transport};
+use super::{AllocId, Core, CoreConfig, FiveTuple, Io, Now, Transport};
 use crate::policy::canonical;
+use crate::ratelimit::Bandwidth;
 use crate::wire::{self, StunView, attr};
 
 impl Core {
@@ -69,19 +70,10 @@ impl Core {
         let Some(a) = self.allocs.get_mut(&id) else {
             return;
         };
-        if !a.permits(&peer.ip(), now.instant) {
-            self.stats.drop(DropReason::NoPermission);
-            return;
-        }
-        if self.cfg.policy.check_addr(peer).is_err() {
-            self.stats.drop(DropReason::DeniedPeer);
-            return;
-        }
-        if !a
-            .bandwidth_to_peer
-            .spend(payload.len(), now.instant, self.cfg.max_bandwidth)
-        {
-            self.stats.drop(DropReason::Bandwidth);
+        let permitted = a.permits(&peer.ip(), now.instant);
+        let bucket = &mut a.bandwidth_to_peer;
+        if let Err(reason) = admit(&self.cfg, bucket, permitted, peer, payload.len(), now) {
+            self.stats.drop(reason);
             return;
         }
         a.bytes_to_peer += payload.len() as u64;
@@ -110,19 +102,10 @@ impl Core {
         };
         // Peers may arrive as IPv4-mapped addresses on a dual-stack socket.
         let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
-        if !a.permits(&peer.ip(), now.instant) {
-            self.stats.drop(DropReason::NoPermission);
-            return;
-        }
-        if self.cfg.policy.check_addr(peer).is_err() {
-            self.stats.drop(DropReason::DeniedPeer);
-            return;
-        }
-        if !a
-            .bandwidth_to_client
-            .spend(len, now.instant, self.cfg.max_bandwidth)
-        {
-            self.stats.drop(DropReason::Bandwidth);
+        let permitted = a.permits(&peer.ip(), now.instant);
+        let bucket = &mut a.bandwidth_to_client;
+        if let Err(reason) = admit(&self.cfg, bucket, permitted, peer, len, now) {
+            self.stats.drop(reason);
             return;
         }
         let client = a.client;
@@ -139,4 +122,27 @@ impl Core {
         self.stats.relayed(false, client.transport, len);
         io.to_client(&client, &buf[range]);
     }
+}
+
+/// The checks every relayed packet passes, in both directions: a live
+/// permission for the peer's IP, the peer policy (re-checked so a reload
+/// applies at once), and the direction's bandwidth bucket.
+fn admit(
+    cfg: &CoreConfig,
+    bucket: &mut Bandwidth,
+    permitted: bool,
+    peer: SocketAddr,
+    len: usize,
+    now: Now,
+) -> Result<(), DropReason> {
+    if !permitted {
+        return Err(DropReason::NoPermission);
+    }
+    if cfg.policy.check_addr(peer).is_err() {
+        return Err(DropReason::DeniedPeer);
+    }
+    if !bucket.spend(len, now.instant, cfg.max_bandwidth) {
+        return Err(DropReason::Bandwidth);
+    }
+    Ok(())
 }

@@ -310,34 +310,36 @@ impl Worker {
 }
 
 async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>, local: SocketAddr) {
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let mut handled = 0;
-        while handled < BATCH {
-            let mut buf = w.buf.borrow_mut();
-            match sock.try_recv_from(&mut buf[..]) {
-                Ok((n, remote)) => {
-                    let tuple = FiveTuple {
-                        transport: Transport::Udp,
-                        local,
-                        remote,
-                    };
-                    w.client_message(&tuple, &buf[..n]);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {}
-            }
-            handled += 1;
-        }
-        if handled == BATCH {
-            tokio::task::yield_now().await;
-        }
-    }
+    datagram_loop(&w, &sock, 0, |buf, n, remote| {
+        let tuple = FiveTuple {
+            transport: Transport::Udp,
+            local,
+            remote,
+        };
+        w.client_message(&tuple, &buf[..n]);
+    })
+    .await;
 }
 
 async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<UdpSocket>) {
+    datagram_loop(&w, &sock, PEER_HEADROOM, |buf, n, peer| {
+        let mut io = w.io.borrow_mut();
+        let payload = PEER_HEADROOM..PEER_HEADROOM + n;
+        w.core
+            .borrow_mut()
+            .on_peer(now(), alloc, peer, buf, payload, &mut *io);
+    })
+    .await;
+}
+
+/// Receive datagrams into the worker's buffer at `offset` and hand each to
+/// `handle(buffer, length, source)`, up to [`BATCH`] per readiness event.
+async fn datagram_loop(
+    w: &Worker,
+    sock: &UdpSocket,
+    offset: usize,
+    mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
+) {
     loop {
         if sock.readable().await.is_err() {
             return;
@@ -345,20 +347,8 @@ async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<UdpSocket>) {
         let mut handled = 0;
         while handled < BATCH {
             let mut buf = w.buf.borrow_mut();
-            let payload = &mut buf[PEER_HEADROOM..PEER_HEADROOM + 65_535];
-            match sock.try_recv_from(payload) {
-                Ok((n, peer)) => {
-                    let mut io = w.io.borrow_mut();
-                    let mut core = w.core.borrow_mut();
-                    core.on_peer(
-                        now(),
-                        alloc,
-                        peer,
-                        &mut buf,
-                        PEER_HEADROOM..PEER_HEADROOM + n,
-                        &mut *io,
-                    );
-                }
+            match sock.try_recv_from(&mut buf[offset..offset + 65_535]) {
+                Ok((n, from)) => handle(&mut buf, n, from),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(_) => {}
             }
