@@ -66,10 +66,12 @@ run_case() {
   fi
 }
 
-# selected NAME: whether the command line asked for this case (all if none).
+# selected NAME: whether the command line asked for this case or group (all
+# if none): a selector matches names it is a prefix of, and groups that are a
+# prefix of it.
 selected() {
   [ ${#SELECTED[@]} -eq 0 ] && return 0
   local s
-  for s in "${SELECTED[@]}"; do [[ $1 == $s* ]] && return 0; done
+  for s in "${SELECTED[@]}"; do [[ $1 == "$s"* || $s == "$1"* ]] && return 0; done
   return 1
 }
