@@ -76,50 +76,17 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let mut sockets: Vec<_> = (0..workers).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut udp_addrs = Vec::new();
-        for addr in &config.listen_udp {
-            let bind = |a| net::udp_listener(a, config.socket_buffer_bytes);
-            match bind_for_workers(*addr, workers, bind) {
-                Ok((actual, socks)) => {
-                    udp_addrs.push(actual);
-                    for (w, s) in socks.into_iter().enumerate() {
-                        sockets[w].0.push(s);
-                    }
-                }
-                Err(e) if config.listen_best_effort => {
-                    tracing::warn!(%addr, error = %e, "udp listener skipped")
-                }
-                Err(source) => {
-                    return Err(ServerError::Bind {
-                        transport: "udp",
-                        addr: *addr,
-                        source,
-                    });
-                }
-            }
-        }
-        let mut tcp_addrs = Vec::new();
-        for addr in &config.listen_tcp {
-            match bind_for_workers(*addr, workers, net::tcp_listener) {
-                Ok((actual, socks)) => {
-                    tcp_addrs.push(actual);
-                    for (w, s) in socks.into_iter().enumerate() {
-                        sockets[w].1.push(s);
-                    }
-                }
-                Err(e) if config.listen_best_effort => {
-                    tracing::warn!(%addr, error = %e, "tcp listener skipped")
-                }
-                Err(source) => {
-                    return Err(ServerError::Bind {
-                        transport: "tcp",
-                        addr: *addr,
-                        source,
-                    });
-                }
-            }
-        }
+        let best_effort = config.listen_best_effort;
+        let udp_bind = |a| net::udp_listener(a, config.socket_buffer_bytes);
+        let (udp_addrs, udp) = bind_all(&config.listen_udp, workers, best_effort, "udp", udp_bind)?;
+        let (tcp_addrs, tcp) = bind_all(
+            &config.listen_tcp,
+            workers,
+            best_effort,
+            "tcp",
+            net::tcp_listener,
+        )?;
+        let sockets: Vec<_> = udp.into_iter().zip(tcp).collect();
         if udp_addrs.is_empty() && tcp_addrs.is_empty() {
             return Err(ServerError::NoListener);
         }
@@ -401,6 +368,41 @@ type WorkerThread = (
     std::thread::JoinHandle<std::io::Result<()>>,
     tokio::sync::oneshot::Receiver<()>,
 );
+
+/// Bind every address in `addrs` once per worker. Returns the bound
+/// addresses and, per worker, its sockets. With `best_effort` an address that
+/// cannot be bound is skipped with a warning.
+fn bind_all<S: LocalAddr>(
+    addrs: &[SocketAddr],
+    workers: usize,
+    best_effort: bool,
+    transport: &'static str,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<S>>), ServerError> {
+    let mut bound = Vec::new();
+    let mut per_worker: Vec<Vec<S>> = (0..workers).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        match bind_for_workers(*addr, workers, &bind) {
+            Ok((actual, socks)) => {
+                bound.push(actual);
+                for (w, s) in socks.into_iter().enumerate() {
+                    per_worker[w].push(s);
+                }
+            }
+            Err(e) if best_effort => {
+                tracing::warn!(%addr, error = %e, "{transport} listener skipped")
+            }
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    transport,
+                    addr: *addr,
+                    source,
+                });
+            }
+        }
+    }
+    Ok((bound, per_worker))
+}
 
 /// Bind one socket per worker on `addr`; with port 0, the first socket's
 /// port is reused for the others.
