@@ -241,3 +241,34 @@ proptest! {
         let _ = crate::wire::stream_frame_len(&bytes);
     }
 }
+
+#[test]
+fn the_server_wide_allocation_limit_gives_508_and_channels_their_limit() {
+    let mut cfg = core_config();
+    cfg.max_allocations = 2;
+    cfg.max_allocations_per_user = 10;
+    let mut h = Harness::with(cfg);
+    h.allocate(&client(1));
+    h.allocate(&client(2));
+    let r = h.request(&client(3), method::ALLOCATE, vec![udp()]);
+    assert_eq!(error_code(&r), 508);
+    // Channels per allocation: 4 here; the fifth new one is refused.
+    let c = client(1);
+    for (i, peer) in ["2.2.2.2:1", "3.3.3.3:1", "4.4.4.4:1", "5.5.5.5:1"]
+        .iter()
+        .enumerate()
+    {
+        let m = h.request(
+            &c,
+            method::CHANNEL_BIND,
+            vec![channel(0x4000 + i as u16), peer_attr(peer)],
+        );
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    }
+    let r = h.request(
+        &c,
+        method::CHANNEL_BIND,
+        vec![channel(0x4010), peer_attr("6.6.6.6:1")],
+    );
+    assert_eq!(error_code(&r), 508);
+}
