@@ -120,7 +120,8 @@ case_default_config() {
       REASON="expected allocation then 403 for a loopback peer: $(tail -2 <<<"$out" | tr '\n' ' ')"; ok=1
     fi
   fi
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  # SIGINT stops at once; SIGTERM would drain the allocation just made.
+  kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   return $ok
 }
 

@@ -51,7 +51,7 @@ start_tern() {
 }
 
 stop_tern() {
-  kill "$TERN_PID" 2>/dev/null || true
+  kill -INT "$TERN_PID" 2>/dev/null || true  # stop now; SIGTERM would drain
   wait "$TERN_PID" 2>/dev/null || true
 }
 
