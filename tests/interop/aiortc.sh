@@ -4,6 +4,7 @@ VENV_PY="$ROOT/.venv/bin/python"
 
 aiortc_start() { # NAME EXTRA_CONFIG
   AIO_PORT=$(free_port)
+  AIO_ADMIN=$(free_port)
   start_tern "$1" "realm = \"aiortc.test\"
 [listen]
 udp = [\"127.0.0.1:$AIO_PORT\"]
@@ -14,7 +15,7 @@ address-ipv6 = \"none\"
 [auth]
 secrets = [\"aiortc-secret\"]
 [admin]
-listen = \"127.0.0.1:0\"
+listen = \"127.0.0.1:$AIO_ADMIN\"
 $2"
   local json
   json=$("$TERN_BIN" credentials --config "$WORK/$1.toml" --user aiortc --ttl 600 --json)
@@ -34,8 +35,23 @@ aio_run() { # ARGS...: run the Python case with a time bound
 
 case_pc_udp() { aio_run pc 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "$AIO_PASS"; }
 case_pc_tcp() { aio_run pc 127.0.0.1 "$AIO_PORT" tcp "$AIO_USER" "$AIO_PASS"; }
-case_turn_udp() { aio_run turn 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "$AIO_PASS" "$AIO_PEER"; }
-case_turn_tcp() { aio_run turn 127.0.0.1 "$AIO_PORT" tcp "$AIO_USER" "$AIO_PASS" "$AIO_PEER"; }
+# After aioice closes its endpoint, its deleting Refresh must have removed
+# the allocation: every allocation created is also closed (counters tern
+# publishes once a second).
+allocations_gone() {
+  local deadline=$((SECONDS + 5)) page created closed
+  while [ $SECONDS -lt $deadline ]; do
+    page=$(curl -fsS "http://127.0.0.1:$AIO_ADMIN/metrics")
+    created=$(awk '/^tern_allocations_created_total\{/ {s += $2} END {print s + 0}' <<<"$page")
+    closed=$(awk '/^tern_allocation_duration_seconds_count / {print $2}' <<<"$page")
+    [ "$created" -gt 0 ] && [ "$created" = "$closed" ] && return 0
+    sleep 0.2
+  done
+  REASON="allocation not deleted: $created created, ${closed:-0} closed"
+  return 1
+}
+case_turn_udp() { aio_run turn 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "$AIO_PASS" "$AIO_PEER" && allocations_gone; }
+case_turn_tcp() { aio_run turn 127.0.0.1 "$AIO_PORT" tcp "$AIO_USER" "$AIO_PASS" "$AIO_PEER" && allocations_gone; }
 case_wrong_credential() {
   if aio_run turn 127.0.0.1 "$AIO_PORT" udp "$AIO_USER" "not-the-password" "$AIO_PEER"; then
     REASON="a wrong password relayed"; return 1
