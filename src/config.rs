@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::core::Limits;
 use crate::policy::PortRange;
 
 /// A configuration problem, printed as `FILE:LINE: key: problem`.
@@ -69,20 +70,12 @@ pub struct Config {
     /// Whether the secret was generated at start (no config file).
     pub generated_secret: bool,
     pub nonce_lifetime: Duration,
-    pub strict_expiry: bool,
     pub peers_allow: Vec<IpNet>,
     pub peers_deny: Vec<IpNet>,
-    pub default_lifetime: Duration,
-    pub max_lifetime: Duration,
-    pub max_allocations: u32,
-    pub max_allocations_per_user: u32,
-    pub max_permissions: usize,
-    pub max_channels: usize,
-    pub legacy_channel_numbers: bool,
+    /// Lifetimes and limits, exactly as the core enforces them.
+    pub limits: Limits,
     pub max_tcp_connections: usize,
     pub max_tcp_connections_per_ip: usize,
-    pub unauthenticated_rate: u32,
-    pub max_bandwidth: u64,
     pub tcp_idle_timeout: Duration,
     pub admin_listen: SocketAddr,
     pub drain_timeout: Duration,
@@ -513,20 +506,22 @@ impl Config {
             users,
             generated_secret: false,
             nonce_lifetime: Duration::from_secs(*nonce.get_ref()),
-            strict_expiry: raw.auth.strict_expiry,
             peers_allow: raw.peers.allow,
             peers_deny: raw.peers.deny,
-            default_lifetime: Duration::from_secs(default_s),
-            max_lifetime: Duration::from_secs(max_s),
-            max_allocations: raw.limits.max_allocations,
-            max_allocations_per_user: raw.limits.max_allocations_per_user,
-            max_permissions: raw.limits.max_permissions_per_allocation,
-            max_channels: raw.limits.max_channels_per_allocation,
-            legacy_channel_numbers: raw.allocations.legacy_channel_numbers,
+            limits: Limits {
+                default_lifetime: Duration::from_secs(default_s),
+                max_lifetime: Duration::from_secs(max_s),
+                max_allocations: raw.limits.max_allocations,
+                max_allocations_per_user: raw.limits.max_allocations_per_user,
+                max_permissions: raw.limits.max_permissions_per_allocation,
+                max_channels: raw.limits.max_channels_per_allocation,
+                legacy_channel_numbers: raw.allocations.legacy_channel_numbers,
+                strict_expiry: raw.auth.strict_expiry,
+                unauthenticated_rate: raw.limits.unauthenticated_requests_per_second_per_ip,
+                max_bandwidth: raw.limits.max_bandwidth_bytes_per_second,
+            },
             max_tcp_connections: raw.limits.max_tcp_connections,
             max_tcp_connections_per_ip: raw.limits.max_tcp_connections_per_ip,
-            unauthenticated_rate: raw.limits.unauthenticated_requests_per_second_per_ip,
-            max_bandwidth: raw.limits.max_bandwidth_bytes_per_second,
             tcp_idle_timeout: Duration::from_secs(*idle.get_ref()),
             admin_listen: raw.admin.listen,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),

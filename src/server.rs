@@ -111,7 +111,7 @@ impl Server {
             ports,
             workers,
             config.max_tcp_connections,
-            config.max_allocations,
+            config.limits.max_allocations,
             config.tcp_idle_timeout,
         ));
         shared
@@ -356,7 +356,7 @@ impl Server {
             .store(new.max_tcp_connections_per_ip, Ordering::Relaxed);
         self.shared
             .max_allocations
-            .store(new.max_allocations, Ordering::Relaxed);
+            .store(new.limits.max_allocations, Ordering::Relaxed);
         tx.send_modify(|s| s.config = Arc::clone(&cfg));
         self.core_config = cfg;
         tracing::info!(source = %new.source, "configuration reloaded");
@@ -480,19 +480,10 @@ pub fn core_config(
             config.relay_ports,
         ),
         software: config.software.clone(),
-        default_lifetime: config.default_lifetime,
-        max_lifetime: config.max_lifetime,
-        max_allocations: config.max_allocations,
-        max_allocations_per_user: config.max_allocations_per_user,
-        max_permissions: config.max_permissions,
-        max_channels: config.max_channels,
-        legacy_channel_numbers: config.legacy_channel_numbers,
-        strict_expiry: config.strict_expiry,
+        limits: config.limits.clone(),
         external_v4: config.external_ipv4,
         external_v6: config.external_ipv6,
         alternate_server: config.alternate_server,
-        unauthenticated_rate: config.unauthenticated_rate,
-        max_bandwidth: config.max_bandwidth,
     }
 }
 

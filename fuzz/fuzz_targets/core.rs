@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use tern::auth::{Credentials, NonceIssuer};
 use tern::core::{
-    AllocId, Core, CoreConfig, FiveTuple, Io, Now, Quotas, RelayError, RelayGrant, RelayRequest,
+    AllocId, Core, CoreConfig, FiveTuple, Io, Limits, Now, Quotas, RelayError, RelayGrant, RelayRequest,
     Transport,
 };
 use tern::policy::{PeerPolicy, PortRange};
@@ -44,19 +44,21 @@ fn config() -> CoreConfig {
         nonces: NonceIssuer::new([1; 32], 600),
         policy: PeerPolicy::new(vec![], vec![], vec![], vec![], PortRange::new(49152, 65535).unwrap()),
         software: Some("tern-fuzz".into()),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        max_allocations: 4,
-        max_allocations_per_user: 4,
-        max_permissions: 8,
-        max_channels: 8,
-        legacy_channel_numbers: false,
-        strict_expiry: true,
+        limits: Limits {
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 4,
+            max_allocations_per_user: 4,
+            max_permissions: 8,
+            max_channels: 8,
+            legacy_channel_numbers: false,
+            strict_expiry: true,
+            unauthenticated_rate: 0,
+            max_bandwidth: 0,
+        },
         external_v4: None,
         external_v6: None,
         alternate_server: None,
-        unauthenticated_rate: 0,
-        max_bandwidth: 0,
     }
 }
 

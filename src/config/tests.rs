@@ -18,8 +18,8 @@ fn the_example_config_parses_with_its_documented_values() {
     );
     assert_eq!(cfg.admin_listen, "127.0.0.1:9641".parse().unwrap());
     assert_eq!(cfg.relay_ports, PortRange::new(49152, 65535).unwrap());
-    assert_eq!(cfg.default_lifetime, Duration::from_secs(600));
-    assert_eq!(cfg.max_lifetime, Duration::from_secs(3600));
+    assert_eq!(cfg.limits.default_lifetime, Duration::from_secs(600));
+    assert_eq!(cfg.limits.max_lifetime, Duration::from_secs(3600));
 }
 
 #[test]
@@ -37,13 +37,16 @@ fn example_defaults_match_the_code_defaults() {
     assert_eq!(ex.socket_buffer_bytes, min.socket_buffer_bytes);
     assert_eq!(ex.relay_ipv4, min.relay_ipv4);
     assert_eq!(ex.nonce_lifetime, min.nonce_lifetime);
-    assert_eq!(ex.max_allocations, min.max_allocations);
-    assert_eq!(ex.max_allocations_per_user, min.max_allocations_per_user);
-    assert_eq!(ex.max_permissions, min.max_permissions);
-    assert_eq!(ex.max_channels, min.max_channels);
+    assert_eq!(ex.limits.max_allocations, min.limits.max_allocations);
+    assert_eq!(
+        ex.limits.max_allocations_per_user,
+        min.limits.max_allocations_per_user
+    );
+    assert_eq!(ex.limits.max_permissions, min.limits.max_permissions);
+    assert_eq!(ex.limits.max_channels, min.limits.max_channels);
     assert_eq!(ex.tcp_idle_timeout, min.tcp_idle_timeout);
     assert_eq!(ex.admin_listen, min.admin_listen);
-    assert_eq!(ex.strict_expiry, min.strict_expiry);
+    assert_eq!(ex.limits.strict_expiry, min.limits.strict_expiry);
     assert_eq!(ex.software, min.software);
 }
 

@@ -67,8 +67,8 @@ impl Core {
         let cfg = &self.cfg;
         let quota = self.quotas.acquire(
             &auth.username,
-            cfg.max_allocations,
-            cfg.max_allocations_per_user,
+            cfg.limits.max_allocations,
+            cfg.limits.max_allocations_per_user,
         );
         if let Err(q) = quota {
             self.stats.reject(Rejection::Quota);
@@ -161,16 +161,19 @@ impl Core {
         now: Now,
     ) -> Option<Duration> {
         let requested = match msg.attr(attr::LIFETIME) {
-            None => self.cfg.default_lifetime,
+            None => self.cfg.limits.default_lifetime,
             Some(v) => Duration::from_secs(u64::from(u32::from_be_bytes(v.try_into().ok()?))),
         };
         if requested.is_zero() {
             return Some(Duration::ZERO);
         }
-        let mut granted = requested
-            .min(self.cfg.max_lifetime)
-            .max(self.cfg.default_lifetime.min(self.cfg.max_lifetime));
-        if let (true, Some(exp)) = (self.cfg.strict_expiry, credential_expires) {
+        let mut granted = requested.min(self.cfg.limits.max_lifetime).max(
+            self.cfg
+                .limits
+                .default_lifetime
+                .min(self.cfg.limits.max_lifetime),
+        );
+        if let (true, Some(exp)) = (self.cfg.limits.strict_expiry, credential_expires) {
             granted = granted.min(Duration::from_secs(exp.saturating_sub(now.unix)));
         }
         Some(granted)
@@ -245,7 +248,7 @@ impl Core {
             .iter()
             .filter(|ip| !a.permissions.contains_key(ip))
             .count();
-        if a.permissions.len() + new > self.cfg.max_permissions {
+        if a.permissions.len() + new > self.cfg.limits.max_permissions {
             return err(Code::InsufficientCapacity);
         }
         let answer = response::success(msg, vec![], seal);
@@ -288,7 +291,7 @@ impl Core {
         else {
             return err(Code::BadRequest);
         };
-        let last = if self.cfg.legacy_channel_numbers {
+        let last = if self.cfg.limits.legacy_channel_numbers {
             0x7FFF
         } else {
             0x4FFF
@@ -306,8 +309,8 @@ impl Core {
         }
         let is_new = a.channel_for(&peer, now.instant).is_none();
         let new_permission = !a.permissions.contains_key(&peer.ip());
-        if (is_new && a.live_channels(now.instant) >= self.cfg.max_channels)
-            || (new_permission && a.permissions.len() >= self.cfg.max_permissions)
+        if (is_new && a.live_channels(now.instant) >= self.cfg.limits.max_channels)
+            || (new_permission && a.permissions.len() >= self.cfg.limits.max_permissions)
         {
             return err(Code::InsufficientCapacity);
         }

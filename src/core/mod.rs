@@ -125,6 +125,17 @@ pub struct CoreConfig {
     pub nonces: NonceIssuer,
     pub policy: PeerPolicy,
     pub software: Option<String>,
+    pub limits: Limits,
+    pub external_v4: Option<Ipv4Addr>,
+    pub external_v6: Option<Ipv6Addr>,
+    /// Where to send clients (300 Try Alternate) while draining.
+    pub alternate_server: Option<SocketAddr>,
+}
+
+/// Lifetimes and limits the core enforces; the validated configuration
+/// holds the same struct, so the two cannot drift apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub max_allocations: u32,
@@ -135,10 +146,6 @@ pub struct CoreConfig {
     pub legacy_channel_numbers: bool,
     /// Cap allocation lifetimes at the REST credential's expiry.
     pub strict_expiry: bool,
-    pub external_v4: Option<Ipv4Addr>,
-    pub external_v6: Option<Ipv6Addr>,
-    /// Where to send clients (300 Try Alternate) while draining.
-    pub alternate_server: Option<SocketAddr>,
     /// Unauthenticated answers per second per source IP (0: unlimited).
     pub unauthenticated_rate: u32,
     /// Relayed bytes per second per allocation and direction (0: unlimited).
@@ -227,7 +234,7 @@ impl Core {
         epoch: Instant,
     ) -> Self {
         Self {
-            limiter: SourceLimiter::new(cfg.unauthenticated_rate, epoch),
+            limiter: SourceLimiter::new(cfg.limits.unauthenticated_rate, epoch),
             cfg,
             quotas,
             allocs: HashMap::new(),
@@ -241,7 +248,7 @@ impl Core {
 
     /// Swap in a new configuration; live allocations are kept.
     pub fn set_config(&mut self, cfg: Arc<CoreConfig>) {
-        self.limiter.set_rate(cfg.unauthenticated_rate);
+        self.limiter.set_rate(cfg.limits.unauthenticated_rate);
         self.cfg = cfg;
     }
 
@@ -530,7 +537,7 @@ impl Core {
     }
 
     fn credential_expired(&self, a: &Allocation, now: Now) -> bool {
-        self.cfg.strict_expiry && a.credential_expires_unix.is_some_and(|e| e <= now.unix)
+        self.cfg.limits.strict_expiry && a.credential_expires_unix.is_some_and(|e| e <= now.unix)
     }
 
     /// A client's TCP connection closed: its allocation goes with it

@@ -141,7 +141,7 @@ fn admit(
     if cfg.policy.check_addr(peer).is_err() {
         return Err(DropReason::DeniedPeer);
     }
-    if !bucket.spend(len, now.instant, cfg.max_bandwidth) {
+    if !bucket.spend(len, now.instant, cfg.limits.max_bandwidth) {
         return Err(DropReason::Bandwidth);
     }
     Ok(())

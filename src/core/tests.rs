@@ -117,19 +117,21 @@ fn core_config() -> CoreConfig {
             PortRange::new(49152, 65535).unwrap(),
         ),
         software: Some("tern-test".into()),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        max_allocations: 100,
-        max_allocations_per_user: 3,
-        max_permissions: 4,
-        max_channels: 4,
-        legacy_channel_numbers: false,
-        strict_expiry: true,
+        limits: Limits {
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 100,
+            max_allocations_per_user: 3,
+            max_permissions: 4,
+            max_channels: 4,
+            legacy_channel_numbers: false,
+            strict_expiry: true,
+            unauthenticated_rate: 0,
+            max_bandwidth: 0,
+        },
         external_v4: None,
         external_v6: None,
         alternate_server: None,
-        unauthenticated_rate: 0,
-        max_bandwidth: 0,
     }
 }
 
@@ -739,7 +741,7 @@ fn channel_bind_follows_the_rebinding_rules() {
 #[test]
 fn legacy_channel_numbers_are_opt_in() {
     let mut cfg = core_config();
-    cfg.legacy_channel_numbers = true;
+    cfg.limits.legacy_channel_numbers = true;
     let mut h = Harness::with(cfg);
     let c = client(1000);
     h.allocate(&c);

@@ -8,7 +8,7 @@ use super::*;
 #[test]
 fn unauthenticated_answers_are_rate_limited_per_source() {
     let mut cfg = core_config();
-    cfg.unauthenticated_rate = 5;
+    cfg.limits.unauthenticated_rate = 5;
     let mut h = Harness::with(cfg);
     let c = client(1000);
     let req = build(method::ALLOCATE, CLASS_REQUEST, vec![udp()], None);
@@ -40,7 +40,7 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
 #[test]
 fn bandwidth_is_limited_per_allocation_and_direction() {
     let mut cfg = core_config();
-    cfg.max_bandwidth = 1000;
+    cfg.limits.max_bandwidth = 1000;
     let mut h = Harness::with(cfg);
     let c = client(1000);
     h.allocate(&c);
@@ -197,7 +197,7 @@ proptest! {
     #[test]
     fn arbitrary_traffic_keeps_the_invariants(steps in proptest::collection::vec((0usize..4, step()), 1..60)) {
         let mut cfg = core_config();
-        cfg.max_allocations = 3;
+        cfg.limits.max_allocations = 3;
         let mut h = Harness::with(cfg);
         let sources: Vec<FiveTuple> = (0..4).map(|i| client(1000 + i)).collect();
         for (src, step) in &steps {
@@ -245,8 +245,8 @@ proptest! {
 #[test]
 fn the_server_wide_allocation_limit_gives_508_and_channels_their_limit() {
     let mut cfg = core_config();
-    cfg.max_allocations = 2;
-    cfg.max_allocations_per_user = 10;
+    cfg.limits.max_allocations = 2;
+    cfg.limits.max_allocations_per_user = 10;
     let mut h = Harness::with(cfg);
     h.allocate(&client(1));
     h.allocate(&client(2));
