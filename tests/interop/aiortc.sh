@@ -5,22 +5,10 @@ VENV_PY="$ROOT/.venv/bin/python"
 aiortc_start() { # NAME EXTRA_CONFIG
   AIO_PORT=$(free_port)
   AIO_ADMIN=$(free_port)
-  start_tern "$1" "realm = \"aiortc.test\"
-[listen]
-udp = [\"127.0.0.1:$AIO_PORT\"]
-tcp = [\"127.0.0.1:$AIO_PORT\"]
-[relay]
-address-ipv4 = \"127.0.0.1\"
-address-ipv6 = \"none\"
-[auth]
-secrets = [\"aiortc-secret\"]
-[admin]
-listen = \"127.0.0.1:$AIO_ADMIN\"
-$2"
-  local json
-  json=$("$TERN_BIN" credentials --config "$WORK/$1.toml" --user aiortc --ttl 600 --json)
-  AIO_USER=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])' <<<"$json")
-  AIO_PASS=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])' <<<"$json")
+  start_tern "$1" "$(loopback_config "$AIO_PORT" aiortc-secret "$AIO_ADMIN" "$2")" || return 1
+  mint_credential "$1" aiortc
+  AIO_USER=$CRED_USER
+  AIO_PASS=$CRED_PASS
 }
 
 aio_run() { # ARGS...: run the Python case with a time bound

@@ -28,23 +28,12 @@ browser_cases() {
   python3 -m http.server --bind 127.0.0.1 --directory "$BROWSER_DIR" "$WEB_PORT" >"$WORK/web.log" 2>&1 &
   PIDS+=("$!")
   BR_PORT=$(free_port)
-  if ! start_tern chromium "realm = \"browser.test\"
-[listen]
-udp = [\"127.0.0.1:$BR_PORT\"]
-tcp = [\"127.0.0.1:$BR_PORT\"]
-[relay]
-address-ipv4 = \"127.0.0.1\"
-address-ipv6 = \"none\"
-[auth]
-secrets = [\"browser-secret\"]
-[admin]
-listen = \"127.0.0.1:0\""; then
+  if ! start_tern chromium "$(loopback_config "$BR_PORT" browser-secret 0)"; then
     FAILED=$((FAILED + 1)); echo "FAIL chromium: tern did not start"; return
   fi
-  local json
-  json=$("$TERN_BIN" credentials --config "$WORK/chromium.toml" --user browser --ttl 600 --json)
-  BR_USER=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])' <<<"$json")
-  BR_PASS=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])' <<<"$json")
+  mint_credential chromium browser
+  BR_USER=$CRED_USER
+  BR_PASS=$CRED_PASS
   local deadline=$((SECONDS + 10))
   until curl -fs "http://127.0.0.1:$WEB_PORT/index.html" >/dev/null || [ $SECONDS -ge $deadline ]; do sleep 0.1; done
   selected chromium-udp && run_case chromium-udp case_chromium_udp

@@ -50,6 +50,24 @@ start_tern() {
   done
 }
 
+# loopback_config PORT SECRET ADMIN_PORT [EXTRA]: a tern config serving UDP
+# and TCP on 127.0.0.1:PORT with relays on 127.0.0.1, the REST secret
+# SECRET, admin HTTP on ADMIN_PORT (0: any), then the TOML in EXTRA.
+loopback_config() {
+  printf '[listen]\nudp = ["127.0.0.1:%s"]\ntcp = ["127.0.0.1:%s"]\n' "$1" "$1"
+  printf '[relay]\naddress-ipv4 = "127.0.0.1"\naddress-ipv6 = "none"\n'
+  printf '[auth]\nsecrets = ["%s"]\n[admin]\nlisten = "127.0.0.1:%s"\n%s\n' "$2" "$3" "${4:-}"
+}
+
+# mint_credential NAME USER: a REST credential from `tern credentials` for
+# the running tern NAME; sets CRED_USER and CRED_PASS.
+mint_credential() {
+  local json
+  json=$("$TERN_BIN" credentials --config "$WORK/$1.toml" --user "$2" --ttl 600 --json)
+  CRED_USER=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])' <<<"$json")
+  CRED_PASS=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])' <<<"$json")
+}
+
 stop_tern() {
   kill -INT "$TERN_PID" 2>/dev/null || true  # stop now; SIGTERM would drain
   wait "$TERN_PID" 2>/dev/null || true

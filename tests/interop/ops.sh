@@ -8,21 +8,10 @@ ops_setup() {
   OPS_PEER=$(free_port)
   turnutils_peer -L 127.0.0.1 -p "$OPS_PEER" >"$WORK/ops-peer.log" 2>&1 &
   PIDS+=("$!")
-  start_tern ops "realm = \"ops.test\"
-[listen]
-udp = [\"127.0.0.1:$OPS_PORT\"]
-tcp = [\"127.0.0.1:$OPS_PORT\"]
-[relay]
-address-ipv4 = \"127.0.0.1\"
-address-ipv6 = \"none\"
-[auth]
-secrets = [\"ops-secret\"]
-[allocations]
+  start_tern ops "$(loopback_config "$OPS_PORT" ops-secret "$OPS_ADMIN" "[allocations]
 legacy-channel-numbers = true
 [peers]
-allow = [\"127.0.0.1/32\"]
-[admin]
-listen = \"127.0.0.1:$OPS_ADMIN\""
+allow = [\"127.0.0.1/32\"]")"
 }
 
 # Traffic for N packets per client in the background; sets TRAFFIC_PID.

@@ -4,16 +4,7 @@
 
 stun_start() {
   STUN_PORT=$(free_port)
-  start_tern stun "[listen]
-udp = [\"127.0.0.1:$STUN_PORT\"]
-tcp = []
-[relay]
-address-ipv4 = \"127.0.0.1\"
-address-ipv6 = \"none\"
-[auth]
-secrets = [\"stun-secret\"]
-[admin]
-listen = \"127.0.0.1:0\""
+  start_tern stun "$(loopback_config "$STUN_PORT" stun-secret 0)"
 }
 
 case_stun_debian() {
