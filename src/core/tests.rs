@@ -226,6 +226,15 @@ impl Harness {
         SocketAddr::new(r.ip, r.port)
     }
 
+    /// ChannelBind `number` to `peer` on `c`'s allocation, signed as alice.
+    fn bind(&mut self, c: &FiveTuple, number: u16, peer: &str) -> Message {
+        self.request(
+            c,
+            method::CHANNEL_BIND,
+            vec![channel(number), peer_attr(peer)],
+        )
+    }
+
     fn tick(&mut self) {
         self.core.tick(self.clock.now(), &mut self.io);
     }
@@ -645,56 +654,20 @@ fn channel_bind_follows_the_rebinding_rules() {
     h.allocate(&c);
     let id = alloc_id(&h, &c);
     for bad in [0x3FFF, 0x5000, 0xFFFF] {
-        assert_eq!(
-            error_code(&h.request(
-                &c,
-                method::CHANNEL_BIND,
-                vec![channel(bad), peer_attr(PEER_A)]
-            )),
-            400
-        );
+        assert_eq!(error_code(&h.bind(&c, bad, PEER_A)), 400);
     }
     assert_eq!(
         error_code(&h.request(&c, method::CHANNEL_BIND, vec![channel(0x4000)])),
         400
     );
-    let ok = h.request(
-        &c,
-        method::CHANNEL_BIND,
-        vec![channel(0x4000), peer_attr(PEER_A)],
-    );
+    let ok = h.bind(&c, 0x4000, PEER_A);
     assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
     // Refreshing the same binding is fine; binding either side elsewhere is not.
-    let ok = h.request(
-        &c,
-        method::CHANNEL_BIND,
-        vec![channel(0x4000), peer_attr(PEER_A)],
-    );
+    let ok = h.bind(&c, 0x4000, PEER_A);
     assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
-    assert_eq!(
-        error_code(&h.request(
-            &c,
-            method::CHANNEL_BIND,
-            vec![channel(0x4000), peer_attr(PEER_B)]
-        )),
-        400
-    );
-    assert_eq!(
-        error_code(&h.request(
-            &c,
-            method::CHANNEL_BIND,
-            vec![channel(0x4001), peer_attr(PEER_A)]
-        )),
-        400
-    );
-    assert_eq!(
-        error_code(&h.request(
-            &c,
-            method::CHANNEL_BIND,
-            vec![channel(0x4002), peer_attr("10.0.0.1:1")]
-        )),
-        403
-    );
+    assert_eq!(error_code(&h.bind(&c, 0x4000, PEER_B)), 400);
+    assert_eq!(error_code(&h.bind(&c, 0x4001, PEER_A)), 400);
+    assert_eq!(error_code(&h.bind(&c, 0x4002, "10.0.0.1:1")), 403);
 
     // ChannelData both ways.
     h.send(&c, &[0x40, 0x00, 0x00, 0x03, b'a', b'b', b'c', 0]);
@@ -720,21 +693,10 @@ fn channel_bind_follows_the_rebinding_rules() {
     let sent = h.io.to_peer.len();
     h.send(&c, &[0x40, 0x00, 0x00, 0x01, b'a', 0, 0, 0]);
     assert_eq!(h.io.to_peer.len(), sent);
-    assert_eq!(
-        error_code(&h.request(
-            &c,
-            method::CHANNEL_BIND,
-            vec![channel(0x4000), peer_attr(PEER_B)]
-        )),
-        400
-    );
+    assert_eq!(error_code(&h.bind(&c, 0x4000, PEER_B)), 400);
     h.clock.advance(300);
     h.tick();
-    let ok = h.request(
-        &c,
-        method::CHANNEL_BIND,
-        vec![channel(0x4000), peer_attr(PEER_B)],
-    );
+    let ok = h.bind(&c, 0x4000, PEER_B);
     assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
 }
 
@@ -745,20 +707,9 @@ fn legacy_channel_numbers_are_opt_in() {
     let mut h = Harness::with(cfg);
     let c = client(1000);
     h.allocate(&c);
-    let ok = h.request(
-        &c,
-        method::CHANNEL_BIND,
-        vec![channel(0x7A22), peer_attr(PEER_A)],
-    );
+    let ok = h.bind(&c, 0x7A22, PEER_A);
     assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE);
-    assert_eq!(
-        error_code(&h.request(
-            &c,
-            method::CHANNEL_BIND,
-            vec![channel(0x8000), peer_attr(PEER_B)]
-        )),
-        400
-    );
+    assert_eq!(error_code(&h.bind(&c, 0x8000, PEER_B)), 400);
 }
 
 #[test]

@@ -45,11 +45,7 @@ fn bandwidth_is_limited_per_allocation_and_direction() {
     let c = client(1000);
     h.allocate(&c);
     let id = alloc_id(&h, &c);
-    h.request(
-        &c,
-        method::CHANNEL_BIND,
-        vec![channel(0x4000), peer_attr(PEER_A)],
-    );
+    h.bind(&c, 0x4000, PEER_A);
     let mut frame = vec![0x40, 0x00, 0x02, 0x58];
     frame.extend_from_slice(&[7u8; 600]);
     h.send(&c, &frame);
@@ -258,17 +254,9 @@ fn the_server_wide_allocation_limit_gives_508_and_channels_their_limit() {
         .iter()
         .enumerate()
     {
-        let m = h.request(
-            &c,
-            method::CHANNEL_BIND,
-            vec![channel(0x4000 + i as u16), peer_attr(peer)],
-        );
+        let m = h.bind(&c, 0x4000 + i as u16, peer);
         assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
     }
-    let r = h.request(
-        &c,
-        method::CHANNEL_BIND,
-        vec![channel(0x4010), peer_attr("6.6.6.6:1")],
-    );
+    let r = h.bind(&c, 0x4010, "6.6.6.6:1");
     assert_eq!(error_code(&r), 508);
 }
