@@ -577,20 +577,20 @@ impl Core {
             "allocation closed"
         );
     }
+}
 
-    fn next_txid(&mut self) -> [u8; 12] {
-        // xorshift64*: transaction IDs of Data indications need only be
-        // unique-ish, not secret (RFC 8656 §11.4 lets the server pick freely).
-        let mut out = [0u8; 12];
-        for chunk in out.chunks_mut(6) {
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-            chunk.copy_from_slice(&v[..6]);
-        }
-        out
+/// A Data indication's transaction ID from the xorshift64* state `rng`:
+/// unique-ish, not secret (RFC 8656 §11.4 lets the server pick freely).
+fn next_txid(rng: &mut u64) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    for chunk in out.chunks_mut(6) {
+        *rng ^= *rng >> 12;
+        *rng ^= *rng << 25;
+        *rng ^= *rng >> 27;
+        let v = rng.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&v[..6]);
     }
+    out
 }
 
 /// Comprehension-required attributes tern does not understand, if any.

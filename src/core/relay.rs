@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::stats::DropReason;
-use super::{AllocId, Core, CoreConfig, FiveTuple, Io, Now, Transport};
+use super::{AllocId, Core, CoreConfig, FiveTuple, Io, Now, Transport, next_txid};
 use crate::policy::canonical;
 use crate::ratelimit::Bandwidth;
 use crate::wire::{self, StunView, attr};
@@ -95,7 +95,6 @@ impl Core {
         io: &mut impl Io,
     ) {
         let (start, len) = (payload.start, payload.len());
-        let txid = self.next_txid();
         let Some(a) = self.allocs.get_mut(&id) else {
             self.stats.drop(DropReason::NoAllocation);
             return;
@@ -112,7 +111,11 @@ impl Core {
         let tcp = client.transport == Transport::Tcp;
         let framed = match a.channel_for(&peer, now.instant) {
             Some(number) => wire::frame_channel_data(buf, start, len, number, tcp),
-            None => wire::frame_data_indication(buf, start, len, &peer, &txid),
+            // Only Data indications need a transaction ID.
+            None => {
+                let txid = next_txid(&mut self.rng);
+                wire::frame_data_indication(buf, start, len, &peer, &txid)
+            }
         };
         let Some(range) = framed else {
             self.stats.drop(DropReason::TooLarge);
