@@ -166,7 +166,8 @@ pub fn verify_integrity(key: &[u8], header: &[u8], body: &[u8], mac: &[u8]) -> b
 }
 
 /// Issues and checks stateless nonces: `base64url(issued_at || mac)` where
-/// mac = HMAC-SHA1(key, issued_at || transport || client address)[..10].
+/// mac = HMAC-SHA1(key, issued_at || transport || client address)[..8]:
+/// 16 characters, so a challenge to a 28-byte Allocate fits in 56 bytes.
 #[derive(Clone)]
 pub struct NonceIssuer {
     key: [u8; 32],
@@ -190,7 +191,7 @@ pub enum NonceState {
     Stale,
 }
 
-const NONCE_MAC_LEN: usize = 10;
+const NONCE_MAC_LEN: usize = 8;
 
 impl NonceIssuer {
     /// A new issuer with a secret key and nonce lifetime in seconds.

@@ -15,8 +15,8 @@ use super::alloc::Allocation;
 use super::response::{self, Code, Seal};
 use super::stats::Rejection;
 use super::{
-    AllocId, Core, Family, FiveTuple, Io, Now, PortRequest, QuotaError, RelayError, RelayRequest,
-    family_of_ip, stats,
+    AllocId, Core, Family, FiveTuple, Io, Now, PortRequest, RelayError, RelayRequest, family_of_ip,
+    stats,
 };
 use crate::auth::Authenticated;
 use crate::policy::canonical;
@@ -70,12 +70,12 @@ impl Core {
             cfg.limits.max_allocations,
             cfg.limits.max_allocations_per_user,
         );
-        if let Err(q) = quota {
+        if quota.is_err() {
             self.stats.reject(Rejection::Quota);
-            return err(match q {
-                QuotaError::PerUser => Code::AllocationQuotaReached,
-                QuotaError::Total => Code::InsufficientCapacity,
-            });
+            // 486 for the per-user and the server-wide quota alike, as
+            // coturn answers: a client treats it as "not now, not here",
+            // and 508 stays the signal for relay port exhaustion.
+            return err(Code::AllocationQuotaReached);
         }
         let id = self.next_id;
         let grant = match io.open_relay(id, &req) {

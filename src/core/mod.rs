@@ -223,6 +223,12 @@ pub struct Core {
     pub stats: Stats,
 }
 
+/// The shortest TURN request without MESSAGE-INTEGRITY that gets a
+/// challenge: an Allocate with only REQUESTED-TRANSPORT, as browsers send
+/// first. Its 401 (header, ERROR-CODE, REALM "tern", a 16-character NONCE)
+/// is 56 bytes, twice the request; shorter requests are dropped unanswered.
+const MIN_CHALLENGED_LEN: usize = 28;
+
 impl Core {
     /// A core for worker `worker` (ids are unique across workers);
     /// `epoch` is any instant not after the first `now` it will see.
@@ -323,7 +329,7 @@ impl Core {
         }
         self.stats.binding_requests[stats::transport_index(from.transport)] += 1;
         if let Some(unknown) = unknown_required(msg) {
-            let seal = Seal::for_request(msg, None, None);
+            let seal = Seal::unauthenticated(msg, None);
             io.to_client(from, &response::unknown_attributes(msg, &unknown, seal));
             return;
         }
@@ -332,13 +338,7 @@ impl Core {
             port: from.remote.port(),
         };
         // SOFTWARE only when the answer stays within twice the request.
-        let plain = 20 + if from.remote.is_ipv4() { 12 } else { 24 } + 8;
-        let software = self
-            .cfg
-            .software
-            .as_deref()
-            .filter(|sw| plain + 4 + ((sw.len() + 3) & !3) <= 2 * msg.bytes().len());
-        let seal = Seal::for_request(msg, None, software);
+        let seal = Seal::unauthenticated(msg, self.cfg.software.as_deref());
         io.to_client(from, &response::success(msg, vec![Box::new(mapped)], seal));
     }
 
@@ -376,6 +376,10 @@ impl Core {
         let realm = cfg.credentials.realm();
         let fresh_nonce = || cfg.nonces.issue(now.unix, tcp, &from.remote);
         let Some((header, body, mac)) = msg.integrity() else {
+            if msg.bytes().len() < MIN_CHALLENGED_LEN {
+                self.stats.drop(DropReason::Undersized);
+                return None;
+            }
             self.stats.auth_failure(AuthFailure::Missing);
             self.unauthenticated(
                 now,
@@ -391,7 +395,7 @@ impl Core {
             msg.attr(attr::NONCE),
         ) else {
             self.stats.auth_failure(AuthFailure::Malformed);
-            let seal = Seal::for_request(msg, None, None);
+            let seal = Seal::unauthenticated(msg, None);
             self.unauthenticated(
                 now,
                 from,
@@ -463,7 +467,7 @@ impl Core {
             m,
             method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
         ) {
-            let seal = Seal::for_request(msg, None, None);
+            let seal = Seal::unauthenticated(msg, None);
             self.unauthenticated(
                 now,
                 from,

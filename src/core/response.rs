@@ -56,16 +56,20 @@ impl Code {
 }
 
 /// How to seal a response: integrity key (authenticated requests),
-/// FINGERPRINT (when the request had one) and SOFTWARE.
+/// FINGERPRINT (when the request had one), SOFTWARE, and a size cap.
 #[derive(Clone, Copy)]
 pub struct Seal<'a> {
     pub key: Option<&'a Key>,
     pub fingerprint: bool,
     pub software: Option<&'a str>,
+    /// When set, the optional parts (SOFTWARE and an error's reason phrase)
+    /// are left out if the answer would otherwise be longer than this.
+    pub max_len: Option<usize>,
 }
 
 impl<'a> Seal<'a> {
-    /// Seal for an answer to `req`: FINGERPRINT iff the request had one.
+    /// Seal for an answer to an authenticated `req`: FINGERPRINT iff the
+    /// request had one.
     pub fn for_request(
         req: &StunView<'_>,
         key: Option<&'a Key>,
@@ -75,6 +79,19 @@ impl<'a> Seal<'a> {
             key,
             fingerprint: req.has_fingerprint(),
             software,
+            max_len: None,
+        }
+    }
+
+    /// Seal for an answer to a request that did not authenticate: no
+    /// integrity, and SOFTWARE and the reason phrase only while the answer
+    /// stays within twice the request's size (the amplification bound).
+    pub fn unauthenticated(req: &StunView<'_>, software: Option<&'a str>) -> Self {
+        Self {
+            key: None,
+            fingerprint: req.has_fingerprint(),
+            software,
+            max_len: Some(2 * req.bytes().len()),
         }
     }
 }
@@ -82,67 +99,85 @@ impl<'a> Seal<'a> {
 fn build(
     req: &StunView<'_>,
     class: stun::message::MessageClass,
-    mut attrs: Vec<Box<dyn Setter>>,
+    error: Option<Code>,
+    attrs: Vec<Box<dyn Setter>>,
+    seal: Seal<'_>,
+) -> Vec<u8> {
+    let full = assemble(req, class, error.map(|c| (c, c.reason())), &attrs, seal);
+    match seal.max_len {
+        Some(max) if full.len() > max => {
+            let bare = Seal {
+                software: None,
+                ..seal
+            };
+            assemble(req, class, error.map(|c| (c, "")), &attrs, bare)
+        }
+        _ => full,
+    }
+}
+
+fn assemble(
+    req: &StunView<'_>,
+    class: stun::message::MessageClass,
+    error: Option<(Code, &str)>,
+    attrs: &[Box<dyn Setter>],
     seal: Seal<'_>,
 ) -> Vec<u8> {
     // The request's method with the answer's class.
     let mut typ = MessageType::default();
     typ.read_value(u16::from_be_bytes([req.bytes()[0], req.bytes()[1]]));
     typ.class = class;
-    let mut setters: Vec<Box<dyn Setter>> =
-        vec![Box::new(TransactionId(req.transaction_id())), Box::new(typ)];
-    setters.append(&mut attrs);
+    let mut m = Message::new();
+    // Every value below is bounded and well formed; a failure here would be
+    // a bug in tern, answered with no response rather than a panic.
+    let mut ok = m.build(&[]).is_ok();
+    let mut add = |s: &dyn Setter| s.add_to(&mut m).is_ok();
+    ok &= add(&TransactionId(req.transaction_id()));
+    ok &= add(&typ);
+    if let Some((code, reason)) = error {
+        ok &= add(&ErrorCodeAttribute {
+            code: ErrorCode(code as u16),
+            reason: reason.as_bytes().to_vec(),
+        });
+    }
+    for a in attrs {
+        ok &= add(a.as_ref());
+    }
     if let Some(sw) = seal.software {
-        setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, sw.to_owned())));
+        ok &= add(&TextAttribute::new(ATTR_SOFTWARE, sw.to_owned()));
     }
     if let Some(key) = seal.key {
-        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+        ok &= add(&MessageIntegrity(key.to_vec()));
     }
     if seal.fingerprint {
-        setters.push(Box::new(stun::fingerprint::FINGERPRINT));
+        ok &= add(&stun::fingerprint::FINGERPRINT);
     }
-    let mut m = Message::new();
-    // Every setter above writes bounded, well-formed values; a failure here
-    // would be a bug in tern, answered with no response rather than a panic.
-    match m.build(&setters) {
-        Ok(()) => m.raw,
-        Err(_) => Vec::new(),
-    }
+    if ok { m.raw } else { Vec::new() }
 }
 
 /// A success response carrying `attrs`.
 pub fn success(req: &StunView<'_>, attrs: Vec<Box<dyn Setter>>, seal: Seal<'_>) -> Vec<u8> {
-    build(req, CLASS_SUCCESS_RESPONSE, attrs, seal)
+    build(req, CLASS_SUCCESS_RESPONSE, None, attrs, seal)
 }
 
 /// An error response with `code` plus `attrs`.
 pub fn error(
     req: &StunView<'_>,
     code: Code,
-    mut attrs: Vec<Box<dyn Setter>>,
+    attrs: Vec<Box<dyn Setter>>,
     seal: Seal<'_>,
 ) -> Vec<u8> {
-    let mut all: Vec<Box<dyn Setter>> = vec![Box::new(ErrorCodeAttribute {
-        code: ErrorCode(code as u16),
-        reason: code.reason().as_bytes().to_vec(),
-    })];
-    all.append(&mut attrs);
-    build(req, CLASS_ERROR_RESPONSE, all, seal)
+    build(req, CLASS_ERROR_RESPONSE, Some(code), attrs, seal)
 }
 
-/// A 401 or 438 challenge: ERROR-CODE, REALM, NONCE; no SOFTWARE, so the
-/// answer to an unauthenticated request stays small.
+/// A 401 or 438 challenge: ERROR-CODE, REALM, NONCE; no SOFTWARE, and the
+/// reason phrase only within the amplification bound.
 pub fn challenge(req: &StunView<'_>, code: Code, realm: &str, nonce: String) -> Vec<u8> {
     let attrs: Vec<Box<dyn Setter>> = vec![
         Box::new(TextAttribute::new(ATTR_REALM, realm.to_owned())),
         Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
     ];
-    let seal = Seal {
-        key: None,
-        fingerprint: req.has_fingerprint(),
-        software: None,
-    };
-    error(req, code, attrs, seal)
+    error(req, code, attrs, Seal::unauthenticated(req, None))
 }
 
 /// ALTERNATE-SERVER (RFC 8489 §14.15), encoded like MAPPED-ADDRESS.

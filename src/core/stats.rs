@@ -27,11 +27,14 @@ pub enum DropReason {
     RateLimited,
     /// Over the allocation's bandwidth limit.
     Bandwidth,
+    /// A TURN request without MESSAGE-INTEGRITY too short for its challenge
+    /// to stay within the amplification bound (no client sends one).
+    Undersized,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Malformed,
         Self::Unexpected,
         Self::NoAllocation,
@@ -41,6 +44,7 @@ impl DropReason {
         Self::TooLarge,
         Self::RateLimited,
         Self::Bandwidth,
+        Self::Undersized,
     ];
 
     /// The metric label.
@@ -55,6 +59,7 @@ impl DropReason {
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
             Self::Bandwidth => "bandwidth_limit",
+            Self::Undersized => "undersized",
         }
     }
 }

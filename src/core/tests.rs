@@ -23,7 +23,8 @@ use super::*;
 use crate::auth::{long_term_key, rest_password};
 use crate::policy::PortRange;
 
-const REALM: &str = "test.realm";
+/// The default realm, so challenge sizes are the ones users get.
+const REALM: &str = "tern";
 const SECRET: &str = "shh";
 const START_UNIX: u64 = 1_800_000_000;
 
@@ -139,6 +140,8 @@ struct Harness {
     core: Core,
     io: Rec,
     clock: Clock,
+    /// Length of the last datagram sent to the core.
+    sent_len: usize,
 }
 
 fn client(port: u16) -> FiveTuple {
@@ -187,10 +190,12 @@ impl Harness {
             ),
             io: Rec::default(),
             clock,
+            sent_len: 0,
         }
     }
 
     fn send(&mut self, from: &FiveTuple, bytes: &[u8]) {
+        self.sent_len = bytes.len();
         self.core
             .on_client(self.clock.now(), from, bytes, &mut self.io);
     }
@@ -210,6 +215,11 @@ impl Harness {
             .nonces
             .issue(self.clock.now().unix, false, &from.remote);
         build(method, CLASS_REQUEST, attrs, Some((user, pass, &nonce)))
+    }
+
+    /// Size of the last answer to a client.
+    fn last_len(&self) -> usize {
+        self.io.to_client.last().map_or(0, |(_, b)| b.len())
     }
 
     fn request(&mut self, from: &FiveTuple, method: u16, attrs: Vec<Box<dyn Setter>>) -> Message {

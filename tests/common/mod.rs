@@ -17,7 +17,8 @@ use tern::config::Config;
 use tern::io::Shared;
 
 pub const SECRET: &str = "integration-secret";
-pub const REALM: &str = "tern.test";
+/// The default realm, so challenges have the size users get.
+pub const REALM: &str = "tern";
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A tern serving on loopback; stopped and joined on drop.
