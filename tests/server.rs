@@ -202,6 +202,68 @@ fn relaying_works_over_udp_and_tcp_for_ipv4_and_ipv6() {
     relay_round_trips(&mut RawClient::tcp(s.tcp6(), "bob", "builder"), true);
 }
 
+/// Two clients of one tern talk through their relays: the receiving
+/// allocation's permission decides, and the source is the sender's relay
+/// address, whether the datagram is handed over in-process (same worker)
+/// or through the kernel (another worker).
+fn relay_to_relay(workers: usize) {
+    let toml = base_config("").replace("workers = 2", &format!("workers = {workers}"));
+    let s = TestServer::start_with(&toml);
+    const NO_PERMISSION: &str = "tern_dropped_packets_total{reason=\"no_permission\"}";
+    for round in 0..3 {
+        let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
+        let mut b = RawClient::udp(s.udp4(), "bob", "builder");
+        let (ra, rb) = (allocate(&mut a, none), allocate(&mut b, none));
+        let m = a.request(method::CHANNEL_BIND, || {
+            vec![Box::new(ChannelNumber(0x4000)), peer(rb)]
+        });
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+        // B has not permitted A's relay yet: dropped (and counted, which
+        // the test waits for: a permission is checked on arrival).
+        let dropped = || metric(&s.http_get("/metrics").1, NO_PERMISSION);
+        let before = dropped();
+        a.send_raw(&[0x40, 0x00, 0x00, 0x04, b'e', b'a', b'r', b'l']);
+        assert!(wait_until(TIMEOUT, || dropped() > before));
+        let m = b.request(method::CREATE_PERMISSION, || vec![peer(ra)]);
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+        a.send_raw(&[0x40, 0x00, 0x00, 0x04, b'h', b'e', b'r', b'e']);
+        let d = decode(&b.recv_raw().unwrap());
+        assert_eq!(
+            d.typ,
+            message_type(method::DATA, CLASS_INDICATION),
+            "round {round}"
+        );
+        let (mut from, mut data) = (PeerAddress::default(), Data::default());
+        from.get_from(&d).unwrap();
+        data.get_from(&d).unwrap();
+        assert_eq!(
+            (SocketAddr::new(from.ip, from.port), &data.0[..]),
+            (ra, &b"here"[..])
+        );
+        // And back over B's channel to A's relay.
+        let m = b.request(method::CHANNEL_BIND, || {
+            vec![Box::new(ChannelNumber(0x4001)), peer(ra)]
+        });
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+        b.send_raw(&[0x40, 0x01, 0x00, 0x04, b'b', b'a', b'c', b'k']);
+        let frame = a.recv_raw().unwrap();
+        assert_eq!(
+            &frame[..8],
+            &[0x40, 0x00, 0x00, 0x04, b'b', b'a', b'c', b'k']
+        );
+    }
+}
+
+#[test]
+fn relay_to_relay_on_one_worker_is_handed_over_in_process() {
+    relay_to_relay(1);
+}
+
+#[test]
+fn relay_to_relay_across_workers() {
+    relay_to_relay(2);
+}
+
 #[test]
 fn rest_api_credentials_allocate_and_expired_ones_do_not() {
     let s = TestServer::start("");

@@ -7,6 +7,7 @@
 //! - `ports`: the shared relay port allocator.
 //! - `tcp`: RFC 8656 stream framing for TCP clients.
 
+mod batch;
 pub mod net;
 pub mod ports;
 mod tcp;
@@ -14,26 +15,35 @@ mod tcp;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::{
     AllocId, Core, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest, Stats, Transport,
 };
 use crate::wire::PEER_HEADROOM;
+use batch::{RECV_BATCH, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use ports::RelayPorts;
 
-/// Datagrams handled per readiness event before yielding to other tasks.
-const BATCH: usize = 64;
-/// Receive buffer: headroom for re-framing, the largest UDP payload, padding.
+/// `recvmmsg` calls per readiness event before yielding to other tasks.
+const RECV_ROUNDS: usize = 4;
+/// Receive slot: headroom for re-framing, the largest UDP payload, padding.
 const BUF_LEN: usize = PEER_HEADROOM + 65_535 + 4;
+/// Relay-to-relay datagrams waiting for in-process delivery at which more
+/// are dropped (the queue drains every scheduling round).
+const HANDOFF_LIMIT: usize = 4096;
+
+/// A UDP socket registered with the worker's reactor.
+type Udp = AsyncFd<UdpSocket>;
 
 /// State shared by all workers; touched per allocation or connection.
 #[derive(Debug)]
@@ -127,15 +137,29 @@ pub struct Worker {
     index: usize,
     core: RefCell<Core>,
     io: RefCell<WorkerIo>,
-    /// The receive buffer every task of this worker uses in turn (never held
+    /// The receive slots every task of this worker uses in turn (never held
     /// across an await).
-    buf: RefCell<Box<[u8]>>,
+    rx: RefCell<RecvBatch>,
+    /// A buffer for relay-to-relay datagrams delivered in-process.
+    scratch: RefCell<Box<[u8]>>,
+    /// Wakes the flush task: datagrams are queued for the listeners, or
+    /// relay-to-relay datagrams wait for delivery.
+    flush_wake: Rc<Notify>,
     shared: Arc<Shared>,
 }
 
 struct Relay {
-    sock: Rc<UdpSocket>,
+    sock: Rc<Udp>,
+    local: SocketAddr,
     task: JoinHandle<()>,
+}
+
+/// A datagram from one of this worker's relays to another of them, to be
+/// handed over without a socket round trip.
+struct Handoff {
+    to: AllocId,
+    from: SocketAddr,
+    bytes: Range<usize>,
 }
 
 /// A TCP client's outgoing bytes, drained by its writer task.
@@ -153,17 +177,39 @@ const TCP_OUT_LIMIT: usize = 1 << 20;
 struct WorkerIo {
     me: Weak<Worker>,
     shared: Arc<Shared>,
-    listeners: HashMap<SocketAddr, Rc<UdpSocket>>,
+    listeners: Vec<Rc<Udp>>,
+    listener_index: HashMap<SocketAddr, usize>,
+    /// Datagrams for clients, sent with `sendmmsg` at the end of the
+    /// scheduling round (or when [`SEND_QUEUE_LIMIT`] are waiting).
+    out: SendQueue,
     relays: HashMap<AllocId, Relay>,
+    /// This worker's relays by their bound address.
+    relay_by_addr: HashMap<SocketAddr, AllocId>,
+    handoffs: Vec<Handoff>,
+    handoff_bytes: Vec<u8>,
+    flush_wake: Rc<Notify>,
     tcp: HashMap<FiveTuple, Rc<TcpOut>>,
+}
+
+impl WorkerIo {
+    fn flush_out(&mut self) {
+        let listeners = &self.listeners;
+        self.out
+            .flush(|i| listeners.get(i).map(|s| s.get_ref().as_raw_fd()));
+    }
 }
 
 impl Io for WorkerIo {
     fn to_client(&mut self, client: &FiveTuple, bytes: &[u8]) {
         match client.transport {
             Transport::Udp => {
-                if let Some(sock) = self.listeners.get(&client.local) {
-                    send_now(sock, bytes, client.remote);
+                if let Some(&i) = self.listener_index.get(&client.local) {
+                    self.out.push(i, client.remote, bytes);
+                    if self.out.len() >= SEND_QUEUE_LIMIT {
+                        self.flush_out();
+                    } else if self.out.len() == 1 {
+                        self.flush_wake.notify_one();
+                    }
                 }
             }
             Transport::Tcp => {
@@ -179,33 +225,63 @@ impl Io for WorkerIo {
     }
 
     fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
-        if let Some(r) = self.relays.get(&alloc) {
-            send_now(&r.sock, bytes, peer);
+        let Some(r) = self.relays.get(&alloc) else {
+            return;
+        };
+        // The peer is another relay of this worker: hand the datagram over
+        // in-process, from this relay's address, exactly as the kernel
+        // would have delivered it (the receiving side checks permission,
+        // policy and bandwidth as for any peer datagram).
+        if let Some(&to) = self.relay_by_addr.get(&peer) {
+            if self.handoffs.len() < HANDOFF_LIMIT {
+                let start = self.handoff_bytes.len();
+                self.handoff_bytes.extend_from_slice(bytes);
+                self.handoffs.push(Handoff {
+                    to,
+                    from: r.local,
+                    bytes: start..start + bytes.len(),
+                });
+                if self.handoffs.len() == 1 {
+                    self.flush_wake.notify_one();
+                }
+            }
+            return;
         }
+        send_now(r.sock.get_ref(), bytes, peer);
     }
 
     fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
         let (std_sock, token) = self.shared.ports.open(req, Instant::now())?;
         let local = std_sock.local_addr().map_err(|_| RelayError::NoCapacity)?;
-        let sock = Rc::new(UdpSocket::from_std(std_sock).map_err(|_| RelayError::NoCapacity)?);
+        let sock = Rc::new(register(std_sock).map_err(|_| RelayError::NoCapacity)?);
         let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
         let task = tokio::task::spawn_local(relay_loop(me, alloc, Rc::clone(&sock)));
-        self.relays.insert(alloc, Relay { sock, task });
+        self.relays.insert(alloc, Relay { sock, local, task });
+        self.relay_by_addr.insert(local, alloc);
         Ok(RelayGrant { local, token })
     }
 
     fn close_relay(&mut self, alloc: AllocId) {
         if let Some(r) = self.relays.remove(&alloc) {
+            self.relay_by_addr.remove(&r.local);
             r.task.abort();
         }
     }
 }
 
-/// Send a datagram with one `sendto`, now. Tokio's `try_send_to` refuses
-/// to try until its reactor has seen the socket writable, which drops the
-/// first datagrams on a fresh relay socket; UDP needs no readiness
-/// bookkeeping, so go straight to the kernel. A full buffer drops the
-/// datagram (datagram semantics).
+/// Register a UDP socket with this thread's reactor, for readability only
+/// (datagrams are sent straight to the kernel).
+fn register(sock: UdpSocket) -> std::io::Result<Udp> {
+    // SAFETY: the `UdpSocket` owns its descriptor and keeps it open, the
+    // same one, for as long as the `AsyncFd` holds it.
+    unsafe { AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+/// Send a datagram with one `sendto`, now. UDP needs no readiness
+/// bookkeeping, so go straight to the kernel (tokio's `try_send_to`
+/// refuses until its reactor has seen a fresh socket writable). A full
+/// buffer drops the datagram (datagram semantics).
 fn send_now(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     let _ = socket2::SockRef::from(sock).send_to(bytes, &to.into());
 }
@@ -213,17 +289,26 @@ fn send_now(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
 impl Worker {
     /// A worker with its core; sockets are added by [`Worker::run`].
     pub fn new(index: usize, core: Core, shared: Arc<Shared>) -> Rc<Self> {
+        let flush_wake = Rc::new(Notify::new());
         Rc::new_cyclic(|me| Self {
             index,
             core: RefCell::new(core),
             io: RefCell::new(WorkerIo {
                 me: me.clone(),
                 shared: Arc::clone(&shared),
-                listeners: HashMap::new(),
+                listeners: Vec::new(),
+                listener_index: HashMap::new(),
+                out: SendQueue::default(),
                 relays: HashMap::new(),
+                relay_by_addr: HashMap::new(),
+                handoffs: Vec::new(),
+                handoff_bytes: Vec::new(),
+                flush_wake: Rc::clone(&flush_wake),
                 tcp: HashMap::new(),
             }),
-            buf: RefCell::new(vec![0u8; BUF_LEN].into_boxed_slice()),
+            rx: RefCell::new(RecvBatch::new(BUF_LEN)),
+            scratch: RefCell::new(vec![0u8; BUF_LEN].into_boxed_slice()),
+            flush_wake,
             shared,
         })
     }
@@ -238,13 +323,15 @@ impl Worker {
     ) -> std::io::Result<()> {
         for s in udp {
             let local = s.local_addr()?;
-            let sock = Rc::new(UdpSocket::from_std(s)?);
-            self.io
-                .borrow_mut()
-                .listeners
-                .insert(local, Rc::clone(&sock));
+            let sock = Rc::new(register(s)?);
+            let mut io = self.io.borrow_mut();
+            let index = io.listeners.len();
+            io.listener_index.insert(local, index);
+            io.listeners.push(Rc::clone(&sock));
+            drop(io);
             tokio::task::spawn_local(udp_loop(Rc::clone(&self), sock, local));
         }
+        tokio::task::spawn_local(flush_loop(Rc::clone(&self)));
         for l in tcp {
             let listener = tokio::net::TcpListener::from_std(l)?;
             tokio::task::spawn_local(tcp::accept_loop(Rc::clone(&self), listener));
@@ -268,8 +355,10 @@ impl Worker {
                 }
             }
         }
+        self.flush();
         let mut io = self.io.borrow_mut();
         self.core.borrow_mut().close_all(now(), &mut *io);
+        io.flush_out();
         drop(io);
         self.publish();
         Ok(())
@@ -279,7 +368,34 @@ impl Worker {
         self.core
             .borrow_mut()
             .tick(now(), &mut *self.io.borrow_mut());
+        self.flush();
         self.publish();
+    }
+
+    /// Deliver relay-to-relay datagrams in-process, then send what waits
+    /// for the clients.
+    fn flush(&self) {
+        let mut io = self.io.borrow_mut();
+        if !io.handoffs.is_empty() {
+            let handoffs = std::mem::take(&mut io.handoffs);
+            let bytes = std::mem::take(&mut io.handoff_bytes);
+            let mut core = self.core.borrow_mut();
+            let mut scratch = self.scratch.borrow_mut();
+            let now = now();
+            for h in &handoffs {
+                let n = h.bytes.len();
+                let payload = PEER_HEADROOM..PEER_HEADROOM + n;
+                scratch[payload.clone()].copy_from_slice(&bytes[h.bytes.clone()]);
+                core.on_peer(now, h.to, h.from, &mut scratch, payload, &mut *io);
+            }
+            // Delivering to a peer sends only to clients, so nothing was
+            // queued meanwhile: keep the buffers' capacity.
+            io.handoffs = handoffs;
+            io.handoffs.clear();
+            io.handoff_bytes = bytes;
+            io.handoff_bytes.clear();
+        }
+        io.flush_out();
     }
 
     /// Copy this worker's counters where metrics can read them.
@@ -309,7 +425,16 @@ impl Worker {
     }
 }
 
-async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>, local: SocketAddr) {
+/// Flush whenever woken: the wake-up runs after the tasks already ready in
+/// this round, so their datagrams leave in one `sendmmsg`.
+async fn flush_loop(w: Rc<Worker>) {
+    loop {
+        w.flush_wake.notified().await;
+        w.flush();
+    }
+}
+
+async fn udp_loop(w: Rc<Worker>, sock: Rc<Udp>, local: SocketAddr) {
     datagram_loop(&w, &sock, 0, |buf, n, remote| {
         let tuple = FiveTuple {
             transport: Transport::Udp,
@@ -321,7 +446,7 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<UdpSocket>, local: SocketAddr) {
     .await;
 }
 
-async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<UdpSocket>) {
+async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<Udp>) {
     datagram_loop(&w, &sock, PEER_HEADROOM, |buf, n, peer| {
         let mut io = w.io.borrow_mut();
         let payload = PEER_HEADROOM..PEER_HEADROOM + n;
@@ -332,29 +457,50 @@ async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<UdpSocket>) {
     .await;
 }
 
-/// Receive datagrams into the worker's buffer at `offset` and hand each to
-/// `handle(buffer, length, source)`, up to [`BATCH`] per readiness event.
+/// Receive datagrams into the worker's slots at `offset` and hand each to
+/// `handle(slot, length, source)`: one `recvmmsg` per batch, up to
+/// [`RECV_ROUNDS`] batches per readiness event. A short batch means the
+/// socket is drained, so readiness is cleared without the extra call that
+/// would only return `EAGAIN`.
 async fn datagram_loop(
     w: &Worker,
-    sock: &UdpSocket,
+    sock: &Udp,
     offset: usize,
     mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
 ) {
+    let fd = sock.get_ref().as_raw_fd();
     loop {
-        if sock.readable().await.is_err() {
+        let Ok(mut ready) = sock.readable().await else {
             return;
-        }
-        let mut handled = 0;
-        while handled < BATCH {
-            let mut buf = w.buf.borrow_mut();
-            match sock.try_recv_from(&mut buf[offset..offset + 65_535]) {
-                Ok((n, from)) => handle(&mut buf, n, from),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+        };
+        let mut drained = false;
+        for _ in 0..RECV_ROUNDS {
+            let mut rx = w.rx.borrow_mut();
+            match rx.recv(fd, offset) {
+                Ok(n) => {
+                    for i in 0..n {
+                        if let (slot, len, Some(from)) = rx.slot(i) {
+                            handle(slot, len, from);
+                        }
+                    }
+                    if n < RECV_BATCH {
+                        drained = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                // Interrupted, or an error reported for an earlier
+                // datagram: try again.
                 Err(_) => {}
             }
-            handled += 1;
         }
-        if handled == BATCH {
+        if drained {
+            ready.clear_ready();
+        } else {
+            drop(ready);
             tokio::task::yield_now().await;
         }
     }

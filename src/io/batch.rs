@@ -1,0 +1,268 @@
+//! Batched datagram I/O (Linux): `recvmmsg` into a set of slots and
+//! `sendmmsg` from a queue, so one system call moves many datagrams. On
+//! this kind of machine a system call costs more than all of tern's
+//! per-packet logic (docs/performance.md), so this is where the time goes.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+use socket2::SockAddr;
+
+/// Datagrams taken per `recvmmsg`.
+pub(crate) const RECV_BATCH: usize = 32;
+/// Datagrams given per `sendmmsg`.
+const SEND_BATCH: usize = 64;
+/// Queued datagrams at which the send queue is flushed without waiting for
+/// the end of the scheduling round (bounds its memory).
+pub(crate) const SEND_QUEUE_LIMIT: usize = 256;
+
+/// `RECV_BATCH` receive slots, each `slot_len` bytes.
+pub(crate) struct RecvBatch {
+    buf: Box<[u8]>,
+    slot_len: usize,
+    names: Box<[libc::sockaddr_storage]>,
+    lens: [usize; RECV_BATCH],
+}
+
+impl RecvBatch {
+    pub(crate) fn new(slot_len: usize) -> Self {
+        // SAFETY: all zeros is a valid sockaddr_storage.
+        let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Self {
+            buf: vec![0u8; slot_len * RECV_BATCH].into_boxed_slice(),
+            slot_len,
+            names: vec![zero; RECV_BATCH].into_boxed_slice(),
+            lens: [0; RECV_BATCH],
+        }
+    }
+
+    /// Receive up to [`RECV_BATCH`] datagrams without blocking, each at
+    /// `offset` in its slot. Returns how many arrived; `WouldBlock` when
+    /// none did.
+    pub(crate) fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+        let room = self.slot_len.saturating_sub(offset);
+        // SAFETY: all zeros is a valid iovec and mmsghdr.
+        let mut iov: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let base = self.buf.as_mut_ptr();
+        for (i, (v, h)) in iov.iter_mut().zip(hdrs.iter_mut()).enumerate() {
+            // SAFETY: i * slot_len + offset stays inside `buf` (offset <
+            // slot_len, i < RECV_BATCH).
+            v.iov_base = unsafe { base.add(i * self.slot_len + offset.min(self.slot_len)) }.cast();
+            v.iov_len = room;
+            h.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at a live iovec and name buffer of
+        // the stated sizes, all owned by `self` or this frame.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (len, h) in self.lens.iter_mut().zip(&hdrs).take(n) {
+            *len = (h.msg_len as usize).min(room);
+        }
+        Ok(n)
+    }
+
+    /// Slot `i` of the last [`RecvBatch::recv`]: the whole slot (the
+    /// datagram starts at the offset given there), its length, and its
+    /// source (`None` for an address family tern does not serve).
+    pub(crate) fn slot(&mut self, i: usize) -> (&mut [u8], usize, Option<SocketAddr>) {
+        let start = i * self.slot_len;
+        let from = socket_addr(&self.names[i]);
+        (
+            &mut self.buf[start..start + self.slot_len],
+            self.lens[i],
+            from,
+        )
+    }
+}
+
+/// A kernel socket address as a `SocketAddr`.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let a: &libc::sockaddr_in = unsafe { &*(&raw const *s).cast() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(&raw const *s).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// One queued datagram.
+struct Queued {
+    socket: usize,
+    to: SockAddr,
+    start: usize,
+    len: usize,
+}
+
+/// Datagrams waiting to be sent, each on one of several sockets (named by
+/// index), copied into one reusable arena.
+#[derive(Default)]
+pub(crate) struct SendQueue {
+    arena: Vec<u8>,
+    queued: Vec<Queued>,
+}
+
+impl SendQueue {
+    pub(crate) fn push(&mut self, socket: usize, to: SocketAddr, bytes: &[u8]) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        self.queued.push(Queued {
+            socket,
+            to: to.into(),
+            start,
+            len: bytes.len(),
+        });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Send everything queued, `sendmmsg` per run of datagrams on the same
+    /// socket. A datagram the kernel refuses (full buffer, unreachable) is
+    /// dropped, as a datagram may be; returns how many were.
+    pub(crate) fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> usize {
+        let mut dropped = 0;
+        let mut at = 0;
+        while at < self.queued.len() {
+            let socket = self.queued[at].socket;
+            let run = self.queued[at..]
+                .iter()
+                .take(SEND_BATCH)
+                .take_while(|q| q.socket == socket)
+                .count();
+            let batch = &self.queued[at..at + run];
+            at += run;
+            match fd_of(socket) {
+                Some(fd) => dropped += send_batch(fd, &self.arena, batch),
+                None => dropped += run,
+            }
+        }
+        self.queued.clear();
+        self.arena.clear();
+        dropped
+    }
+}
+
+/// `sendmmsg` the batch, skipping any datagram the kernel refuses.
+fn send_batch(fd: RawFd, arena: &[u8], batch: &[Queued]) -> usize {
+    // SAFETY: all zeros is a valid iovec and mmsghdr.
+    let mut iov: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let n = batch.len().min(SEND_BATCH);
+    for ((q, v), h) in batch.iter().zip(iov.iter_mut()).zip(hdrs.iter_mut()) {
+        v.iov_base = arena[q.start..q.start + q.len].as_ptr().cast_mut().cast();
+        v.iov_len = q.len;
+        h.msg_hdr.msg_name = q.to.as_ptr().cast_mut().cast();
+        h.msg_hdr.msg_namelen = q.to.len();
+        h.msg_hdr.msg_iov = v;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    let mut dropped = 0;
+    let mut done = 0;
+    while done < n {
+        // SAFETY: headers done..n point at iovecs over `arena` and at
+        // socket addresses owned by `batch`, all alive for this call; the
+        // kernel only reads them.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs[done..].as_mut_ptr(),
+                (n - done) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent > 0 {
+            done += sent as usize;
+        } else {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if e.kind() == io::ErrorKind::WouldBlock {
+                // The socket's buffer is full: the rest would fail alike.
+                return dropped + n - done;
+            }
+            // This datagram is refused (e.g. unreachable); go on after it.
+            dropped += 1;
+            done += 1;
+        }
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_batch_goes_out_and_comes_back_with_sources() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let rx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let mut q = SendQueue::default();
+        for i in 0..5u8 {
+            q.push(0, rx.local_addr().unwrap(), &[i; 10]);
+        }
+        q.push(1, rx6.local_addr().unwrap(), b"six");
+        q.push(0, rx.local_addr().unwrap(), &[9; 3000]);
+        let fds = [tx4.as_raw_fd(), tx6.as_raw_fd()];
+        assert_eq!(q.flush(|i| fds.get(i).copied()), 0);
+        assert_eq!(q.len(), 0);
+
+        let mut b = RecvBatch::new(4096);
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let n = b.recv(rx.as_raw_fd(), 48).unwrap();
+            for i in 0..n {
+                let (slot, len, from) = b.slot(i);
+                got.push((slot[48..48 + len].to_vec(), from));
+            }
+        }
+        assert_eq!(got[0], (vec![0; 10], Some(tx4.local_addr().unwrap())));
+        assert_eq!(got[4].0, vec![4; 10]);
+        assert_eq!(got[5].0, vec![9; 3000]);
+        let n = b.recv(rx6.as_raw_fd(), 0).unwrap();
+        assert_eq!(n, 1);
+        let (slot, len, from) = b.slot(0);
+        assert_eq!(
+            (&slot[..len], from),
+            (&b"six"[..], Some(tx6.local_addr().unwrap()))
+        );
+        // Nothing left: WouldBlock, not a wait.
+        let e = b.recv(rx.as_raw_fd(), 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+}
