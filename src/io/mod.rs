@@ -8,6 +8,7 @@
 //! - `tcp`: RFC 8656 stream framing for TCP clients.
 
 mod batch;
+mod handoff;
 pub mod net;
 pub mod ports;
 mod tcp;
@@ -16,7 +17,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -32,15 +32,13 @@ use crate::core::{
 };
 use crate::wire::PEER_HEADROOM;
 use batch::{RECV_BATCH, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
+use handoff::{Batch, Handoffs};
 use ports::RelayPorts;
 
 /// `recvmmsg` calls per readiness event before yielding to other tasks.
 const RECV_ROUNDS: usize = 4;
 /// Receive slot: headroom for re-framing, the largest UDP payload, padding.
 const BUF_LEN: usize = PEER_HEADROOM + 65_535 + 4;
-/// Relay-to-relay datagrams waiting for in-process delivery at which more
-/// are dropped (the queue drains every scheduling round).
-const HANDOFF_LIMIT: usize = 4096;
 
 /// A UDP socket registered with the worker's reactor.
 type Udp = AsyncFd<UdpSocket>;
@@ -49,6 +47,8 @@ type Udp = AsyncFd<UdpSocket>;
 #[derive(Debug)]
 pub struct Shared {
     pub ports: RelayPorts,
+    /// Relay owners and inboxes for relay-to-relay delivery.
+    pub handoffs: Handoffs,
     pub tcp_connections: AtomicUsize,
     pub max_tcp_connections: AtomicUsize,
     pub max_tcp_connections_per_ip: AtomicUsize,
@@ -79,7 +79,9 @@ impl Shared {
         max_allocations: u32,
         tcp_idle_timeout: Duration,
     ) -> Self {
+        let (v4, v6) = ports.addresses();
         Self {
+            handoffs: Handoffs::new(v4, v6, workers),
             ports,
             tcp_connections: AtomicUsize::new(0),
             max_tcp_connections: AtomicUsize::new(max_tcp),
@@ -142,9 +144,12 @@ pub struct Worker {
     rx: RefCell<RecvBatch>,
     /// A buffer for relay-to-relay datagrams delivered in-process.
     scratch: RefCell<Box<[u8]>>,
+    /// Relay-to-relay datagrams taken from this worker's inbox.
+    inbox: RefCell<Batch>,
     /// Wakes the flush task: datagrams are queued for the listeners, or
-    /// relay-to-relay datagrams wait for delivery.
-    flush_wake: Rc<Notify>,
+    /// relay-to-relay datagrams wait for delivery (other workers wake it
+    /// too).
+    flush_wake: Arc<Notify>,
     shared: Arc<Shared>,
 }
 
@@ -152,14 +157,6 @@ struct Relay {
     sock: Rc<Udp>,
     local: SocketAddr,
     task: JoinHandle<()>,
-}
-
-/// A datagram from one of this worker's relays to another of them, to be
-/// handed over without a socket round trip.
-struct Handoff {
-    to: AllocId,
-    from: SocketAddr,
-    bytes: Range<usize>,
 }
 
 /// A TCP client's outgoing bytes, drained by its writer task.
@@ -176,6 +173,7 @@ const TCP_OUT_LIMIT: usize = 1 << 20;
 /// The worker's implementation of [`Io`].
 struct WorkerIo {
     me: Weak<Worker>,
+    index: usize,
     shared: Arc<Shared>,
     listeners: Vec<Rc<Udp>>,
     listener_index: HashMap<SocketAddr, usize>,
@@ -185,9 +183,11 @@ struct WorkerIo {
     relays: HashMap<AllocId, Relay>,
     /// This worker's relays by their bound address.
     relay_by_addr: HashMap<SocketAddr, AllocId>,
-    handoffs: Vec<Handoff>,
-    handoff_bytes: Vec<u8>,
-    flush_wake: Rc<Notify>,
+    /// Relay-to-relay datagrams for this worker's relays, and for each
+    /// other worker's.
+    local: Batch,
+    remote: Vec<Batch>,
+    flush_wake: Arc<Notify>,
     tcp: HashMap<FiveTuple, Rc<TcpOut>>,
 }
 
@@ -228,22 +228,21 @@ impl Io for WorkerIo {
         let Some(r) = self.relays.get(&alloc) else {
             return;
         };
-        // The peer is another relay of this worker: hand the datagram over
-        // in-process, from this relay's address, exactly as the kernel
-        // would have delivered it (the receiving side checks permission,
-        // policy and bandwidth as for any peer datagram).
-        if let Some(&to) = self.relay_by_addr.get(&peer) {
-            if self.handoffs.len() < HANDOFF_LIMIT {
-                let start = self.handoff_bytes.len();
-                self.handoff_bytes.extend_from_slice(bytes);
-                self.handoffs.push(Handoff {
-                    to,
-                    from: r.local,
-                    bytes: start..start + bytes.len(),
-                });
-                if self.handoffs.len() == 1 {
-                    self.flush_wake.notify_one();
-                }
+        // The peer is another tern relay: hand the datagram to its worker,
+        // from this relay's address, as the kernel would have delivered it
+        // (the receiving side checks permission, policy and bandwidth as
+        // for any peer datagram). See `handoff`.
+        if let Some(owner) = self.shared.handoffs.owner(&peer) {
+            let batch = if owner == self.index {
+                &mut self.local
+            } else if let Some(b) = self.remote.get_mut(owner) {
+                b
+            } else {
+                return;
+            };
+            let first = batch.is_empty();
+            if batch.push(peer, r.local, bytes) && first {
+                self.flush_wake.notify_one();
             }
             return;
         }
@@ -258,12 +257,14 @@ impl Io for WorkerIo {
         let task = tokio::task::spawn_local(relay_loop(me, alloc, Rc::clone(&sock)));
         self.relays.insert(alloc, Relay { sock, local, task });
         self.relay_by_addr.insert(local, alloc);
+        self.shared.handoffs.set_owner(&local, self.index);
         Ok(RelayGrant { local, token })
     }
 
     fn close_relay(&mut self, alloc: AllocId) {
         if let Some(r) = self.relays.remove(&alloc) {
             self.relay_by_addr.remove(&r.local);
+            self.shared.handoffs.clear_owner(&r.local);
             r.task.abort();
         }
     }
@@ -289,25 +290,28 @@ fn send_now(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
 impl Worker {
     /// A worker with its core; sockets are added by [`Worker::run`].
     pub fn new(index: usize, core: Core, shared: Arc<Shared>) -> Rc<Self> {
-        let flush_wake = Rc::new(Notify::new());
+        let flush_wake = shared.handoffs.wake(index);
+        let workers = shared.last_tick_ms.len();
         Rc::new_cyclic(|me| Self {
             index,
             core: RefCell::new(core),
             io: RefCell::new(WorkerIo {
                 me: me.clone(),
+                index,
                 shared: Arc::clone(&shared),
                 listeners: Vec::new(),
                 listener_index: HashMap::new(),
                 out: SendQueue::default(),
                 relays: HashMap::new(),
                 relay_by_addr: HashMap::new(),
-                handoffs: Vec::new(),
-                handoff_bytes: Vec::new(),
-                flush_wake: Rc::clone(&flush_wake),
+                local: Batch::default(),
+                remote: (0..workers).map(|_| Batch::default()).collect(),
+                flush_wake: Arc::clone(&flush_wake),
                 tcp: HashMap::new(),
             }),
             rx: RefCell::new(RecvBatch::new(BUF_LEN)),
             scratch: RefCell::new(vec![0u8; BUF_LEN].into_boxed_slice()),
+            inbox: RefCell::new(Batch::default()),
             flush_wake,
             shared,
         })
@@ -372,30 +376,44 @@ impl Worker {
         self.publish();
     }
 
-    /// Deliver relay-to-relay datagrams in-process, then send what waits
-    /// for the clients.
+    /// Pass relay-to-relay datagrams on to other workers, deliver those
+    /// for this worker's relays, then send what waits for the clients.
     fn flush(&self) {
         let mut io = self.io.borrow_mut();
-        if !io.handoffs.is_empty() {
-            let handoffs = std::mem::take(&mut io.handoffs);
-            let bytes = std::mem::take(&mut io.handoff_bytes);
-            let mut core = self.core.borrow_mut();
-            let mut scratch = self.scratch.borrow_mut();
-            let now = now();
-            for h in &handoffs {
-                let n = h.bytes.len();
-                let payload = PEER_HEADROOM..PEER_HEADROOM + n;
-                scratch[payload.clone()].copy_from_slice(&bytes[h.bytes.clone()]);
-                core.on_peer(now, h.to, h.from, &mut scratch, payload, &mut *io);
+        let io = &mut *io;
+        for (w, batch) in io.remote.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                self.shared.handoffs.send(w, batch);
             }
-            // Delivering to a peer sends only to clients, so nothing was
-            // queued meanwhile: keep the buffers' capacity.
-            io.handoffs = handoffs;
-            io.handoffs.clear();
-            io.handoff_bytes = bytes;
-            io.handoff_bytes.clear();
         }
+        let mut local = std::mem::take(&mut io.local);
+        self.deliver(&mut local, io);
+        io.local = local;
+        let mut inbox = self.inbox.borrow_mut();
+        self.shared.handoffs.take(self.index, &mut inbox);
+        self.deliver(&mut inbox, io);
         io.flush_out();
+    }
+
+    /// Hand each datagram to its relay's allocation, as if it had arrived
+    /// on the relay socket; a relay closed meanwhile drops it. Delivering
+    /// to a peer sends only to clients, so no hand-off is queued meanwhile.
+    fn deliver(&self, batch: &mut Batch, io: &mut WorkerIo) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut core = self.core.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        let now = now();
+        for item in &batch.items {
+            let Some(&alloc) = io.relay_by_addr.get(&item.to) else {
+                continue;
+            };
+            let payload = PEER_HEADROOM..PEER_HEADROOM + item.bytes.len();
+            scratch[payload.clone()].copy_from_slice(&batch.arena[item.bytes.clone()]);
+            core.on_peer(now, alloc, item.from, &mut scratch, payload, io);
+        }
+        batch.clear();
     }
 
     /// Copy this worker's counters where metrics can read them.
