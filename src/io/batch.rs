@@ -1,4 +1,5 @@
-//! Batched datagram I/O (Linux): `recvmmsg` into a set of slots and
+//! Batched datagram I/O (Linux), also used by the benchmark's bare
+//! forwarder (`tern-loadgen forward`): `recvmmsg` into a set of slots and
 //! `sendmmsg` from a queue, so one system call moves many datagrams. On
 //! this kind of machine a system call costs more than all of tern's
 //! per-packet logic (docs/performance.md), so this is where the time goes.
@@ -10,15 +11,15 @@ use std::os::fd::RawFd;
 use socket2::SockAddr;
 
 /// Datagrams taken per `recvmmsg`.
-pub(crate) const RECV_BATCH: usize = 32;
+pub const RECV_BATCH: usize = 32;
 /// Datagrams given per `sendmmsg`.
 const SEND_BATCH: usize = 64;
 /// Queued datagrams at which the send queue is flushed without waiting for
 /// the end of the scheduling round (bounds its memory).
-pub(crate) const SEND_QUEUE_LIMIT: usize = 256;
+pub const SEND_QUEUE_LIMIT: usize = 256;
 
 /// `RECV_BATCH` receive slots, each `slot_len` bytes.
-pub(crate) struct RecvBatch {
+pub struct RecvBatch {
     buf: Box<[u8]>,
     slot_len: usize,
     names: Box<[libc::sockaddr_storage]>,
@@ -26,7 +27,7 @@ pub(crate) struct RecvBatch {
 }
 
 impl RecvBatch {
-    pub(crate) fn new(slot_len: usize) -> Self {
+    pub fn new(slot_len: usize) -> Self {
         // SAFETY: all zeros is a valid sockaddr_storage.
         let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         Self {
@@ -40,7 +41,7 @@ impl RecvBatch {
     /// Receive up to [`RECV_BATCH`] datagrams without blocking, each at
     /// `offset` in its slot. Returns how many arrived; `WouldBlock` when
     /// none did.
-    pub(crate) fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
         let room = self.slot_len.saturating_sub(offset);
         // SAFETY: all zeros is a valid iovec and mmsghdr.
         let mut iov: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
@@ -80,7 +81,7 @@ impl RecvBatch {
     /// Slot `i` of the last [`RecvBatch::recv`]: the whole slot (the
     /// datagram starts at the offset given there), its length, and its
     /// source (`None` for an address family tern does not serve).
-    pub(crate) fn slot(&mut self, i: usize) -> (&mut [u8], usize, Option<SocketAddr>) {
+    pub fn slot(&mut self, i: usize) -> (&mut [u8], usize, Option<SocketAddr>) {
         let start = i * self.slot_len;
         let from = socket_addr(&self.names[i]);
         (
@@ -127,13 +128,13 @@ struct Queued {
 /// Datagrams waiting to be sent, each on one of several sockets (named by
 /// index), copied into one reusable arena.
 #[derive(Default)]
-pub(crate) struct SendQueue {
+pub struct SendQueue {
     arena: Vec<u8>,
     queued: Vec<Queued>,
 }
 
 impl SendQueue {
-    pub(crate) fn push(&mut self, socket: usize, to: SocketAddr, bytes: &[u8]) {
+    pub fn push(&mut self, socket: usize, to: SocketAddr, bytes: &[u8]) {
         let start = self.arena.len();
         self.arena.extend_from_slice(bytes);
         self.queued.push(Queued {
@@ -144,14 +145,18 @@ impl SendQueue {
         });
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.queued.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
     }
 
     /// Send everything queued, `sendmmsg` per run of datagrams on the same
     /// socket. A datagram the kernel refuses (full buffer, unreachable) is
     /// dropped, as a datagram may be; returns how many were.
-    pub(crate) fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> usize {
+    pub fn flush(&mut self, fd_of: impl Fn(usize) -> Option<RawFd>) -> usize {
         let mut dropped = 0;
         let mut at = 0;
         while at < self.queued.len() {

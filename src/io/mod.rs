@@ -7,7 +7,7 @@
 //! - `ports`: the shared relay port allocator.
 //! - `tcp`: RFC 8656 stream framing for TCP clients.
 
-mod batch;
+pub mod batch;
 mod handoff;
 pub mod net;
 pub mod ports;

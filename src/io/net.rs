@@ -9,7 +9,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::RelayAddress;
 
 /// A UDP listener socket that other workers can share (SO_REUSEPORT).
-pub(crate) fn udp_listener(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
+pub fn udp_listener(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;

@@ -1,0 +1,534 @@
+//! tern-loadgen: the benchmark's own load generator and bare forwarder.
+//!
+//! - `turn`: N sessions against any TURN server (tern or coturn): each
+//!   authenticates with a REST credential, allocates, creates a permission
+//!   and binds a channel to an echo peer, then sends ChannelData at a fixed
+//!   rate and times every echo. Prints one `key=value` line.
+//! - `raw`: the same traffic without TURN, straight to a UDP echo service
+//!   (the bare forwarder below, or the peer itself for direct latency).
+//! - `forward`: the floor of the comparison: a UDP forwarder with no TURN
+//!   logic and the same socket layout as a relay (one listener per core
+//!   with SO_REUSEPORT, one upstream socket per client, `recvmmsg` and
+//!   `sendmmsg` through tern's own batch I/O).
+//!
+//! Loopback use only; every run is bounded by `--seconds`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::{CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, Message, MessageType, Setter};
+use stun::textattrs::TextAttribute;
+use tokio::io::unix::AsyncFd;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+#[derive(Parser)]
+#[command(
+    name = "tern-loadgen",
+    about = "Load generator and bare forwarder for bench/compare"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(clap::Args, Clone)]
+struct Load {
+    /// Server (or echo service) to send to.
+    #[arg(long)]
+    server: SocketAddr,
+    /// Concurrent sessions (one client socket each).
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Datagrams per second per session (0: set up, hold, send nothing).
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Payload bytes per datagram (at least 16).
+    #[arg(long, default_value_t = 120)]
+    size: usize,
+    /// Seconds of sending (or of holding, with --rate 0).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// TURN sessions with channels to an echo peer.
+    Turn {
+        #[command(flatten)]
+        load: Load,
+        /// The REST API shared secret.
+        #[arg(long)]
+        secret: String,
+        /// The echo peer every session relays to.
+        #[arg(long)]
+        peer: SocketAddr,
+        /// Session set-ups in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Plain UDP to an echo service.
+    Raw {
+        #[command(flatten)]
+        load: Load,
+    },
+    /// A bare forwarder: each client's datagrams go to `peer` from a socket
+    /// of its own, and the answers back.
+    Forward {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        peer: SocketAddr,
+        /// Worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().mode {
+        Mode::Turn {
+            load,
+            secret,
+            peer,
+            concurrency,
+        } => run_load(load, Some(Turn { secret, peer }), concurrency),
+        Mode::Raw { load } => run_load(load, None, 1),
+        Mode::Forward {
+            listen,
+            peer,
+            workers,
+        } => forward(listen, peer, workers),
+    }
+}
+
+struct Turn {
+    secret: String,
+    peer: SocketAddr,
+}
+
+/// One client socket.
+struct Session {
+    sock: AsyncFd<UdpSocket>,
+    /// Bytes before the payload: the ChannelData header, or nothing.
+    header: Vec<u8>,
+}
+
+/// Everything the receivers record.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    rtt_us: Vec<u32>,
+}
+
+const CHANNEL: u16 = 0x4000;
+
+fn run_load(load: Load, turn: Option<Turn>, concurrency: usize) -> Result<()> {
+    if load.size < 16 {
+        bail!("--size must be at least 16");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let epoch = Instant::now();
+        // Set-up, `concurrency` at a time.
+        let started = Instant::now();
+        let sessions = Rc::new(RefCell::new(Vec::with_capacity(load.sessions)));
+        let turn = Rc::new(turn);
+        let sem = Rc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut setups = Vec::new();
+        for i in 0..load.sessions {
+            let (turn, sem, sessions) = (Rc::clone(&turn), Rc::clone(&sem), Rc::clone(&sessions));
+            let (server, size) = (load.server, load.size);
+            setups.push(tokio::task::spawn_local(async move {
+                let _permit = sem.acquire().await;
+                let s = open_session(server, turn.as_ref().as_ref(), i, size).await;
+                if let Err(e) = &s {
+                    eprintln!("session {i}: {e:#}");
+                }
+                s.map(|s| sessions.borrow_mut().push(s))
+            }));
+        }
+        let mut failed = 0;
+        for s in setups {
+            if !matches!(s.await, Ok(Ok(()))) {
+                failed += 1;
+            }
+        }
+        let setup_s = started.elapsed().as_secs_f64();
+        let sessions: Vec<Rc<Session>> = sessions.borrow_mut().drain(..).map(Rc::new).collect();
+        let tally = Rc::new(RefCell::new(Tally::default()));
+        for s in &sessions {
+            tokio::task::spawn_local(receive(Rc::clone(s), Rc::clone(&tally), epoch));
+        }
+        let (sent, send_errors) = if load.rate == 0 {
+            // Hold the allocations (memory measurement) for the duration.
+            tokio::time::sleep(Duration::from_secs_f64(load.seconds)).await;
+            (0, 0)
+        } else {
+            send(&sessions, &load, epoch).await
+        };
+        // Let the last echoes arrive.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while tally.borrow().received < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let t = tally.borrow();
+        let mut rtt = t.rtt_us.clone();
+        rtt.sort_unstable();
+        let pct = |p: f64| {
+            rtt.get(((rtt.len() as f64 * p) as usize).min(rtt.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        let loss = if sent > 0 {
+            100.0 * (sent.saturating_sub(t.received)) as f64 / sent as f64
+        } else {
+            0.0
+        };
+        println!(
+            "sessions={} failed={} setup_s={:.3} setups_per_s={:.0} sent={} received={} send_errors={} loss_pct={:.3} rtt_p50_us={} rtt_p99_us={}",
+            sessions.len(),
+            failed,
+            setup_s,
+            sessions.len() as f64 / setup_s.max(1e-9),
+            sent,
+            t.received,
+            send_errors,
+            loss,
+            pct(0.5),
+            pct(0.99),
+        );
+        Ok(())
+    })
+}
+
+/// Send at the configured rate, sessions spread evenly over each period.
+async fn send(sessions: &[Rc<Session>], load: &Load, epoch: Instant) -> (u64, u64) {
+    let total_per_session = (f64::from(load.rate) * load.seconds) as u64;
+    let mut sent_each = vec![0u64; sessions.len()];
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let mut payload = vec![0u8; load.size];
+    let mut frame = Vec::with_capacity(load.size + 8);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let n = sessions.len() as f64;
+    loop {
+        tick.tick().await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut done = true;
+        for (i, s) in sessions.iter().enumerate() {
+            let phase = i as f64 / n / f64::from(load.rate);
+            let due = (((elapsed - phase) * f64::from(load.rate)).floor().max(0.0) as u64 + 1)
+                .min(total_per_session);
+            if sent_each[i] < total_per_session {
+                done = false;
+            }
+            while sent_each[i] < due {
+                let stamp = epoch.elapsed().as_nanos() as u64;
+                payload[..8].copy_from_slice(&stamp.to_be_bytes());
+                payload[8..16].copy_from_slice(&sent_each[i].to_be_bytes());
+                frame.clear();
+                frame.extend_from_slice(&s.header);
+                frame.extend_from_slice(&payload);
+                // ChannelData over UDP needs no padding (RFC 8656 §12.5).
+                match socket2::SockRef::from(s.sock.get_ref()).send(&frame) {
+                    Ok(_) => {}
+                    Err(_) => errors += 1,
+                }
+                sent_each[i] += 1;
+                sent += 1;
+            }
+        }
+        if done || elapsed > load.seconds + 5.0 {
+            return (sent, errors);
+        }
+    }
+}
+
+/// Count echoes and their round trips.
+async fn receive(s: Rc<Session>, tally: Rc<RefCell<Tally>>, epoch: Instant) {
+    let mut buf = vec![0u8; 65_536];
+    let skip = s.header.len();
+    loop {
+        let Ok(mut ready) = s.sock.readable().await else {
+            return;
+        };
+        loop {
+            match s.sock.get_ref().recv(&mut buf) {
+                // Our own frame echoed (a STUN answer would differ).
+                Ok(n) if n >= skip + 16 && buf[..skip] == s.header[..] => {
+                    let mut stamp = [0u8; 8];
+                    stamp.copy_from_slice(&buf[skip..skip + 8]);
+                    let sent_ns = u64::from_be_bytes(stamp);
+                    let now_ns = epoch.elapsed().as_nanos() as u64;
+                    let mut t = tally.borrow_mut();
+                    t.received += 1;
+                    t.rtt_us
+                        .push((now_ns.saturating_sub(sent_ns) / 1000) as u32);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+fn udp_to(server: SocketAddr) -> Result<AsyncFd<UdpSocket>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "127.0.0.1:0".parse()?
+    } else {
+        "[::1]:0".parse()?
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(server)?;
+    s.set_nonblocking(true)?;
+    let sock = socket2::SockRef::from(&s);
+    let _ = sock.set_recv_buffer_size(1 << 20);
+    // SAFETY: the socket owns its descriptor for the AsyncFd's lifetime.
+    Ok(unsafe { AsyncFd::register(s) }.map_err(std::io::Error::from)?)
+}
+
+/// Open one session: for TURN, authenticate, allocate, permit and bind.
+async fn open_session(
+    server: SocketAddr,
+    turn: Option<&Turn>,
+    i: usize,
+    size: usize,
+) -> Result<Session> {
+    let sock = udp_to(server)?;
+    let Some(turn) = turn else {
+        return Ok(Session {
+            sock,
+            header: Vec::new(),
+        });
+    };
+    let expiry = tern::cli::unix_now() + 3600;
+    let username = format!("{expiry}:loadgen{i}");
+    let password = tern::auth::rest_password(turn.secret.as_bytes(), &username);
+    let transport = || -> Box<dyn Setter> {
+        Box::new(RequestedTransport {
+            protocol: turn::proto::PROTO_UDP,
+        })
+    };
+    let peer = || -> Box<dyn Setter> {
+        Box::new(PeerAddress {
+            ip: turn.peer.ip(),
+            port: turn.peer.port(),
+        })
+    };
+    // The first Allocate draws the realm and nonce.
+    let challenge = transact(&sock, &build(0x003, vec![transport()], None)?).await?;
+    let realm = TextAttribute::get_from_as(&challenge, ATTR_REALM)?.text;
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)?.text;
+    let auth = (
+        username.as_str(),
+        password.as_str(),
+        realm.as_str(),
+        nonce.as_str(),
+    );
+    for (method, attrs) in [
+        (0x003, vec![transport()]),
+        (0x008, vec![peer()]),
+        (
+            0x009,
+            vec![Box::new(ChannelNumber(CHANNEL)) as Box<dyn Setter>, peer()],
+        ),
+    ] {
+        let m = transact(&sock, &build(method, attrs, Some(auth))?).await?;
+        if m.typ.class != CLASS_SUCCESS_RESPONSE {
+            let mut e = ErrorCodeAttribute::default();
+            let _ = e.get_from(&m);
+            bail!("method {method:#x} failed: {}", e.code.0);
+        }
+    }
+    let mut header = CHANNEL.to_be_bytes().to_vec();
+    header.extend_from_slice(&u16::try_from(size)?.to_be_bytes());
+    Ok(Session { sock, header })
+}
+
+fn build(
+    method: u16,
+    mut attrs: Vec<Box<dyn Setter>>,
+    auth: Option<(&str, &str, &str, &str)>,
+) -> Result<Vec<u8>> {
+    let mut t = MessageType::default();
+    t.read_value(method);
+    t.class = CLASS_REQUEST;
+    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(TransactionId::new()), Box::new(t)];
+    setters.append(&mut attrs);
+    if let Some((user, pass, realm, nonce)) = auth {
+        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, user.into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_REALM, realm.into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
+        setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            user.into(),
+            realm.into(),
+            pass.into(),
+        )));
+    }
+    let mut m = Message::new();
+    m.build(&setters)?;
+    Ok(m.raw)
+}
+
+/// Send a request and wait for its answer, retransmitting (RFC 8489 §6.2.1).
+async fn transact(sock: &AsyncFd<UdpSocket>, req: &[u8]) -> Result<Message> {
+    let mut buf = vec![0u8; 2048];
+    let mut rto = Duration::from_millis(250);
+    for _ in 0..6 {
+        sock.get_ref().send(req)?;
+        let deadline = tokio::time::Instant::now() + rto;
+        loop {
+            let wait = tokio::time::timeout_at(deadline, sock.readable()).await;
+            let Ok(ready) = wait else { break };
+            let mut ready = ready?;
+            match sock.get_ref().recv(&mut buf) {
+                Ok(n) if n >= 20 && buf[8..20] == req[8..20] => {
+                    let mut m = Message::new();
+                    m.raw = buf[..n].to_vec();
+                    m.decode()?;
+                    return Ok(m);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rto *= 2;
+    }
+    bail!("no answer from the server")
+}
+
+/// The bare forwarder: per worker thread a listener (SO_REUSEPORT) and one
+/// upstream socket per client, batched I/O both ways.
+fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
+    let workers = if workers == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        workers
+    };
+    let mut threads = Vec::new();
+    for _ in 0..workers {
+        let listener = tern::io::net::udp_listener(listen, 8 << 20)
+            .with_context(|| format!("binding {listen}"))?;
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, forward_worker(listener, peer))
+        }));
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    Ok(())
+}
+
+struct Fwd {
+    listener: AsyncFd<UdpSocket>,
+    upstream: RefCell<HashMap<SocketAddr, Rc<AsyncFd<UdpSocket>>>>,
+    rx: RefCell<tern::io::batch::RecvBatch>,
+    out: RefCell<tern::io::batch::SendQueue>,
+}
+
+async fn forward_worker(listener: UdpSocket, peer: SocketAddr) -> Result<()> {
+    // SAFETY: the socket owns its descriptor for the AsyncFd's lifetime.
+    let listener = unsafe { AsyncFd::register(listener) }.map_err(std::io::Error::from)?;
+    let f = Rc::new(Fwd {
+        listener,
+        upstream: RefCell::new(HashMap::new()),
+        rx: RefCell::new(tern::io::batch::RecvBatch::new(2048)),
+        out: RefCell::new(tern::io::batch::SendQueue::default()),
+    });
+    let fd = f.listener.get_ref().as_raw_fd();
+    loop {
+        let mut ready = f.listener.readable().await?;
+        {
+            let mut rx = f.rx.borrow_mut();
+            match rx.recv(fd, 0) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (slot, len, Some(client)) = rx.slot(i) else {
+                            continue;
+                        };
+                        let up = upstream_for(&f, client, peer)?;
+                        let _ = up.get_ref().send(&slot[..len]);
+                    }
+                    if n < tern::io::batch::RECV_BATCH {
+                        ready.clear_ready();
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(_) => {}
+            }
+        }
+        flush(&f);
+    }
+}
+
+fn flush(f: &Fwd) {
+    let fd = f.listener.get_ref().as_raw_fd();
+    f.out.borrow_mut().flush(|_| Some(fd));
+}
+
+fn upstream_for(
+    f: &Rc<Fwd>,
+    client: SocketAddr,
+    peer: SocketAddr,
+) -> Result<Rc<AsyncFd<UdpSocket>>> {
+    if let Some(u) = f.upstream.borrow().get(&client) {
+        return Ok(Rc::clone(u));
+    }
+    let up = Rc::new(udp_to(peer)?);
+    f.upstream.borrow_mut().insert(client, Rc::clone(&up));
+    let (f2, up2) = (Rc::clone(f), Rc::clone(&up));
+    tokio::task::spawn_local(async move {
+        let fd = up2.get_ref().as_raw_fd();
+        loop {
+            let Ok(mut ready) = up2.readable().await else {
+                return;
+            };
+            {
+                let mut rx = f2.rx.borrow_mut();
+                match rx.recv(fd, 0) {
+                    Ok(n) => {
+                        let mut out = f2.out.borrow_mut();
+                        for i in 0..n {
+                            let (slot, len, _) = rx.slot(i);
+                            out.push(0, client, &slot[..len]);
+                        }
+                        if n < tern::io::batch::RECV_BATCH {
+                            ready.clear_ready();
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                    Err(_) => {}
+                }
+            }
+            // Flush once the other ready upstream sockets had their turn.
+            tokio::task::yield_now().await;
+            flush(&f2);
+        }
+    });
+    Ok(up)
+}
