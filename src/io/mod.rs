@@ -3,6 +3,11 @@
 //! the relay sockets of its allocations. Nothing on the per-packet path
 //! crosses threads or takes a lock.
 //!
+//! - `batch`: `recvmmsg` into slots, `sendmmsg` from a queue. Every UDP
+//!   socket is read a batch at a time; datagrams to clients are queued and
+//!   leave in one `sendmmsg` at the end of the scheduling round.
+//! - `handoff`: relay-to-relay datagrams delivered without the kernel, to
+//!   this worker's relays or another worker's.
 //! - `net`: socket creation, relay address discovery.
 //! - `ports`: the shared relay port allocator.
 //! - `tcp`: RFC 8656 stream framing for TCP clients.
