@@ -246,9 +246,9 @@ impl Core {
         }
         let new = peers
             .iter()
-            .filter(|ip| !a.permissions.contains_key(ip))
+            .filter(|ip| !a.has_permission(ip))
             .count();
-        if a.permissions.len() + new > self.cfg.limits.max_permissions {
+        if a.permission_count() + new > self.cfg.limits.max_permissions {
             return err(Code::InsufficientCapacity);
         }
         let answer = response::success(msg, vec![], seal);
@@ -308,9 +308,9 @@ impl Core {
             return err(Code::Forbidden);
         }
         let is_new = a.channel_for(&peer, now.instant).is_none();
-        let new_permission = !a.permissions.contains_key(&peer.ip());
+        let new_permission = !a.has_permission(&peer.ip());
         if (is_new && a.live_channels(now.instant) >= self.cfg.limits.max_channels)
-            || (new_permission && a.permissions.len() >= self.cfg.limits.max_permissions)
+            || (new_permission && a.permission_count() >= self.cfg.limits.max_permissions)
         {
             return err(Code::InsufficientCapacity);
         }

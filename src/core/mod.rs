@@ -276,7 +276,7 @@ impl Core {
             let t = stats::transport_index(a.client.transport);
             let f = usize::from(Family::of(&a.relayed) == Family::V6);
             allocations[t][f] += 1;
-            permissions += a.permissions.len() as u64;
+            permissions += a.permission_count() as u64;
             channels += a.live_channels(now.instant) as u64;
         }
         self.stats.allocations = allocations;

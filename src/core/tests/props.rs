@@ -257,7 +257,7 @@ proptest! {
             prop_assert!(h.core.allocation_count() <= 3);
             for s in &sources {
                 if let Some(a) = h.core.allocation_of(s) {
-                    prop_assert!(a.permissions.len() <= 4);
+                    prop_assert!(a.permission_count() <= 4);
                     prop_assert!(a.live_channels(h.clock.now().instant) <= 4);
                 }
             }
