@@ -6,6 +6,10 @@
 //! as the source. Within a worker that is a queue drained at the end of the
 //! scheduling round; across workers, a batch per round is appended to the
 //! owner's inbox under one short lock, and the owner is woken.
+//!
+//! A relay is recognised by its bound address. When relays advertise an
+//! `external-ipv4`/`-ipv6` address, a client sending to that address goes
+//! through the kernel (and the NAT in front of tern) as before.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;

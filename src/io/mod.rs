@@ -1,7 +1,8 @@
 //! The I/O layer: one [`Worker`] per thread, each a current-thread tokio
 //! runtime that owns its [`Core`], its listener sockets (SO_REUSEPORT) and
 //! the relay sockets of its allocations. Nothing on the per-packet path
-//! crosses threads or takes a lock.
+//! takes a lock; relay-to-relay datagrams for another worker cross threads
+//! a batch per scheduling round, under one short lock.
 //!
 //! - `batch`: `recvmmsg` into slots, `sendmmsg` from a queue. Every UDP
 //!   socket is read a batch at a time; datagrams to clients are queued and
