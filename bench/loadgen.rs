@@ -252,7 +252,10 @@ async fn send(sessions: &[Rc<Session>], load: &Load, epoch: Instant) -> (u64, u6
             frame.extend_from_slice(&s.header);
             frame.extend_from_slice(&payload);
             // ChannelData over UDP needs no padding (RFC 8656 §12.5).
-            if socket2::SockRef::from(s.sock.get_ref()).send(&frame).is_err() {
+            if socket2::SockRef::from(s.sock.get_ref())
+                .send(&frame)
+                .is_err()
+            {
                 errors += 1;
             }
             sent += 1;

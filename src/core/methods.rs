@@ -244,10 +244,7 @@ impl Core {
         if peers.is_empty() {
             return err(Code::BadRequest);
         }
-        let new = peers
-            .iter()
-            .filter(|ip| !a.has_permission(ip))
-            .count();
+        let new = peers.iter().filter(|ip| !a.has_permission(ip)).count();
         if a.permission_count() + new > self.cfg.limits.max_permissions {
             return err(Code::InsufficientCapacity);
         }
