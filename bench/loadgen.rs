@@ -28,8 +28,9 @@ use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
 use stun::message::{CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, Message, MessageType, Setter};
 use stun::textattrs::TextAttribute;
-use tern::io::batch::{RECV_BATCH, RecvBatch};
+use tern::io::batch::{RecvBatch, SendQueue, receive_loop};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 use turn::proto::channum::ChannelNumber;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
@@ -264,10 +265,9 @@ async fn send(sessions: &[Rc<Session>], load: &Load, epoch: Instant) -> (u64, u6
     (sent, errors)
 }
 
-/// Count echoes and their round trips. A `recvmmsg` that returns less than
-/// a full batch leaves the socket drained, so readiness is cleared without
-/// the extra call that would only say `EAGAIN`: the generator must not be
-/// what limits the rows with thousands of sessions.
+/// Count echoes and their round trips, reading with tern's batched
+/// receive loop: the generator must not be what limits the rows with
+/// thousands of sessions.
 async fn receive(
     s: Rc<Session>,
     tally: Rc<RefCell<Tally>>,
@@ -275,36 +275,20 @@ async fn receive(
     epoch: Instant,
 ) {
     let skip = s.header.len();
-    let fd = s.sock.get_ref().as_raw_fd();
-    loop {
-        let Ok(mut ready) = s.sock.readable().await else {
-            return;
-        };
-        let mut rx = rx.borrow_mut();
-        match rx.recv(fd, 0) {
-            Ok(n) => {
-                let now_ns = epoch.elapsed().as_nanos() as u64;
-                let mut t = tally.borrow_mut();
-                for i in 0..n {
-                    let (slot, len, _) = rx.slot(i);
-                    // Our own frame echoed (a STUN answer would differ).
-                    if len >= skip + 16 && slot[..skip] == s.header[..] {
-                        let mut stamp = [0u8; 8];
-                        stamp.copy_from_slice(&slot[skip..skip + 8]);
-                        let sent_ns = u64::from_be_bytes(stamp);
-                        t.received += 1;
-                        t.rtt_us
-                            .push((now_ns.saturating_sub(sent_ns) / 1000) as u32);
-                    }
-                }
-                if n < RECV_BATCH {
-                    ready.clear_ready();
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
-            Err(_) => {}
+    receive_loop(&s.sock, &rx, 0, 1, |slot, len, _| {
+        // Our own frame echoed (a STUN answer would differ).
+        if len >= skip + 16 && slot[..skip] == s.header[..] {
+            let mut stamp = [0u8; 8];
+            stamp.copy_from_slice(&slot[skip..skip + 8]);
+            let sent_ns = u64::from_be_bytes(stamp);
+            let now_ns = epoch.elapsed().as_nanos() as u64;
+            let mut t = tally.borrow_mut();
+            t.received += 1;
+            t.rtt_us
+                .push((now_ns.saturating_sub(sent_ns) / 1000) as u32);
         }
-    }
+    })
+    .await;
 }
 
 fn udp_to(server: SocketAddr) -> Result<AsyncFd<UdpSocket>> {
@@ -462,8 +446,11 @@ fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
 struct Fwd {
     listener: AsyncFd<UdpSocket>,
     upstream: RefCell<HashMap<SocketAddr, Rc<AsyncFd<UdpSocket>>>>,
-    rx: RefCell<tern::io::batch::RecvBatch>,
-    out: RefCell<tern::io::batch::SendQueue>,
+    rx: RefCell<RecvBatch>,
+    out: RefCell<SendQueue>,
+    /// Wakes the flush task, which runs after the round's ready tasks (as
+    /// in tern's workers).
+    wake: Notify,
 }
 
 async fn forward_worker(listener: UdpSocket, peer: SocketAddr) -> Result<()> {
@@ -472,38 +459,27 @@ async fn forward_worker(listener: UdpSocket, peer: SocketAddr) -> Result<()> {
     let f = Rc::new(Fwd {
         listener,
         upstream: RefCell::new(HashMap::new()),
-        rx: RefCell::new(tern::io::batch::RecvBatch::new(2048)),
-        out: RefCell::new(tern::io::batch::SendQueue::default()),
+        rx: RefCell::new(RecvBatch::new(2048)),
+        out: RefCell::new(SendQueue::default()),
+        wake: Notify::new(),
     });
-    let fd = f.listener.get_ref().as_raw_fd();
-    loop {
-        let mut ready = f.listener.readable().await?;
-        {
-            let mut rx = f.rx.borrow_mut();
-            match rx.recv(fd, 0) {
-                Ok(n) => {
-                    for i in 0..n {
-                        let (slot, len, Some(client)) = rx.slot(i) else {
-                            continue;
-                        };
-                        let up = upstream_for(&f, client, peer)?;
-                        let _ = up.get_ref().send(&slot[..len]);
-                    }
-                    if n < tern::io::batch::RECV_BATCH {
-                        ready.clear_ready();
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
-                Err(_) => {}
-            }
+    let flusher = Rc::clone(&f);
+    tokio::task::spawn_local(async move {
+        let fd = flusher.listener.get_ref().as_raw_fd();
+        loop {
+            flusher.wake.notified().await;
+            flusher.out.borrow_mut().flush(|_| Some(fd));
         }
-        flush(&f);
-    }
-}
-
-fn flush(f: &Fwd) {
-    let fd = f.listener.get_ref().as_raw_fd();
-    f.out.borrow_mut().flush(|_| Some(fd));
+    });
+    receive_loop(&f.listener, &f.rx, 0, 4, |slot, len, client| {
+        // A client whose upstream socket cannot be opened loses the
+        // datagram, which the generator counts.
+        if let Ok(up) = upstream_for(&f, client, peer) {
+            let _ = up.get_ref().send(&slot[..len]);
+        }
+    })
+    .await;
+    bail!("listener failed")
 }
 
 fn upstream_for(
@@ -518,32 +494,14 @@ fn upstream_for(
     f.upstream.borrow_mut().insert(client, Rc::clone(&up));
     let (f2, up2) = (Rc::clone(f), Rc::clone(&up));
     tokio::task::spawn_local(async move {
-        let fd = up2.get_ref().as_raw_fd();
-        loop {
-            let Ok(mut ready) = up2.readable().await else {
-                return;
-            };
-            {
-                let mut rx = f2.rx.borrow_mut();
-                match rx.recv(fd, 0) {
-                    Ok(n) => {
-                        let mut out = f2.out.borrow_mut();
-                        for i in 0..n {
-                            let (slot, len, _) = rx.slot(i);
-                            out.push(0, client, &slot[..len]);
-                        }
-                        if n < tern::io::batch::RECV_BATCH {
-                            ready.clear_ready();
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
-                    Err(_) => {}
-                }
+        receive_loop(&up2, &f2.rx, 0, 4, |slot, len, _| {
+            let mut out = f2.out.borrow_mut();
+            out.push(0, client, &slot[..len]);
+            if out.len() == 1 {
+                f2.wake.notify_one();
             }
-            // Flush once the other ready upstream sockets had their turn.
-            tokio::task::yield_now().await;
-            flush(&f2);
-        }
+        })
+        .await;
     });
     Ok(up)
 }

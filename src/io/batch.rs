@@ -4,11 +4,13 @@
 //! this kind of machine a system call costs more than all of tern's
 //! per-packet logic (docs/performance.md), so this is where the time goes.
 
+use std::cell::RefCell;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::SockAddr;
+use tokio::io::unix::AsyncFd;
 
 /// Datagrams taken per `recvmmsg`.
 pub const RECV_BATCH: usize = 32;
@@ -89,6 +91,57 @@ impl RecvBatch {
             self.lens[i],
             from,
         )
+    }
+}
+
+/// Read `sock` until it fails: one `recvmmsg` into `rx` per batch, each
+/// datagram (at `offset` in its slot) handed to `handle(slot, length,
+/// source)`; up to `rounds` batches per readiness event, then a yield. A
+/// short batch means the socket is drained, so readiness is cleared without
+/// the extra call that would only return `EAGAIN`. `rx` is borrowed for one
+/// batch at a time, never across an await, so tasks of a thread share it.
+pub async fn receive_loop(
+    sock: &AsyncFd<UdpSocket>,
+    rx: &RefCell<RecvBatch>,
+    offset: usize,
+    rounds: usize,
+    mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
+) {
+    let fd = sock.get_ref().as_raw_fd();
+    loop {
+        let Ok(mut ready) = sock.readable().await else {
+            return;
+        };
+        let mut drained = false;
+        for _ in 0..rounds {
+            let mut rx = rx.borrow_mut();
+            match rx.recv(fd, offset) {
+                Ok(n) => {
+                    for i in 0..n {
+                        if let (slot, len, Some(from)) = rx.slot(i) {
+                            handle(slot, len, from);
+                        }
+                    }
+                    if n < RECV_BATCH {
+                        drained = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                // Interrupted, or an error reported for an earlier
+                // datagram: try again.
+                Err(_) => {}
+            }
+        }
+        if drained {
+            ready.clear_ready();
+        } else {
+            drop(ready);
+            tokio::task::yield_now().await;
+        }
     }
 }
 

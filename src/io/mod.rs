@@ -21,7 +21,6 @@ mod tcp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
@@ -37,7 +36,7 @@ use crate::core::{
     AllocId, Core, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest, Stats, Transport,
 };
 use crate::wire::PEER_HEADROOM;
-use batch::{RECV_BATCH, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
+use batch::{RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use handoff::{Batch, Handoffs};
 use ports::RelayPorts;
 
@@ -482,50 +481,12 @@ async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<Udp>) {
 }
 
 /// Receive datagrams into the worker's slots at `offset` and hand each to
-/// `handle(slot, length, source)`: one `recvmmsg` per batch, up to
-/// [`RECV_ROUNDS`] batches per readiness event. A short batch means the
-/// socket is drained, so readiness is cleared without the extra call that
-/// would only return `EAGAIN`.
+/// `handle(slot, length, source)` (see [`batch::receive_loop`]).
 async fn datagram_loop(
     w: &Worker,
     sock: &Udp,
     offset: usize,
-    mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
+    handle: impl FnMut(&mut [u8], usize, SocketAddr),
 ) {
-    let fd = sock.get_ref().as_raw_fd();
-    loop {
-        let Ok(mut ready) = sock.readable().await else {
-            return;
-        };
-        let mut drained = false;
-        for _ in 0..RECV_ROUNDS {
-            let mut rx = w.rx.borrow_mut();
-            match rx.recv(fd, offset) {
-                Ok(n) => {
-                    for i in 0..n {
-                        if let (slot, len, Some(from)) = rx.slot(i) {
-                            handle(slot, len, from);
-                        }
-                    }
-                    if n < RECV_BATCH {
-                        drained = true;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    drained = true;
-                    break;
-                }
-                // Interrupted, or an error reported for an earlier
-                // datagram: try again.
-                Err(_) => {}
-            }
-        }
-        if drained {
-            ready.clear_ready();
-        } else {
-            drop(ready);
-            tokio::task::yield_now().await;
-        }
-    }
+    batch::receive_loop(sock, &w.rx, offset, RECV_ROUNDS, handle).await;
 }
