@@ -10,6 +10,10 @@
 //!   logic and the same socket layout as a relay (one listener per core
 //!   with SO_REUSEPORT, one upstream socket per client, `recvmmsg` and
 //!   `sendmmsg` through tern's own batch I/O).
+//! - `echo`: the echo peer for the rows where coturn's single-socket
+//!   `turnutils_peer` (one `recvfrom` and one `sendto` per datagram) is
+//!   the first to overflow: the same service with batched I/O, so the
+//!   servers under test, not the peer, meet the load.
 //!
 //! Loopback use only; every run is bounded by `--seconds`.
 
@@ -96,6 +100,11 @@ enum Mode {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
+    /// A UDP echo service: every datagram goes back to its source.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -112,6 +121,7 @@ fn main() -> Result<()> {
             peer,
             workers,
         } => forward(listen, peer, workers),
+        Mode::Echo { listen } => echo(listen),
     }
 }
 
@@ -504,4 +514,42 @@ fn upstream_for(
         .await;
     });
     Ok(up)
+}
+
+/// The echo peer: one thread, one socket, `recvmmsg` in and `sendmmsg`
+/// out (the answers of a batch leave together, after the batch).
+fn echo(listen: SocketAddr) -> Result<()> {
+    let sock = tern::io::net::udp_listener(listen, 8 << 20)
+        .with_context(|| format!("binding {listen}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        // SAFETY: the socket owns its descriptor for the AsyncFd's lifetime.
+        let sock = Rc::new(unsafe { AsyncFd::register(sock) }.map_err(std::io::Error::from)?);
+        let out = Rc::new(RefCell::new(SendQueue::default()));
+        let wake = Rc::new(Notify::new());
+        let (fd, flush_out, flush_wake) = (
+            sock.get_ref().as_raw_fd(),
+            Rc::clone(&out),
+            Rc::clone(&wake),
+        );
+        tokio::task::spawn_local(async move {
+            loop {
+                flush_wake.notified().await;
+                flush_out.borrow_mut().flush(|_| Some(fd));
+            }
+        });
+        let rx = RefCell::new(RecvBatch::new(2048));
+        receive_loop(&sock, &rx, 0, 4, |slot, len, from| {
+            let mut out = out.borrow_mut();
+            out.push(0, from, &slot[..len]);
+            if out.len() == 1 {
+                wake.notify_one();
+            }
+        })
+        .await;
+        bail!("echo socket failed")
+    })
 }

@@ -77,7 +77,11 @@ impl Core {
             // and 508 stays the signal for relay port exhaustion.
             return err(Code::AllocationQuotaReached);
         }
-        let id = self.next_id;
+        let Some(id) = self.allocs.next_id() else {
+            self.quotas.release(&auth.username);
+            self.stats.reject(Rejection::Capacity);
+            return err(Code::InsufficientCapacity);
+        };
         let grant = match io.open_relay(id, &req) {
             Ok(g) => g,
             Err(e) => {
@@ -94,7 +98,6 @@ impl Core {
                 });
             }
         };
-        self.next_id += 1;
         let relayed = self.advertised(grant.local);
         let mut attrs: Vec<Box<dyn Setter>> = vec![
             Box::new(RelayedAddress {
@@ -188,7 +191,7 @@ impl Core {
         seal: Seal<'_>,
         io: &mut impl Io,
     ) -> Vec<u8> {
-        let Some(a) = self.allocs.get(&id) else {
+        let Some(a) = self.allocs.get(id) else {
             return response::error(msg, Code::AllocationMismatch, vec![], seal);
         };
         if let Some(v) = msg.attr(attr::REQUESTED_ADDRESS_FAMILY) {
@@ -202,7 +205,7 @@ impl Core {
         let answer = response::success(msg, vec![Box::new(Lifetime(lifetime))], seal);
         if lifetime.is_zero() {
             self.remove(id, now, io);
-        } else if let Some(a) = self.allocs.get_mut(&id) {
+        } else if let Some(a) = self.allocs.get_mut(id) {
             a.expires = now.instant + lifetime;
             a.cache_answer(msg.transaction_id(), &answer, now.instant);
         }
@@ -219,7 +222,7 @@ impl Core {
         seal: Seal<'_>,
     ) -> Vec<u8> {
         let err = |c: Code| response::error(msg, c, vec![], seal);
-        let Some(a) = self.allocs.get(&id) else {
+        let Some(a) = self.allocs.get(id) else {
             return err(Code::AllocationMismatch);
         };
         let txid = msg.transaction_id();
@@ -249,7 +252,7 @@ impl Core {
             return err(Code::InsufficientCapacity);
         }
         let answer = response::success(msg, vec![], seal);
-        if let Some(a) = self.allocs.get_mut(&id) {
+        if let Some(a) = self.allocs.get_mut(id) {
             for ip in peers {
                 a.permit(ip, now.instant);
             }
@@ -267,7 +270,7 @@ impl Core {
         seal: Seal<'_>,
     ) -> Vec<u8> {
         let err = |c: Code| response::error(msg, c, vec![], seal);
-        let Some(a) = self.allocs.get(&id) else {
+        let Some(a) = self.allocs.get(id) else {
             return err(Code::AllocationMismatch);
         };
         let txid = msg.transaction_id();
@@ -312,7 +315,7 @@ impl Core {
             return err(Code::InsufficientCapacity);
         }
         let answer = response::success(msg, vec![], seal);
-        if let Some(a) = self.allocs.get_mut(&id) {
+        if let Some(a) = self.allocs.get_mut(id) {
             a.bind(number, peer, now.instant);
             a.cache_answer(txid, &answer, now.instant);
         }

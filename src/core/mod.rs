@@ -13,6 +13,7 @@ pub mod alloc;
 mod methods;
 mod relay;
 pub mod response;
+pub mod slab;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -53,7 +54,8 @@ pub struct Now {
     pub unix: u64,
 }
 
-/// Identifies an allocation and its relay socket across the core/I-O line.
+/// Identifies an allocation and its relay socket across the core/I-O line
+/// (worker, slot and generation: see [`slab`]).
 pub type AllocId = u64;
 
 /// Address family of a relay.
@@ -213,9 +215,12 @@ impl Quotas {
 pub struct Core {
     cfg: Arc<CoreConfig>,
     quotas: Arc<Quotas>,
-    allocs: HashMap<AllocId, Allocation>,
-    by_client: HashMap<FiveTuple, AllocId>,
-    next_id: AllocId,
+    allocs: slab::Slab<Allocation>,
+    /// Looked up for every datagram from a client, so hashed with foldhash
+    /// (randomly seeded, several times cheaper than SipHash on a 5-tuple).
+    /// Only authenticated Allocates insert keys, within the allocation
+    /// quotas, so a flood of chosen addresses cannot grow it.
+    by_client: HashMap<FiveTuple, AllocId, foldhash::fast::RandomState>,
     rng: u64,
     /// Whether new allocations are refused (draining).
     refuse_allocations: bool,
@@ -243,9 +248,8 @@ impl Core {
             limiter: SourceLimiter::new(cfg.limits.unauthenticated_rate, epoch),
             cfg,
             quotas,
-            allocs: HashMap::new(),
-            by_client: HashMap::new(),
-            next_id: (u64::from(worker) << 48) | 1,
+            allocs: slab::Slab::new(worker),
+            by_client: HashMap::default(),
             rng: seed | 1,
             refuse_allocations: false,
             stats: Stats::default(),
@@ -288,7 +292,7 @@ impl Core {
     pub fn allocation_of(&self, client: &FiveTuple) -> Option<&Allocation> {
         self.by_client
             .get(client)
-            .and_then(|id| self.allocs.get(id))
+            .and_then(|&id| self.allocs.get(id))
     }
 
     /// A datagram (UDP) or one framed message (TCP) from a client.
@@ -478,7 +482,7 @@ impl Core {
         }
         // A retransmission of a request this allocation already answered gets
         // the same answer again (RFC 8656 §7.2, §7.3; RFC 8489 §6.3.1).
-        if let Some(a) = self.by_client.get(from).and_then(|id| self.allocs.get(id)) {
+        if let Some(a) = self.by_client.get(from).and_then(|&id| self.allocs.get(id)) {
             if let Some(answer) = a.cached_answer(&msg.transaction_id(), now.instant) {
                 self.stats.retransmissions += 1;
                 io.to_client(from, answer);
@@ -504,7 +508,7 @@ impl Core {
                 };
                 if self
                     .allocs
-                    .get(&id)
+                    .get(id)
                     .is_some_and(|a| a.username != auth.username)
                 {
                     let answer = response::error(msg, Code::WrongCredentials, vec![], seal);
@@ -554,14 +558,14 @@ impl Core {
 
     /// Delete every allocation (shutdown).
     pub fn close_all(&mut self, now: Now, io: &mut impl Io) {
-        let ids: Vec<AllocId> = self.allocs.keys().copied().collect();
+        let ids: Vec<AllocId> = self.allocs.ids().collect();
         for id in ids {
             self.remove(id, now, io);
         }
     }
 
     fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io) {
-        let Some(a) = self.allocs.remove(&id) else {
+        let Some(a) = self.allocs.remove(id) else {
             return;
         };
         self.by_client.remove(&a.client);

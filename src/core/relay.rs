@@ -23,7 +23,7 @@ impl Core {
             self.stats.drop(DropReason::Malformed);
             return;
         };
-        let Some(a) = self.by_client.get(from).and_then(|id| self.allocs.get(id)) else {
+        let Some(a) = self.by_client.get(from).and_then(|&id| self.allocs.get(id)) else {
             self.stats.drop(DropReason::NoAllocation);
             return;
         };
@@ -67,7 +67,7 @@ impl Core {
         transport: Transport,
         io: &mut impl Io,
     ) {
-        let Some(a) = self.allocs.get_mut(&id) else {
+        let Some(a) = self.allocs.get_mut(id) else {
             return;
         };
         let permitted = a.permits(&peer.ip(), now.instant);
@@ -95,7 +95,7 @@ impl Core {
         io: &mut impl Io,
     ) {
         let (start, len) = (payload.start, payload.len());
-        let Some(a) = self.allocs.get_mut(&id) else {
+        let Some(a) = self.allocs.get_mut(id) else {
             self.stats.drop(DropReason::NoAllocation);
             return;
         };

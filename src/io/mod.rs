@@ -32,6 +32,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::core::slab::slot;
 use crate::core::{
     AllocId, Core, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest, Stats, Transport,
 };
@@ -159,6 +160,7 @@ pub struct Worker {
 }
 
 struct Relay {
+    id: AllocId,
     sock: Rc<Udp>,
     local: SocketAddr,
     task: JoinHandle<()>,
@@ -181,11 +183,14 @@ struct WorkerIo {
     index: usize,
     shared: Arc<Shared>,
     listeners: Vec<Rc<Udp>>,
-    listener_index: HashMap<SocketAddr, usize>,
+    /// The listeners' addresses, in `listeners` order (a handful: searched
+    /// linearly, cheaper than hashing an address per datagram).
+    listener_addrs: Vec<SocketAddr>,
     /// Datagrams for clients, sent with `sendmmsg` at the end of the
     /// scheduling round (or when [`SEND_QUEUE_LIMIT`] are waiting).
     out: SendQueue,
-    relays: HashMap<AllocId, Relay>,
+    /// Relays indexed by their allocation's slot (see `core::slab`).
+    relays: Vec<Option<Relay>>,
     /// This worker's relays by their bound address.
     relay_by_addr: HashMap<SocketAddr, AllocId>,
     /// Relay-to-relay datagrams for this worker's relays, and for each
@@ -194,6 +199,14 @@ struct WorkerIo {
     remote: Vec<Batch>,
     flush_wake: Arc<Notify>,
     tcp: HashMap<FiveTuple, Rc<TcpOut>>,
+}
+
+/// Allocation `alloc`'s relay in a table indexed by slot.
+fn relay_of(relays: &[Option<Relay>], alloc: AllocId) -> Option<&Relay> {
+    relays
+        .get(slot(alloc))
+        .and_then(Option::as_ref)
+        .filter(|r| r.id == alloc)
 }
 
 impl WorkerIo {
@@ -208,7 +221,7 @@ impl Io for WorkerIo {
     fn to_client(&mut self, client: &FiveTuple, bytes: &[u8]) {
         match client.transport {
             Transport::Udp => {
-                if let Some(&i) = self.listener_index.get(&client.local) {
+                if let Some(i) = self.listener_addrs.iter().position(|a| *a == client.local) {
                     self.out.push(i, client.remote, bytes);
                     if self.out.len() >= SEND_QUEUE_LIMIT {
                         self.flush_out();
@@ -230,7 +243,7 @@ impl Io for WorkerIo {
     }
 
     fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
-        let Some(r) = self.relays.get(&alloc) else {
+        let Some(r) = relay_of(&self.relays, alloc) else {
             return;
         };
         // The peer is another tern relay: hand the datagram to its worker,
@@ -260,14 +273,24 @@ impl Io for WorkerIo {
         let sock = Rc::new(register(std_sock).map_err(|_| RelayError::NoCapacity)?);
         let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
         let task = tokio::task::spawn_local(relay_loop(me, alloc, Rc::clone(&sock)));
-        self.relays.insert(alloc, Relay { sock, local, task });
+        let s = slot(alloc);
+        if self.relays.len() <= s {
+            self.relays.resize_with(s + 1, || None);
+        }
+        self.relays[s] = Some(Relay {
+            id: alloc,
+            sock,
+            local,
+            task,
+        });
         self.relay_by_addr.insert(local, alloc);
         self.shared.handoffs.set_owner(&local, self.index);
         Ok(RelayGrant { local, token })
     }
 
     fn close_relay(&mut self, alloc: AllocId) {
-        if let Some(r) = self.relays.remove(&alloc) {
+        let entry = self.relays.get_mut(slot(alloc));
+        if let Some(r) = entry.and_then(|r| r.take_if(|r| r.id == alloc)) {
             self.relay_by_addr.remove(&r.local);
             self.shared.handoffs.clear_owner(&r.local);
             r.task.abort();
@@ -305,9 +328,9 @@ impl Worker {
                 index,
                 shared: Arc::clone(&shared),
                 listeners: Vec::new(),
-                listener_index: HashMap::new(),
+                listener_addrs: Vec::new(),
                 out: SendQueue::default(),
-                relays: HashMap::new(),
+                relays: Vec::new(),
                 relay_by_addr: HashMap::new(),
                 local: Batch::default(),
                 remote: (0..workers).map(|_| Batch::default()).collect(),
@@ -334,8 +357,7 @@ impl Worker {
             let local = s.local_addr()?;
             let sock = Rc::new(register(s)?);
             let mut io = self.io.borrow_mut();
-            let index = io.listeners.len();
-            io.listener_index.insert(local, index);
+            io.listener_addrs.push(local);
             io.listeners.push(Rc::clone(&sock));
             drop(io);
             tokio::task::spawn_local(udp_loop(Rc::clone(&self), sock, local));
