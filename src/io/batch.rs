@@ -60,11 +60,10 @@ impl RecvBatch {
             used: RECV_BATCH,
         };
         // The boxed slices never move or resize, so these pointers stay
-        // valid for the batch's life.
+        // valid for the batch's life (`msg_iov` is set when aiming).
         for i in 0..RECV_BATCH {
             let h = &mut b.hdrs[i].msg_hdr;
             h.msg_name = (&raw mut b.names[i]).cast();
-            h.msg_iov = &raw mut b.iov[i];
             h.msg_iovlen = 1;
         }
         b
@@ -78,11 +77,12 @@ impl RecvBatch {
         let room = self.slot_len - offset;
         if self.aimed != Some(offset) {
             let base = self.buf.as_mut_ptr();
-            for (i, v) in self.iov.iter_mut().enumerate() {
+            for i in 0..RECV_BATCH {
                 // SAFETY: i * slot_len + offset stays inside `buf` (offset
                 // <= slot_len, i < RECV_BATCH).
-                v.iov_base = unsafe { base.add(i * self.slot_len + offset) }.cast();
-                v.iov_len = room;
+                self.iov[i].iov_base = unsafe { base.add(i * self.slot_len + offset) }.cast();
+                self.iov[i].iov_len = room;
+                self.hdrs[i].msg_hdr.msg_iov = &raw mut self.iov[i];
             }
             self.aimed = Some(offset);
         }
