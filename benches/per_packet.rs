@@ -1,0 +1,265 @@
+//! Micro-benchmarks of the per-packet path of the sans-IO core: what one
+//! relayed datagram costs in tern's own code, without sockets (the kernel
+//! side is measured by `bench/compare`). Run with `cargo bench`.
+//!
+//! Each case is measured with 1 and with 10,000 live allocations in the
+//! core, the packets going to each allocation in turn, to show what a large
+//! table costs per lookup (cache misses included).
+// Set-up code on fixed inputs, not network data.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_USERNAME};
+use stun::integrity::MessageIntegrity;
+use stun::message::{CLASS_INDICATION, CLASS_REQUEST, Message, MessageType, Setter};
+use stun::textattrs::TextAttribute;
+use tern::auth::{Credentials, NonceIssuer};
+use tern::core::{
+    AllocId, Core, CoreConfig, FiveTuple, Io, Limits, Now, Quotas, RelayError, RelayGrant,
+    RelayRequest, Transport,
+};
+use tern::policy::{PeerPolicy, PortRange};
+use tern::wire::PEER_HEADROOM;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::data::Data;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+const REALM: &str = "bench";
+const PAYLOAD: usize = 120;
+const CHANNEL: u16 = 0x4000;
+
+/// Counts what the core sends; keeps the last answer and allocation id.
+#[derive(Default)]
+struct Sink {
+    to_client: usize,
+    to_peer: usize,
+    last_answer: Vec<u8>,
+    last_alloc: AllocId,
+}
+
+impl Io for Sink {
+    fn to_client(&mut self, _: &FiveTuple, bytes: &[u8]) {
+        self.to_client += 1;
+        if bytes.first().is_some_and(|b| b & 0xC0 == 0) {
+            self.last_answer.clear();
+            self.last_answer.extend_from_slice(bytes);
+        }
+    }
+    fn to_peer(&mut self, _: AllocId, _: SocketAddr, bytes: &[u8]) {
+        self.to_peer += black_box(bytes).len().min(1);
+    }
+    fn open_relay(&mut self, alloc: AllocId, _: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        self.last_alloc = alloc;
+        Ok(RelayGrant {
+            local: SocketAddr::from(([192, 0, 2, 1], 50_000)),
+            token: None,
+        })
+    }
+    fn close_relay(&mut self, _: AllocId) {}
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        credentials: Credentials::new(REALM, &[("user".into(), "pass".into())], &[]),
+        nonces: NonceIssuer::new([7; 32], 3600),
+        policy: PeerPolicy::new(
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            PortRange::new(49152, 65535).unwrap(),
+        ),
+        software: None,
+        limits: Limits {
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 100_000,
+            max_allocations_per_user: 100_000,
+            max_permissions: 8,
+            max_channels: 8,
+            legacy_channel_numbers: false,
+            strict_expiry: false,
+            unauthenticated_rate: 0,
+            max_bandwidth: 0,
+        },
+        external_v4: None,
+        external_v6: None,
+        alternate_server: None,
+    }
+}
+
+fn request(method: u16, mut attrs: Vec<Box<dyn Setter>>, nonce: Option<&str>) -> Vec<u8> {
+    let mut t = MessageType::default();
+    t.read_value(method);
+    t.class = CLASS_REQUEST;
+    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(TransactionId::new()), Box::new(t)];
+    setters.append(&mut attrs);
+    if let Some(nonce) = nonce {
+        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, "user".into())));
+        setters.push(Box::new(TextAttribute::new(
+            stun::attributes::ATTR_REALM,
+            REALM.into(),
+        )));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
+        setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            "user".into(),
+            REALM.into(),
+            "pass".into(),
+        )));
+    }
+    let mut m = Message::new();
+    m.build(&setters).unwrap();
+    m.raw
+}
+
+/// A core holding `n` allocations, each with a channel to `peer`; returns
+/// every client's 5-tuple and allocation id.
+type Sessions = Vec<(FiveTuple, AllocId)>;
+fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
+    let mut core = Core::new(
+        Arc::new(config()),
+        Arc::new(Quotas::default()),
+        0,
+        1,
+        now.instant,
+    );
+    let mut io = Sink::default();
+    let transport = || -> Box<dyn Setter> {
+        Box::new(RequestedTransport {
+            protocol: turn::proto::PROTO_UDP,
+        })
+    };
+    let peer_attr = || -> Box<dyn Setter> {
+        Box::new(PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        })
+    };
+    // Nonces are bound to the client address: each client takes one from
+    // its own challenge.
+    let mut sessions = Vec::with_capacity(n);
+    for i in 0..n {
+        let client = FiveTuple {
+            transport: Transport::Udp,
+            local: SocketAddr::from(([192, 0, 2, 1], 3478)),
+            remote: SocketAddr::from(([198, 51, 100, (i % 250) as u8], 1024 + (i / 250) as u16)),
+        };
+        core.on_client(
+            now,
+            &client,
+            &request(0x003, vec![transport()], None),
+            &mut io,
+        );
+        let mut challenge = Message::new();
+        challenge.raw = io.last_answer.clone();
+        challenge.decode().unwrap();
+        let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
+            .unwrap()
+            .text;
+        for req in [
+            request(0x003, vec![transport()], Some(&nonce)),
+            request(
+                0x009,
+                vec![Box::new(ChannelNumber(CHANNEL)), peer_attr()],
+                Some(&nonce),
+            ),
+        ] {
+            core.on_client(now, &client, &req, &mut io);
+            assert_eq!(io.last_answer[0] & 0x01, 0x01, "request {i} failed");
+        }
+        sessions.push((client, io.last_alloc));
+    }
+    assert_eq!(core.allocation_count(), n);
+    (core, sessions, io)
+}
+
+/// The sessions in turn, one per call.
+fn round_robin(sessions: &Sessions) -> impl FnMut() -> (FiveTuple, AllocId) + '_ {
+    let mut i = 0;
+    move || {
+        i = (i + 1) % sessions.len();
+        sessions[i]
+    }
+}
+
+fn per_packet(c: &mut Criterion) {
+    let now = Now {
+        instant: Instant::now(),
+        unix: 1_800_000_000,
+    };
+    // A public address: the default policy denies documentation ranges.
+    let peer = SocketAddr::from(([8, 8, 8, 8], 5000));
+    let mut group = c.benchmark_group("per_packet");
+    group.throughput(Throughput::Elements(1));
+    for n in [1usize, 10_000] {
+        let (mut core, sessions, mut io) = core_with(n, peer, now);
+
+        // Client -> peer: ChannelData from the client's 5-tuple.
+        let mut frame = CHANNEL.to_be_bytes().to_vec();
+        frame.extend_from_slice(&(PAYLOAD as u16).to_be_bytes());
+        frame.extend_from_slice(&[0x5a; PAYLOAD]);
+        group.bench_function(BenchmarkId::new("channel_data_to_peer", n), |b| {
+            let mut next = round_robin(&sessions);
+            b.iter(|| core.on_client(now, &next().0, black_box(&frame), &mut io));
+        });
+
+        // Client -> peer: a Send indication.
+        let mut t = MessageType::default();
+        t.read_value(0x006);
+        t.class = CLASS_INDICATION;
+        let mut send = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(t),
+            Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
+            Box::new(Data(vec![0x5a; PAYLOAD])),
+        ];
+        send.build(&setters).unwrap();
+        group.bench_function(BenchmarkId::new("send_indication_to_peer", n), |b| {
+            let mut next = round_robin(&sessions);
+            b.iter(|| core.on_client(now, &next().0, black_box(&send.raw), &mut io));
+        });
+
+        // Peer -> client: framed as ChannelData (the bound peer) or as a
+        // Data indication (another port of the permitted peer IP), in place
+        // in a receive slot.
+        let mut slot = vec![0u8; PEER_HEADROOM + PAYLOAD + 4];
+        let payload = PEER_HEADROOM..PEER_HEADROOM + PAYLOAD;
+        group.bench_function(BenchmarkId::new("peer_to_channel_data", n), |b| {
+            let mut next = round_robin(&sessions);
+            b.iter(|| core.on_peer(now, next().1, peer, &mut slot, payload.clone(), &mut io));
+        });
+        let other_port = SocketAddr::new(peer.ip(), 5001);
+        group.bench_function(BenchmarkId::new("peer_to_data_indication", n), |b| {
+            let mut next = round_robin(&sessions);
+            b.iter(|| {
+                core.on_peer(
+                    now,
+                    next().1,
+                    other_port,
+                    &mut slot,
+                    payload.clone(),
+                    &mut io,
+                )
+            });
+        });
+
+        // Every case relayed: nothing was dropped on the way.
+        assert!(core.stats.dropped.iter().all(|&d| d == 0));
+        assert!(io.to_peer > 0 && io.to_client > 0);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_packet);
+criterion_main!(benches);
