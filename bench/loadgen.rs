@@ -26,11 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use stun::agent::TransactionId;
-use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::attributes::{ATTR_NONCE, ATTR_REALM};
 use stun::error_code::ErrorCodeAttribute;
-use stun::integrity::MessageIntegrity;
-use stun::message::{CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, Message, MessageType, Setter};
+use stun::message::{CLASS_SUCCESS_RESPONSE, Getter, Message, Setter};
 use stun::textattrs::TextAttribute;
 use tern::io::batch::{RecvBatch, SendQueue, receive_loop};
 use tokio::io::unix::AsyncFd;
@@ -38,6 +36,9 @@ use tokio::sync::Notify;
 use turn::proto::channum::ChannelNumber;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
+
+mod request;
+use request::{Auth, request};
 
 #[derive(Parser)]
 #[command(
@@ -150,11 +151,7 @@ fn run_load(load: Load, turn: Option<Turn>, concurrency: usize) -> Result<()> {
     if load.size < 16 {
         bail!("--size must be at least 16");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    on_local_runtime(async move {
         let epoch = Instant::now();
         // Set-up, `concurrency` at a time.
         let started = Instant::now();
@@ -345,15 +342,15 @@ async fn open_session(
         })
     };
     // The first Allocate draws the realm and nonce.
-    let challenge = transact(&sock, &build(0x003, vec![transport()], None)?).await?;
+    let challenge = transact(&sock, &request(0x003, vec![transport()], None)?).await?;
     let realm = TextAttribute::get_from_as(&challenge, ATTR_REALM)?.text;
     let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)?.text;
-    let auth = (
-        username.as_str(),
-        password.as_str(),
-        realm.as_str(),
-        nonce.as_str(),
-    );
+    let auth = Auth {
+        user: &username,
+        pass: &password,
+        realm: &realm,
+        nonce: &nonce,
+    };
     for (method, attrs) in [
         (0x003, vec![transport()]),
         (0x008, vec![peer()]),
@@ -362,7 +359,7 @@ async fn open_session(
             vec![Box::new(ChannelNumber(CHANNEL)) as Box<dyn Setter>, peer()],
         ),
     ] {
-        let m = transact(&sock, &build(method, attrs, Some(auth))?).await?;
+        let m = transact(&sock, &request(method, attrs, Some(&auth))?).await?;
         if m.typ.class != CLASS_SUCCESS_RESPONSE {
             let mut e = ErrorCodeAttribute::default();
             let _ = e.get_from(&m);
@@ -372,31 +369,6 @@ async fn open_session(
     let mut header = CHANNEL.to_be_bytes().to_vec();
     header.extend_from_slice(&u16::try_from(size)?.to_be_bytes());
     Ok(Session { sock, header })
-}
-
-fn build(
-    method: u16,
-    mut attrs: Vec<Box<dyn Setter>>,
-    auth: Option<(&str, &str, &str, &str)>,
-) -> Result<Vec<u8>> {
-    let mut t = MessageType::default();
-    t.read_value(method);
-    t.class = CLASS_REQUEST;
-    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(TransactionId::new()), Box::new(t)];
-    setters.append(&mut attrs);
-    if let Some((user, pass, realm, nonce)) = auth {
-        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, user.into())));
-        setters.push(Box::new(TextAttribute::new(ATTR_REALM, realm.into())));
-        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
-        setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
-            user.into(),
-            realm.into(),
-            pass.into(),
-        )));
-    }
-    let mut m = Message::new();
-    m.build(&setters)?;
-    Ok(m.raw)
 }
 
 /// Send a request and wait for its answer, retransmitting (RFC 8489 §6.2.1).
@@ -439,12 +411,8 @@ fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
     for _ in 0..workers {
         let listener = tern::io::net::udp_listener(listen, 8 << 20)
             .with_context(|| format!("binding {listen}"))?;
-        threads.push(std::thread::spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, forward_worker(listener, peer))
+        threads.push(std::thread::spawn(move || {
+            on_local_runtime(forward_worker(listener, peer))
         }));
     }
     for t in threads {
@@ -453,33 +421,66 @@ fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
     Ok(())
 }
 
-struct Fwd {
-    listener: AsyncFd<UdpSocket>,
-    upstream: RefCell<HashMap<SocketAddr, Rc<AsyncFd<UdpSocket>>>>,
-    rx: RefCell<RecvBatch>,
-    out: RefCell<SendQueue>,
-    /// Wakes the flush task, which runs after the round's ready tasks (as
-    /// in tern's workers).
+/// Datagrams to send from one socket: queued, and sent in one `sendmmsg`
+/// by a flush task woken with the first, which runs after the scheduling
+/// round's ready tasks (as in tern's workers).
+struct Outbox {
+    sock: Rc<AsyncFd<UdpSocket>>,
+    queue: RefCell<SendQueue>,
     wake: Notify,
 }
 
-async fn forward_worker(listener: UdpSocket, peer: SocketAddr) -> Result<()> {
+impl Outbox {
+    /// An outbox for `sock`, its flush task spawned on this thread.
+    fn spawn(sock: Rc<AsyncFd<UdpSocket>>) -> Rc<Self> {
+        let outbox = Rc::new(Self {
+            sock,
+            queue: RefCell::new(SendQueue::default()),
+            wake: Notify::new(),
+        });
+        let flusher = Rc::clone(&outbox);
+        tokio::task::spawn_local(async move {
+            let fd = flusher.sock.get_ref().as_raw_fd();
+            loop {
+                flusher.wake.notified().await;
+                flusher.queue.borrow_mut().flush(|_| Some(fd));
+            }
+        });
+        outbox
+    }
+
+    fn push(&self, to: SocketAddr, bytes: &[u8]) {
+        let mut queue = self.queue.borrow_mut();
+        queue.push(0, to, bytes);
+        if queue.len() == 1 {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Register a socket with this thread's reactor.
+fn register(sock: UdpSocket) -> Result<Rc<AsyncFd<UdpSocket>>> {
     // SAFETY: the socket owns its descriptor for the AsyncFd's lifetime.
-    let listener = unsafe { AsyncFd::register(listener) }.map_err(std::io::Error::from)?;
+    Ok(Rc::new(
+        unsafe { AsyncFd::register(sock) }.map_err(std::io::Error::from)?,
+    ))
+}
+
+struct Fwd {
+    listener: Rc<AsyncFd<UdpSocket>>,
+    upstream: RefCell<HashMap<SocketAddr, Rc<AsyncFd<UdpSocket>>>>,
+    rx: RefCell<RecvBatch>,
+    /// Answers to the clients, from the listener.
+    out: Rc<Outbox>,
+}
+
+async fn forward_worker(listener: UdpSocket, peer: SocketAddr) -> Result<()> {
+    let listener = register(listener)?;
     let f = Rc::new(Fwd {
+        out: Outbox::spawn(Rc::clone(&listener)),
         listener,
         upstream: RefCell::new(HashMap::new()),
         rx: RefCell::new(RecvBatch::new(2048)),
-        out: RefCell::new(SendQueue::default()),
-        wake: Notify::new(),
-    });
-    let flusher = Rc::clone(&f);
-    tokio::task::spawn_local(async move {
-        let fd = flusher.listener.get_ref().as_raw_fd();
-        loop {
-            flusher.wake.notified().await;
-            flusher.out.borrow_mut().flush(|_| Some(fd));
-        }
     });
     receive_loop(&f.listener, &f.rx, 0, 4, |slot, len, client| {
         // A client whose upstream socket cannot be opened loses the
@@ -505,11 +506,7 @@ fn upstream_for(
     let (f2, up2) = (Rc::clone(f), Rc::clone(&up));
     tokio::task::spawn_local(async move {
         receive_loop(&up2, &f2.rx, 0, 4, |slot, len, _| {
-            let mut out = f2.out.borrow_mut();
-            out.push(0, client, &slot[..len]);
-            if out.len() == 1 {
-                f2.wake.notify_one();
-            }
+            f2.out.push(client, &slot[..len]);
         })
         .await;
     });
@@ -521,35 +518,23 @@ fn upstream_for(
 fn echo(listen: SocketAddr) -> Result<()> {
     let sock = tern::io::net::udp_listener(listen, 8 << 20)
         .with_context(|| format!("binding {listen}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        // SAFETY: the socket owns its descriptor for the AsyncFd's lifetime.
-        let sock = Rc::new(unsafe { AsyncFd::register(sock) }.map_err(std::io::Error::from)?);
-        let out = Rc::new(RefCell::new(SendQueue::default()));
-        let wake = Rc::new(Notify::new());
-        let (fd, flush_out, flush_wake) = (
-            sock.get_ref().as_raw_fd(),
-            Rc::clone(&out),
-            Rc::clone(&wake),
-        );
-        tokio::task::spawn_local(async move {
-            loop {
-                flush_wake.notified().await;
-                flush_out.borrow_mut().flush(|_| Some(fd));
-            }
-        });
+    on_local_runtime(async move {
+        let sock = register(sock)?;
+        let out = Outbox::spawn(Rc::clone(&sock));
         let rx = RefCell::new(RecvBatch::new(2048));
         receive_loop(&sock, &rx, 0, 4, |slot, len, from| {
-            let mut out = out.borrow_mut();
-            out.push(0, from, &slot[..len]);
-            if out.len() == 1 {
-                wake.notify_one();
-            }
+            out.push(from, &slot[..len]);
         })
         .await;
         bail!("echo socket failed")
     })
+}
+
+/// Run `task` on a current-thread runtime with a `LocalSet` (the
+/// generator, each forwarder thread and the echo peer are single-threaded).
+fn on_local_runtime<T>(task: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    tokio::task::LocalSet::new().block_on(&rt, task)
 }

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_NONCE, ATTR_USERNAME};
-use stun::integrity::MessageIntegrity;
-use stun::message::{CLASS_INDICATION, CLASS_REQUEST, Message, MessageType, Setter};
+use stun::attributes::ATTR_NONCE;
+use stun::message::{CLASS_INDICATION, Message, MessageType, Setter};
 use stun::textattrs::TextAttribute;
 use tern::auth::{Credentials, NonceIssuer};
 use tern::core::{
@@ -30,6 +29,10 @@ use turn::proto::channum::ChannelNumber;
 use turn::proto::data::Data;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
+
+#[path = "../bench/request.rs"]
+mod request;
+use request::{Auth, request};
 
 const REALM: &str = "bench";
 const PAYLOAD: usize = 120;
@@ -95,30 +98,6 @@ fn config() -> CoreConfig {
     }
 }
 
-fn request(method: u16, mut attrs: Vec<Box<dyn Setter>>, nonce: Option<&str>) -> Vec<u8> {
-    let mut t = MessageType::default();
-    t.read_value(method);
-    t.class = CLASS_REQUEST;
-    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(TransactionId::new()), Box::new(t)];
-    setters.append(&mut attrs);
-    if let Some(nonce) = nonce {
-        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, "user".into())));
-        setters.push(Box::new(TextAttribute::new(
-            stun::attributes::ATTR_REALM,
-            REALM.into(),
-        )));
-        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
-        setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
-            "user".into(),
-            REALM.into(),
-            "pass".into(),
-        )));
-    }
-    let mut m = Message::new();
-    m.build(&setters).unwrap();
-    m.raw
-}
-
 /// A core holding `n` allocations, each with a channel to `peer`; returns
 /// every client's 5-tuple and allocation id.
 type Sessions = Vec<(FiveTuple, AllocId)>;
@@ -154,7 +133,7 @@ fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
         core.on_client(
             now,
             &client,
-            &request(0x003, vec![transport()], None),
+            &request(0x003, vec![transport()], None).unwrap(),
             &mut io,
         );
         let mut challenge = Message::new();
@@ -163,15 +142,21 @@ fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
         let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)
             .unwrap()
             .text;
+        let auth = Auth {
+            user: "user",
+            pass: "pass",
+            realm: REALM,
+            nonce: &nonce,
+        };
         for req in [
-            request(0x003, vec![transport()], Some(&nonce)),
+            request(0x003, vec![transport()], Some(&auth)),
             request(
                 0x009,
                 vec![Box::new(ChannelNumber(CHANNEL)), peer_attr()],
-                Some(&nonce),
+                Some(&auth),
             ),
         ] {
-            core.on_client(now, &client, &req, &mut io);
+            core.on_client(now, &client, &req.unwrap(), &mut io);
             assert_eq!(io.last_answer[0] & 0x01, 0x01, "request {i} failed");
         }
         sessions.push((client, io.last_alloc));
