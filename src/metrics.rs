@@ -14,7 +14,7 @@ use prometheus::{
 };
 
 use crate::core::Stats;
-use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, Rejection};
+use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, HandoffPath, Rejection};
 use crate::io::Shared;
 
 const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
@@ -155,7 +155,17 @@ fn relayed(s: &Stats) -> Group {
                 .inc_by(s.relayed_packets[d][t]);
         }
     }
-    Group(vec![Box::new(bytes), Box::new(packets)])
+    let handoffs = counter_vec(
+        "tern_relay_to_relay_packets_total",
+        "Datagrams between two of tern's relays handed over in-process, by path (the receiving allocation's checks still apply).",
+        &["path"],
+    );
+    for p in HandoffPath::ALL {
+        handoffs
+            .with_label_values(&[p.label()])
+            .inc_by(s.handoffs[p as usize]);
+    }
+    Group(vec![Box::new(bytes), Box::new(packets), Box::new(handoffs)])
 }
 
 fn reasons(s: &Stats) -> Group {

@@ -202,66 +202,102 @@ fn relaying_works_over_udp_and_tcp_for_ipv4_and_ipv6() {
     relay_round_trips(&mut RawClient::tcp(s.tcp6(), "bob", "builder"), true);
 }
 
-/// Two clients of one tern talk through their relays: the receiving
-/// allocation's permission decides, and the source is the sender's relay
-/// address, whether the datagram is handed over in-process (same worker)
-/// or through the kernel (another worker).
-fn relay_to_relay(workers: usize) {
-    let toml = base_config("").replace("workers = 2", &format!("workers = {workers}"));
-    let s = TestServer::start_with(&toml);
+/// Relay-to-relay datagrams handed over in-process, by path.
+fn handoffs(s: &TestServer, path: &str) -> f64 {
+    let name = format!("tern_relay_to_relay_packets_total{{path=\"{path}\"}}");
+    metric(&s.http_get("/metrics").1, &name)
+}
+
+/// Clients `a` and `b` of one tern talk through their relays: the
+/// receiving allocation's permission decides, and the source is the
+/// sender's relay address, on every in-process path. With `check_drop`,
+/// first that a datagram sent before the receiver's permission is dropped
+/// (and counted, which the test waits for: a permission is checked on
+/// arrival).
+fn relay_pair(s: &TestServer, a: &mut RawClient, b: &mut RawClient, check_drop: bool) {
     const NO_PERMISSION: &str = "tern_dropped_packets_total{reason=\"no_permission\"}";
-    for round in 0..3 {
-        let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
-        let mut b = RawClient::udp(s.udp4(), "bob", "builder");
-        let (ra, rb) = (allocate(&mut a, none), allocate(&mut b, none));
-        let m = a.request(method::CHANNEL_BIND, || {
-            vec![Box::new(ChannelNumber(0x4000)), peer(rb)]
-        });
-        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
-        // B has not permitted A's relay yet: dropped (and counted, which
-        // the test waits for: a permission is checked on arrival).
+    let (ra, rb) = (allocate(a, none), allocate(b, none));
+    let m = a.request(method::CHANNEL_BIND, || {
+        vec![Box::new(ChannelNumber(0x4000)), peer(rb)]
+    });
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    if check_drop {
         let dropped = || metric(&s.http_get("/metrics").1, NO_PERMISSION);
         let before = dropped();
         a.send_raw(&[0x40, 0x00, 0x00, 0x04, b'e', b'a', b'r', b'l']);
         assert!(wait_until(TIMEOUT, || dropped() > before));
-        let m = b.request(method::CREATE_PERMISSION, || vec![peer(ra)]);
-        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
-        a.send_raw(&[0x40, 0x00, 0x00, 0x04, b'h', b'e', b'r', b'e']);
-        let d = decode(&b.recv_raw().unwrap());
-        assert_eq!(
-            d.typ,
-            message_type(method::DATA, CLASS_INDICATION),
-            "round {round}"
-        );
-        let (mut from, mut data) = (PeerAddress::default(), Data::default());
-        from.get_from(&d).unwrap();
-        data.get_from(&d).unwrap();
-        assert_eq!(
-            (SocketAddr::new(from.ip, from.port), &data.0[..]),
-            (ra, &b"here"[..])
-        );
-        // And back over B's channel to A's relay.
-        let m = b.request(method::CHANNEL_BIND, || {
-            vec![Box::new(ChannelNumber(0x4001)), peer(ra)]
-        });
-        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
-        b.send_raw(&[0x40, 0x01, 0x00, 0x04, b'b', b'a', b'c', b'k']);
-        let frame = a.recv_raw().unwrap();
-        assert_eq!(
-            &frame[..8],
-            &[0x40, 0x00, 0x00, 0x04, b'b', b'a', b'c', b'k']
-        );
     }
+    let m = b.request(method::CREATE_PERMISSION, || vec![peer(ra)]);
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    a.send_raw(&[0x40, 0x00, 0x00, 0x04, b'h', b'e', b'r', b'e']);
+    let d = decode(&b.recv_raw().unwrap());
+    assert_eq!(d.typ, message_type(method::DATA, CLASS_INDICATION));
+    let (mut from, mut data) = (PeerAddress::default(), Data::default());
+    from.get_from(&d).unwrap();
+    data.get_from(&d).unwrap();
+    assert_eq!(
+        (SocketAddr::new(from.ip, from.port), &data.0[..]),
+        (ra, &b"here"[..])
+    );
+    // And back over B's channel to A's relay.
+    let m = b.request(method::CHANNEL_BIND, || {
+        vec![Box::new(ChannelNumber(0x4001)), peer(ra)]
+    });
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    b.send_raw(&[0x40, 0x01, 0x00, 0x04, b'b', b'a', b'c', b'k']);
+    let frame = a.recv_raw().unwrap();
+    assert_eq!(
+        &frame[..8],
+        &[0x40, 0x00, 0x00, 0x04, b'b', b'a', b'c', b'k']
+    );
+}
+
+/// `rounds` pairs of clients (`b` on TCP with `b_tcp`) exchange datagrams
+/// through their relays on a tern with `workers` workers.
+fn relay_to_relay(workers: usize, rounds: usize, b_tcp: bool) -> TestServer {
+    let toml = base_config("").replace("workers = 2", &format!("workers = {workers}"));
+    let s = TestServer::start_with(&toml);
+    for round in 0..rounds {
+        let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
+        let mut b = if b_tcp {
+            RawClient::tcp(s.tcp4(), "bob", "builder")
+        } else {
+            RawClient::udp(s.udp4(), "bob", "builder")
+        };
+        relay_pair(&s, &mut a, &mut b, round == 0);
+    }
+    s
 }
 
 #[test]
 fn relay_to_relay_on_one_worker_is_handed_over_in_process() {
-    relay_to_relay(1);
+    let s = relay_to_relay(1, 3, false);
+    // 'here' and 'back' per pair, and the first pair's 'earl'.
+    assert!(wait_until(TIMEOUT, || handoffs(&s, "same_worker") >= 7.0));
+    assert_eq!(handoffs(&s, "other_worker"), 0.0);
+    assert_eq!(handoffs(&s, "queued"), 0.0);
 }
 
+/// Clients land on workers by the kernel's SO_REUSEPORT hash of their
+/// address, so of 16 pairs some are split across the two workers (all 16
+/// on one side: odds 1 in 32,768). Those datagrams are delivered by the
+/// sending worker into the other's core, and the receiving client gets
+/// them from the sender's listener socket, bound to the same address.
 #[test]
-fn relay_to_relay_across_workers() {
-    relay_to_relay(2);
+fn relay_to_relay_across_workers_is_delivered_by_the_sender() {
+    let s = relay_to_relay(2, 16, false);
+    // (Each worker publishes its counters once a second.)
+    assert!(wait_until(TIMEOUT, || {
+        handoffs(&s, "other_worker") > 0.0 && handoffs(&s, "same_worker") > 0.0
+    }));
+}
+
+/// A TCP client's connection can only be written by its own worker, so
+/// datagrams for it from another worker go through that worker's queue.
+#[test]
+fn relay_to_relay_to_a_tcp_client_on_another_worker_is_queued() {
+    let s = relay_to_relay(2, 16, true);
+    assert!(wait_until(TIMEOUT, || handoffs(&s, "queued") > 0.0));
 }
 
 #[test]

@@ -295,6 +295,11 @@ impl Core {
             .and_then(|&id| self.allocs.get(id))
     }
 
+    /// The transport allocation `id`'s client uses, if it is live.
+    pub fn client_transport(&self, id: AllocId) -> Option<Transport> {
+        self.allocs.get(id).map(|a| a.client.transport)
+    }
+
     /// A datagram (UDP) or one framed message (TCP) from a client.
     pub fn on_client(&mut self, now: Now, from: &FiveTuple, buf: &[u8], io: &mut impl Io) {
         match wire::kind(buf) {

@@ -20,6 +20,11 @@ pub fn slot(id: AllocId) -> usize {
     (id & SLOT_MASK) as usize
 }
 
+/// The worker an allocation id names.
+pub fn worker_of(id: AllocId) -> usize {
+    (id >> 48) as usize
+}
+
 struct Entry<T> {
     /// The id of the current (or, when vacant, the last) tenant.
     id: AllocId,

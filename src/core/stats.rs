@@ -133,6 +133,33 @@ impl Rejection {
     }
 }
 
+/// How a relay-to-relay datagram reached the receiving allocation (see
+/// `io::handoff`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffPath {
+    /// Both relays belong to one worker: a direct call.
+    SameWorker,
+    /// The sending worker delivered it into the other worker's core.
+    OtherWorker,
+    /// Queued for the other worker (its core was busy, or its client is
+    /// on TCP), which delivered it when woken.
+    Queued,
+}
+
+impl HandoffPath {
+    /// Every path, in index order.
+    pub const ALL: [Self; 3] = [Self::SameWorker, Self::OtherWorker, Self::Queued];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SameWorker => "same_worker",
+            Self::OtherWorker => "other_worker",
+            Self::Queued => "queued",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the allocation-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 8] = [1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
 
@@ -151,6 +178,8 @@ pub struct Stats {
     pub dropped: [u64; DropReason::ALL.len()],
     pub auth_failures: [u64; AuthFailure::ALL.len()],
     pub peer_denied: u64,
+    /// Relay-to-relay datagrams delivered in-process, by [`HandoffPath`].
+    pub handoffs: [u64; HandoffPath::ALL.len()],
     /// Cumulative histogram counts of allocation lifetimes, plus +Inf last.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_seconds: f64,
@@ -223,6 +252,7 @@ impl Stats {
         sum(&mut self.dropped, &o.dropped);
         sum(&mut self.auth_failures, &o.auth_failures);
         self.peer_denied += o.peer_denied;
+        sum(&mut self.handoffs, &o.handoffs);
         sum(&mut self.duration_buckets, &o.duration_buckets);
         self.duration_sum_seconds += o.duration_sum_seconds;
         for t in 0..2 {

@@ -114,6 +114,18 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// Hand each of the first `n` datagrams of the last
+    /// [`RecvBatch::recv`] to `handle(slot, length, source)` (see
+    /// [`RecvBatch::slot`]; datagrams from an address family tern does not
+    /// serve are skipped).
+    pub fn each(&mut self, n: usize, mut handle: impl FnMut(&mut [u8], usize, SocketAddr)) {
+        for i in 0..n.min(RECV_BATCH) {
+            if let (slot, len, Some(from)) = self.slot(i) {
+                handle(slot, len, from);
+            }
+        }
+    }
+
     /// Slot `i` of the last [`RecvBatch::recv`]: the whole slot (the
     /// datagram starts at the offset given there), its length, and its
     /// source (`None` for an address family tern does not serve).
@@ -130,16 +142,29 @@ impl RecvBatch {
 
 /// Read `sock` until it fails: one `recvmmsg` into `rx` per batch, each
 /// datagram (at `offset` in its slot) handed to `handle(slot, length,
-/// source)`; up to `rounds` batches per readiness event, then a yield. A
-/// short batch means the socket is drained, so readiness is cleared without
-/// the extra call that would only return `EAGAIN`. `rx` is borrowed for one
-/// batch at a time, never across an await, so tasks of a thread share it.
+/// source)`; see [`receive_batches`].
 pub async fn receive_loop(
     sock: &AsyncFd<UdpSocket>,
     rx: &RefCell<RecvBatch>,
     offset: usize,
     rounds: usize,
     mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
+) {
+    receive_batches(sock, rx, offset, rounds, |rx, n| rx.each(n, &mut handle)).await;
+}
+
+/// Read `sock` until it fails: one `recvmmsg` into `rx` per batch (each
+/// datagram at `offset` in its slot), handed whole to `handle(rx, count)`;
+/// up to `rounds` batches per readiness event, then a yield. A short batch
+/// means the socket is drained, so readiness is cleared without the extra
+/// call that would only return `EAGAIN`. `rx` is borrowed for one batch at
+/// a time, never across an await, so tasks of a thread share it.
+pub async fn receive_batches(
+    sock: &AsyncFd<UdpSocket>,
+    rx: &RefCell<RecvBatch>,
+    offset: usize,
+    rounds: usize,
+    mut handle: impl FnMut(&mut RecvBatch, usize),
 ) {
     let fd = sock.get_ref().as_raw_fd();
     loop {
@@ -151,11 +176,7 @@ pub async fn receive_loop(
             let mut rx = rx.borrow_mut();
             match rx.recv(fd, offset) {
                 Ok(n) => {
-                    for i in 0..n {
-                        if let (slot, len, Some(from)) = rx.slot(i) {
-                            handle(slot, len, from);
-                        }
-                    }
+                    handle(&mut rx, n);
                     if n < RECV_BATCH {
                         drained = true;
                         break;

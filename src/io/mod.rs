@@ -1,8 +1,10 @@
 //! The I/O layer: one [`Worker`] per thread, each a current-thread tokio
 //! runtime that owns its [`Core`], its listener sockets (SO_REUSEPORT) and
-//! the relay sockets of its allocations. Nothing on the per-packet path
-//! takes a lock; relay-to-relay datagrams for another worker cross threads
-//! a batch per scheduling round, under one short lock.
+//! the relay sockets of its allocations. The core sits behind a mutex only
+//! so that relay-to-relay datagrams for another worker's allocations can
+//! be delivered by the sender (see `handoff`): its owner takes it once per
+//! received batch, never per packet, and other workers only with
+//! `try_lock`, once per batch, so no worker ever waits for another.
 //!
 //! - `batch`: `recvmmsg` into slots, `sendmmsg` from a queue. Every UDP
 //!   socket is read a batch at a time; datagrams to clients are queued and
@@ -25,7 +27,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::unix::AsyncFd;
@@ -33,6 +35,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::slab::slot;
+use crate::core::stats::HandoffPath::{self, OtherWorker, Queued, SameWorker};
 use crate::core::{
     AllocId, Core, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest, Stats, Transport,
 };
@@ -87,7 +90,7 @@ impl Shared {
     ) -> Self {
         let (v4, v6) = ports.addresses();
         Self {
-            handoffs: Handoffs::new(v4, v6, workers),
+            handoffs: Handoffs::new(v4, v6, ports.range(), workers),
             ports,
             tcp_connections: AtomicUsize::new(0),
             max_tcp_connections: AtomicUsize::new(max_tcp),
@@ -143,7 +146,8 @@ pub(crate) fn now() -> Now {
 /// One worker thread's state.
 pub struct Worker {
     index: usize,
-    core: RefCell<Core>,
+    /// Taken by this worker once per batch, by others only with `try_lock`.
+    core: Arc<Mutex<Core>>,
     io: RefCell<WorkerIo>,
     /// The receive slots every task of this worker uses in turn (never held
     /// across an await).
@@ -191,8 +195,6 @@ struct WorkerIo {
     out: SendQueue,
     /// Relays indexed by their allocation's slot (see `core::slab`).
     relays: Vec<Option<Relay>>,
-    /// This worker's relays by their bound address.
-    relay_by_addr: HashMap<SocketAddr, AllocId>,
     /// Relay-to-relay datagrams for this worker's relays, and for each
     /// other worker's.
     local: Batch,
@@ -283,16 +285,14 @@ impl Io for WorkerIo {
             local,
             task,
         });
-        self.relay_by_addr.insert(local, alloc);
-        self.shared.handoffs.set_owner(&local, self.index);
+        self.shared.handoffs.set_relay(&local, alloc);
         Ok(RelayGrant { local, token })
     }
 
     fn close_relay(&mut self, alloc: AllocId) {
         let entry = self.relays.get_mut(slot(alloc));
         if let Some(r) = entry.and_then(|r| r.take_if(|r| r.id == alloc)) {
-            self.relay_by_addr.remove(&r.local);
-            self.shared.handoffs.clear_owner(&r.local);
+            self.shared.handoffs.clear_relay(&r.local, alloc);
             r.task.abort();
         }
     }
@@ -320,9 +320,11 @@ impl Worker {
     pub fn new(index: usize, core: Core, shared: Arc<Shared>) -> Rc<Self> {
         let flush_wake = shared.handoffs.wake(index);
         let workers = shared.last_tick_ms.len();
+        let core = Arc::new(Mutex::new(core));
+        shared.handoffs.set_core(index, Arc::clone(&core));
         Rc::new_cyclic(|me| Self {
             index,
-            core: RefCell::new(core),
+            core,
             io: RefCell::new(WorkerIo {
                 me: me.clone(),
                 index,
@@ -331,7 +333,6 @@ impl Worker {
                 listener_addrs: Vec::new(),
                 out: SendQueue::default(),
                 relays: Vec::new(),
-                relay_by_addr: HashMap::new(),
                 local: Batch::default(),
                 remote: (0..workers).map(|_| Batch::default()).collect(),
                 flush_wake: Arc::clone(&flush_wake),
@@ -380,7 +381,7 @@ impl Worker {
                     if s.stopping {
                         break;
                     }
-                    let mut core = self.core.borrow_mut();
+                    let mut core = self.core();
                     core.set_config(s.config);
                     core.set_refuse_allocations(s.draining);
                 }
@@ -388,65 +389,86 @@ impl Worker {
         }
         self.flush();
         let mut io = self.io.borrow_mut();
-        self.core.borrow_mut().close_all(now(), &mut *io);
+        self.core().close_all(now(), &mut *io);
         io.flush_out();
         drop(io);
         self.publish();
         Ok(())
     }
 
+    /// This worker's core.
+    pub(crate) fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn tick(&self) {
-        self.core
-            .borrow_mut()
-            .tick(now(), &mut *self.io.borrow_mut());
+        self.core().tick(now(), &mut *self.io.borrow_mut());
         self.flush();
         self.publish();
     }
 
-    /// Pass relay-to-relay datagrams on to other workers, deliver those
-    /// for this worker's relays, then send what waits for the clients.
+    /// Deliver relay-to-relay datagrams (those for another worker's relays
+    /// straight into its core when it is free, else to its inbox), then
+    /// those for this worker's relays and those other workers left in its
+    /// inbox, then send what waits for the clients.
     fn flush(&self) {
         let mut io = self.io.borrow_mut();
         let io = &mut *io;
-        for (w, batch) in io.remote.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                self.shared.handoffs.send(w, batch);
-            }
-        }
-        let mut local = std::mem::take(&mut io.local);
-        self.deliver(&mut local, io);
-        io.local = local;
-        let mut inbox = self.inbox.borrow_mut();
-        self.shared.handoffs.take(self.index, &mut inbox);
-        self.deliver(&mut inbox, io);
-        io.flush_out();
-    }
-
-    /// Hand each datagram to its relay's allocation, as if it had arrived
-    /// on the relay socket; a relay closed meanwhile drops it. Delivering
-    /// to a peer sends only to clients, so no hand-off is queued meanwhile.
-    fn deliver(&self, batch: &mut Batch, io: &mut WorkerIo) {
-        if batch.is_empty() {
-            return;
-        }
-        let mut core = self.core.borrow_mut();
         let mut scratch = self.scratch.borrow_mut();
         let now = now();
-        for item in &batch.items {
-            let Some(&alloc) = io.relay_by_addr.get(&item.to) else {
+        let shared = Arc::clone(&self.shared);
+        for w in 0..io.remote.len() {
+            if io.remote[w].is_empty() {
                 continue;
-            };
-            let payload = PEER_HEADROOM..PEER_HEADROOM + item.bytes.len();
-            scratch[payload.clone()].copy_from_slice(&batch.arena[item.bytes.clone()]);
-            core.on_peer(now, alloc, item.from, &mut scratch, payload, io);
+            }
+            let mut batch = std::mem::take(&mut io.remote[w]);
+            if let Some(mut core) = shared.handoffs.try_core(w) {
+                deliver(
+                    &shared,
+                    &mut core,
+                    &mut batch,
+                    io,
+                    &mut scratch,
+                    now,
+                    OtherWorker,
+                );
+            }
+            if !batch.is_empty() {
+                shared.handoffs.send(w, &mut batch);
+            }
+            io.remote[w] = batch;
         }
-        batch.clear();
+        let mut core = self.core();
+        let mut local = std::mem::take(&mut io.local);
+        deliver(
+            &shared,
+            &mut core,
+            &mut local,
+            io,
+            &mut scratch,
+            now,
+            SameWorker,
+        );
+        io.local = local;
+        let mut inbox = self.inbox.borrow_mut();
+        shared.handoffs.take(self.index, &mut inbox);
+        deliver(
+            &shared,
+            &mut core,
+            &mut inbox,
+            io,
+            &mut scratch,
+            now,
+            Queued,
+        );
+        drop(core);
+        io.flush_out();
     }
 
     /// Copy this worker's counters where metrics can read them.
     fn publish(&self) {
-        self.core.borrow_mut().refresh_gauges(now());
-        let core = self.core.borrow();
+        let mut core = self.core();
+        core.refresh_gauges(now());
         if let Some(s) = self.shared.stats.get(self.index) {
             s.lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -464,9 +486,7 @@ impl Worker {
     /// Hand one client message to the core.
     fn client_message(&self, tuple: &FiveTuple, bytes: &[u8]) {
         let mut io = self.io.borrow_mut();
-        self.core
-            .borrow_mut()
-            .on_client(now(), tuple, bytes, &mut *io);
+        self.core().on_client(now(), tuple, bytes, &mut *io);
     }
 }
 
@@ -479,36 +499,79 @@ async fn flush_loop(w: Rc<Worker>) {
     }
 }
 
-async fn udp_loop(w: Rc<Worker>, sock: Rc<Udp>, local: SocketAddr) {
-    datagram_loop(&w, &sock, 0, |buf, n, remote| {
-        let tuple = FiveTuple {
-            transport: Transport::Udp,
-            local,
-            remote,
+/// Hand each datagram of `batch` to its relay's allocation in `core`, as
+/// if it had arrived on the relay socket, sending through `io`; a relay
+/// closed meanwhile drops it. Delivering to a peer sends only to clients,
+/// so nothing is queued for delivery meanwhile. On the `OtherWorker` path
+/// (`core` is another worker's), datagrams for allocations with a TCP
+/// client stay in the batch: only their own worker can write to the
+/// connection.
+fn deliver(
+    shared: &Shared,
+    core: &mut Core,
+    batch: &mut Batch,
+    io: &mut WorkerIo,
+    scratch: &mut [u8],
+    now: Now,
+    path: HandoffPath,
+) {
+    let Batch { items, arena } = batch;
+    items.retain(|item| {
+        let Some(alloc) = shared.handoffs.relay(&item.to) else {
+            return false;
         };
-        w.client_message(&tuple, &buf[..n]);
+        if path == OtherWorker && core.client_transport(alloc) == Some(Transport::Tcp) {
+            return true;
+        }
+        core.stats.handoffs[path as usize] += 1;
+        let payload = PEER_HEADROOM..PEER_HEADROOM + item.bytes.len();
+        scratch[payload.clone()].copy_from_slice(&arena[item.bytes.clone()]);
+        core.on_peer(now, alloc, item.from, scratch, payload, io);
+        false
+    });
+    if items.is_empty() {
+        arena.clear();
+    }
+}
+
+async fn udp_loop(w: Rc<Worker>, sock: Rc<Udp>, local: SocketAddr) {
+    let tuple = |remote| FiveTuple {
+        transport: Transport::Udp,
+        local,
+        remote,
+    };
+    datagram_loop(&w, &sock, 0, |rx, n| {
+        let mut io = w.io.borrow_mut();
+        let mut core = w.core();
+        let now = now();
+        rx.each(n, |buf, len, remote| {
+            core.on_client(now, &tuple(remote), &buf[..len], &mut *io);
+        });
     })
     .await;
 }
 
 async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<Udp>) {
-    datagram_loop(&w, &sock, PEER_HEADROOM, |buf, n, peer| {
+    datagram_loop(&w, &sock, PEER_HEADROOM, |rx, n| {
         let mut io = w.io.borrow_mut();
-        let payload = PEER_HEADROOM..PEER_HEADROOM + n;
-        w.core
-            .borrow_mut()
-            .on_peer(now(), alloc, peer, buf, payload, &mut *io);
+        let mut core = w.core();
+        let now = now();
+        rx.each(n, |buf, len, peer| {
+            let payload = PEER_HEADROOM..PEER_HEADROOM + len;
+            core.on_peer(now, alloc, peer, buf, payload, &mut *io);
+        });
     })
     .await;
 }
 
-/// Receive datagrams into the worker's slots at `offset` and hand each to
-/// `handle(slot, length, source)` (see [`batch::receive_loop`]).
+/// Receive datagrams into the worker's slots at `offset` and hand each
+/// batch to `handle(slots, count)` (see [`batch::receive_batches`]); the
+/// handler takes the core once per batch.
 async fn datagram_loop(
     w: &Worker,
     sock: &Udp,
     offset: usize,
-    handle: impl FnMut(&mut [u8], usize, SocketAddr),
+    handle: impl FnMut(&mut RecvBatch, usize),
 ) {
-    batch::receive_loop(sock, &w.rx, offset, RECV_ROUNDS, handle).await;
+    batch::receive_batches(sock, &w.rx, offset, RECV_ROUNDS, handle).await;
 }

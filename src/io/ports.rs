@@ -52,6 +52,11 @@ impl RelayPorts {
         (self.v4, self.v6)
     }
 
+    /// The relay port range.
+    pub fn range(&self) -> PortRange {
+        self.range
+    }
+
     /// Bind a relay socket for `req`; returns it and any reservation token.
     pub fn open(
         &self,

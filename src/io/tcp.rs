@@ -105,7 +105,7 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Tc
             Ok(Ok(_)) => {}
             Err(_) => {
                 // Idle: keep connections that carry an allocation.
-                if w.core.borrow().allocation_of(&tuple).is_none() {
+                if w.core().allocation_of(&tuple).is_none() {
                     break;
                 }
                 continue;
@@ -116,10 +116,7 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Tc
             let rest = &inbuf[used..];
             let Some(n) = wire::stream_frame_len(rest) else {
                 // Framing error: neither STUN nor ChannelData.
-                w.core
-                    .borrow_mut()
-                    .stats
-                    .drop(crate::core::DropReason::Malformed);
+                w.core().stats.drop(crate::core::DropReason::Malformed);
                 break 'conn;
             };
             if rest.len() < n {
@@ -140,9 +137,7 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Tc
     w.io.borrow_mut().tcp.remove(&tuple);
     {
         let mut io = w.io.borrow_mut();
-        w.core
-            .borrow_mut()
-            .on_client_closed(now(), &tuple, &mut *io);
+        w.core().on_client_closed(now(), &tuple, &mut *io);
     }
     out.closed.set(true);
     out.notify.notify_one();
