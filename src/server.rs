@@ -86,6 +86,18 @@ impl Server {
             "tcp",
             net::tcp_listener,
         )?;
+        if let Some(s) = udp.first().and_then(|w| w.first()) {
+            let granted = net::recv_buffer(s);
+            if granted < config.socket_buffer_bytes {
+                tracing::warn!(
+                    asked = config.socket_buffer_bytes,
+                    granted,
+                    "UDP listener buffers are capped by net.core.rmem_max/wmem_max, so \
+                     bursts drop packets: raise them (deploy/sysctl/90-tern.conf) or run \
+                     with CAP_NET_ADMIN"
+                );
+            }
+        }
         let sockets: Vec<_> = udp.into_iter().zip(tcp).collect();
         if udp_addrs.is_empty() && tcp_addrs.is_empty() {
             return Err(ServerError::NoListener);

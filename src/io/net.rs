@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -15,12 +16,47 @@ pub fn udp_listener(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSock
         s.set_only_v6(true)?;
     }
     s.set_reuse_port(true)?;
-    // Best effort: the kernel caps these at net.core.[rw]mem_max.
-    let _ = s.set_recv_buffer_size(buffer_bytes);
-    let _ = s.set_send_buffer_size(buffer_bytes);
+    size_buffers(&s, buffer_bytes);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Ask for `bytes` of receive and send buffer. With CAP_NET_ADMIN (root,
+/// or the capability granted to the service) `SO_RCVBUFFORCE` /
+/// `SO_SNDBUFFORCE` set them whatever `net.core.rmem_max` / `wmem_max`
+/// say; without it, the plain options are capped at those maxima (see
+/// [`recv_buffer`]).
+fn size_buffers(s: &Socket, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: `value` is a live c_int and the length given is its size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    for (forced, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if !set(forced) {
+            set(plain);
+        }
+    }
+}
+
+/// The receive buffer `s` has, in the units it was asked for (the kernel
+/// reports twice that: it counts its bookkeeping too).
+pub fn recv_buffer(s: &UdpSocket) -> usize {
+    socket2::SockRef::from(s)
+        .recv_buffer_size()
+        .map_or(0, |b| b / 2)
 }
 
 /// A TCP listener socket that other workers can share (SO_REUSEPORT).
@@ -155,6 +191,48 @@ pub fn interface_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sysctl(name: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Whether this process has CAP_NET_ADMIN (bit 12 of CapEff).
+    fn net_admin() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let caps = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap();
+        u64::from_str_radix(caps.trim(), 16).unwrap() & (1 << 12) != 0
+    }
+
+    #[test]
+    fn listener_buffers_are_sized_as_asked_or_capped_by_the_kernel() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let small = udp_listener(addr, 256 << 10).unwrap();
+        assert_eq!(recv_buffer(&small), (256 << 10).min(sysctl("rmem_max")));
+        // Above the kernel's maximum: granted with CAP_NET_ADMIN, capped
+        // without.
+        let asked = sysctl("rmem_max") + (1 << 20);
+        let big = udp_listener(addr, asked).unwrap();
+        let expected = if net_admin() {
+            asked
+        } else {
+            sysctl("rmem_max")
+        };
+        assert_eq!(recv_buffer(&big), expected);
+        let send = socket2::SockRef::from(&big).send_buffer_size().unwrap() / 2;
+        let expected = if net_admin() {
+            asked
+        } else {
+            sysctl("wmem_max")
+        };
+        assert_eq!(send, expected);
+    }
 
     #[test]
     fn interface_addresses_include_loopback() {
