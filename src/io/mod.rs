@@ -416,7 +416,7 @@ impl Worker {
         let io = &mut *io;
         let mut scratch = self.scratch.borrow_mut();
         let now = now();
-        let shared = Arc::clone(&self.shared);
+        let shared = &*self.shared;
         for w in 0..io.remote.len() {
             if io.remote[w].is_empty() {
                 continue;
@@ -424,7 +424,7 @@ impl Worker {
             let mut batch = std::mem::take(&mut io.remote[w]);
             if let Some(mut core) = shared.handoffs.try_core(w) {
                 deliver(
-                    &shared,
+                    shared,
                     &mut core,
                     &mut batch,
                     io,
@@ -441,7 +441,7 @@ impl Worker {
         let mut core = self.core();
         let mut local = std::mem::take(&mut io.local);
         deliver(
-            &shared,
+            shared,
             &mut core,
             &mut local,
             io,
@@ -453,7 +453,7 @@ impl Worker {
         let mut inbox = self.inbox.borrow_mut();
         shared.handoffs.take(self.index, &mut inbox);
         deliver(
-            &shared,
+            shared,
             &mut core,
             &mut inbox,
             io,
