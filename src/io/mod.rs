@@ -452,15 +452,7 @@ impl Worker {
         io.local = local;
         let mut inbox = self.inbox.borrow_mut();
         shared.handoffs.take(self.index, &mut inbox);
-        deliver(
-            shared,
-            &mut core,
-            &mut inbox,
-            io,
-            &mut scratch,
-            now,
-            Queued,
-        );
+        deliver(shared, &mut core, &mut inbox, io, &mut scratch, now, Queued);
         drop(core);
         io.flush_out();
     }
