@@ -38,6 +38,7 @@ use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
 mod request;
+mod uring;
 use request::{Auth, request};
 
 #[derive(Parser)]
@@ -100,6 +101,9 @@ enum Mode {
         /// Worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         workers: usize,
+        /// Read and write the upstream sockets through io_uring.
+        #[arg(long)]
+        uring: bool,
     },
     /// A UDP echo service: every datagram goes back to its source.
     Echo {
@@ -121,7 +125,8 @@ fn main() -> Result<()> {
             listen,
             peer,
             workers,
-        } => forward(listen, peer, workers),
+            uring,
+        } => forward(listen, peer, workers, uring),
         Mode::Echo { listen } => echo(listen),
     }
 }
@@ -401,7 +406,7 @@ async fn transact(sock: &AsyncFd<UdpSocket>, req: &[u8]) -> Result<Message> {
 
 /// The bare forwarder: per worker thread a listener (SO_REUSEPORT) and one
 /// upstream socket per client, batched I/O both ways.
-fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
+fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize, uring: bool) -> Result<()> {
     let workers = if workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
@@ -412,7 +417,11 @@ fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
         let listener = tern::io::net::udp_listener(listen, 8 << 20)
             .with_context(|| format!("binding {listen}"))?;
         threads.push(std::thread::spawn(move || {
-            on_local_runtime(forward_worker(listener, peer))
+            if uring {
+                on_local_runtime(uring::forward_worker(listener, peer))
+            } else {
+                on_local_runtime(forward_worker(listener, peer))
+            }
         }));
     }
     for t in threads {
