@@ -38,7 +38,6 @@ use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
 mod request;
-mod uring;
 use request::{Auth, request};
 
 #[derive(Parser)]
@@ -101,9 +100,6 @@ enum Mode {
         /// Worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         workers: usize,
-        /// Read and write the upstream sockets through io_uring.
-        #[arg(long)]
-        uring: bool,
     },
     /// A UDP echo service: every datagram goes back to its source.
     Echo {
@@ -125,8 +121,7 @@ fn main() -> Result<()> {
             listen,
             peer,
             workers,
-            uring,
-        } => forward(listen, peer, workers, uring),
+        } => forward(listen, peer, workers),
         Mode::Echo { listen } => echo(listen),
     }
 }
@@ -406,7 +401,7 @@ async fn transact(sock: &AsyncFd<UdpSocket>, req: &[u8]) -> Result<Message> {
 
 /// The bare forwarder: per worker thread a listener (SO_REUSEPORT) and one
 /// upstream socket per client, batched I/O both ways.
-fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize, uring: bool) -> Result<()> {
+fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize) -> Result<()> {
     let workers = if workers == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
@@ -417,11 +412,7 @@ fn forward(listen: SocketAddr, peer: SocketAddr, workers: usize, uring: bool) ->
         let listener = tern::io::net::udp_listener(listen, 8 << 20)
             .with_context(|| format!("binding {listen}"))?;
         threads.push(std::thread::spawn(move || {
-            if uring {
-                on_local_runtime(uring::forward_worker(listener, peer))
-            } else {
-                on_local_runtime(forward_worker(listener, peer))
-            }
+            on_local_runtime(forward_worker(listener, peer))
         }));
     }
     for t in threads {
