@@ -214,9 +214,15 @@ fn handoffs(s: &TestServer, path: &str) -> f64 {
 /// first that a datagram sent before the receiver's permission is dropped
 /// (and counted, which the test waits for: a permission is checked on
 /// arrival).
-fn relay_pair(s: &TestServer, a: &mut RawClient, b: &mut RawClient, check_drop: bool) {
+fn relay_pair(
+    s: &TestServer,
+    a: &mut RawClient,
+    b: &mut RawClient,
+    family: fn() -> Vec<Box<dyn Setter>>,
+    check_drop: bool,
+) {
     const NO_PERMISSION: &str = "tern_dropped_packets_total{reason=\"no_permission\"}";
-    let (ra, rb) = (allocate(a, none), allocate(b, none));
+    let (ra, rb) = (allocate(a, family), allocate(b, family));
     let m = a.request(method::CHANNEL_BIND, || {
         vec![Box::new(ChannelNumber(0x4000)), peer(rb)]
     });
@@ -252,26 +258,37 @@ fn relay_pair(s: &TestServer, a: &mut RawClient, b: &mut RawClient, check_drop: 
     );
 }
 
-/// `rounds` pairs of clients (`b` on TCP with `b_tcp`) exchange datagrams
-/// through their relays on a tern with `workers` workers.
-fn relay_to_relay(workers: usize, rounds: usize, b_tcp: bool) -> TestServer {
+/// `rounds` pairs of clients (`b` on TCP with `b_tcp`; IPv6 clients and
+/// relays with `v6`) exchange datagrams through their relays on a tern
+/// with `workers` workers.
+fn relay_to_relay(workers: usize, rounds: usize, b_tcp: bool, v6: bool) -> TestServer {
     let toml = base_config("").replace("workers = 2", &format!("workers = {workers}"));
     let s = TestServer::start_with(&toml);
+    let (udp, tcp) = if v6 {
+        (s.udp6(), s.tcp6())
+    } else {
+        (s.udp4(), s.tcp4())
+    };
+    let family: fn() -> Vec<Box<dyn Setter>> = if v6 {
+        || vec![Box::new(REQUESTED_FAMILY_IPV6)]
+    } else {
+        none
+    };
     for round in 0..rounds {
-        let mut a = RawClient::udp(s.udp4(), "alice", "wonderland");
+        let mut a = RawClient::udp(udp, "alice", "wonderland");
         let mut b = if b_tcp {
-            RawClient::tcp(s.tcp4(), "bob", "builder")
+            RawClient::tcp(tcp, "bob", "builder")
         } else {
-            RawClient::udp(s.udp4(), "bob", "builder")
+            RawClient::udp(udp, "bob", "builder")
         };
-        relay_pair(&s, &mut a, &mut b, round == 0);
+        relay_pair(&s, &mut a, &mut b, family, round == 0);
     }
     s
 }
 
 #[test]
 fn relay_to_relay_on_one_worker_is_handed_over_in_process() {
-    let s = relay_to_relay(1, 3, false);
+    let s = relay_to_relay(1, 3, false, false);
     // 'here' and 'back' per pair, and the first pair's 'earl'.
     assert!(wait_until(TIMEOUT, || handoffs(&s, "same_worker") >= 7.0));
     assert_eq!(handoffs(&s, "other_worker"), 0.0);
@@ -285,11 +302,16 @@ fn relay_to_relay_on_one_worker_is_handed_over_in_process() {
 /// them from the sender's listener socket, bound to the same address.
 #[test]
 fn relay_to_relay_across_workers_is_delivered_by_the_sender() {
-    let s = relay_to_relay(2, 16, false);
-    // (Each worker publishes its counters once a second.)
-    assert!(wait_until(TIMEOUT, || {
-        handoffs(&s, "other_worker") > 0.0 && handoffs(&s, "same_worker") > 0.0
-    }));
+    for v6 in [false, true] {
+        let s = relay_to_relay(2, 16, false, v6);
+        // (Each worker publishes its counters once a second.)
+        assert!(
+            wait_until(TIMEOUT, || {
+                handoffs(&s, "other_worker") > 0.0 && handoffs(&s, "same_worker") > 0.0
+            }),
+            "v6: {v6}"
+        );
+    }
 }
 
 /// Many pairs exchange datagrams both ways at once, so the two workers
@@ -352,7 +374,7 @@ fn relay_to_relay_both_ways_at_once_across_workers_delivers_everything() {
 /// datagrams for it from another worker go through that worker's queue.
 #[test]
 fn relay_to_relay_to_a_tcp_client_on_another_worker_is_queued() {
-    let s = relay_to_relay(2, 16, true);
+    let s = relay_to_relay(2, 16, true, false);
     assert!(wait_until(TIMEOUT, || handoffs(&s, "queued") > 0.0));
 }
 
