@@ -63,6 +63,20 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         .unwrap_or_else(|e| unreachable!("{name}: {e}"))
 }
 
+/// A counter with one label, one series per `(label value, count)`.
+fn labelled<'a>(
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> IntCounterVec {
+    let c = counter_vec(name, help, &[label]);
+    for (value, count) in values {
+        c.with_label_values(&[value]).inc_by(count);
+    }
+    c
+}
+
 fn counter(name: &str, help: &str, value: u64) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{name}: {e}"));
     c.inc_by(value);
@@ -155,52 +169,37 @@ fn relayed(s: &Stats) -> Group {
                 .inc_by(s.relayed_packets[d][t]);
         }
     }
-    let handoffs = counter_vec(
+    let handoffs = labelled(
         "tern_relay_to_relay_packets_total",
         "Datagrams between two of tern's relays handed over in-process, by path (the receiving allocation's checks still apply).",
-        &["path"],
+        "path",
+        HandoffPath::ALL.map(|p| (p.label(), s.handoffs[p as usize])),
     );
-    for p in HandoffPath::ALL {
-        handoffs
-            .with_label_values(&[p.label()])
-            .inc_by(s.handoffs[p as usize]);
-    }
     Group(vec![Box::new(bytes), Box::new(packets), Box::new(handoffs)])
 }
 
 fn reasons(s: &Stats) -> Group {
-    let dropped = counter_vec(
+    let dropped = labelled(
         "tern_dropped_packets_total",
         "Datagrams dropped, by reason.",
-        &["reason"],
+        "reason",
+        DropReason::ALL.map(|r| (r.label(), s.dropped[r as usize])),
     );
-    for r in DropReason::ALL {
-        dropped
-            .with_label_values(&[r.label()])
-            .inc_by(s.dropped[r as usize]);
-    }
-    let auth = counter_vec(
+    let auth = labelled(
         "tern_auth_failures_total",
         "Requests that failed authentication, by reason.",
-        &["reason"],
+        "reason",
+        AuthFailure::ALL
+            .into_iter()
+            .filter(|r| *r != AuthFailure::Missing)
+            .map(|r| (r.label(), s.auth_failures[r as usize])),
     );
-    for r in AuthFailure::ALL
-        .into_iter()
-        .filter(|r| *r != AuthFailure::Missing)
-    {
-        auth.with_label_values(&[r.label()])
-            .inc_by(s.auth_failures[r as usize]);
-    }
-    let rejected = counter_vec(
+    let rejected = labelled(
         "tern_allocation_rejections_total",
         "Authenticated Allocate requests refused, by reason.",
-        &["reason"],
+        "reason",
+        Rejection::ALL.map(|r| (r.label(), s.rejections[r as usize])),
     );
-    for r in Rejection::ALL {
-        rejected
-            .with_label_values(&[r.label()])
-            .inc_by(s.rejections[r as usize]);
-    }
     Group(vec![Box::new(dropped), Box::new(auth), Box::new(rejected)])
 }
 

@@ -23,7 +23,7 @@ impl Core {
             self.stats.drop(DropReason::Malformed);
             return;
         };
-        let Some(a) = self.by_client.get(from).and_then(|&id| self.allocs.get(id)) else {
+        let Some(a) = self.allocation_of(from) else {
             self.stats.drop(DropReason::NoAllocation);
             return;
         };

@@ -532,38 +532,37 @@ async fn udp_loop(w: Rc<Worker>, sock: Rc<Udp>, local: SocketAddr) {
         local,
         remote,
     };
-    datagram_loop(&w, &sock, 0, |rx, n| {
-        let mut io = w.io.borrow_mut();
-        let mut core = w.core();
-        let now = now();
-        rx.each(n, |buf, len, remote| {
-            core.on_client(now, &tuple(remote), &buf[..len], &mut *io);
-        });
+    datagram_loop(&w, &sock, 0, |core, io, now, buf, len, remote| {
+        core.on_client(now, &tuple(remote), &buf[..len], io);
     })
     .await;
 }
 
 async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<Udp>) {
-    datagram_loop(&w, &sock, PEER_HEADROOM, |rx, n| {
-        let mut io = w.io.borrow_mut();
-        let mut core = w.core();
-        let now = now();
-        rx.each(n, |buf, len, peer| {
-            let payload = PEER_HEADROOM..PEER_HEADROOM + len;
-            core.on_peer(now, alloc, peer, buf, payload, &mut *io);
-        });
+    datagram_loop(&w, &sock, PEER_HEADROOM, |core, io, now, buf, len, peer| {
+        let payload = PEER_HEADROOM..PEER_HEADROOM + len;
+        core.on_peer(now, alloc, peer, buf, payload, io);
     })
     .await;
 }
 
-/// Receive datagrams into the worker's slots at `offset` and hand each
-/// batch to `handle(slots, count)` (see [`batch::receive_batches`]); the
-/// handler takes the core once per batch.
+/// Receive datagrams into the worker's slots at `offset` (see
+/// [`batch::receive_batches`]) and hand each to `handle(core, io, now,
+/// slot, length, source)`, taking the core and reading the clock once per
+/// batch.
 async fn datagram_loop(
     w: &Worker,
     sock: &Udp,
     offset: usize,
-    handle: impl FnMut(&mut RecvBatch, usize),
+    mut handle: impl FnMut(&mut Core, &mut WorkerIo, Now, &mut [u8], usize, SocketAddr),
 ) {
-    batch::receive_batches(sock, &w.rx, offset, RECV_ROUNDS, handle).await;
+    batch::receive_batches(sock, &w.rx, offset, RECV_ROUNDS, |rx, n| {
+        let mut io = w.io.borrow_mut();
+        let mut core = w.core();
+        let now = now();
+        rx.each(n, |buf, len, from| {
+            handle(&mut core, &mut io, now, buf, len, from)
+        });
+    })
+    .await;
 }
