@@ -43,6 +43,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Relay receive steering (BPF `sk_lookup`, see `io::sklookup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Steering {
+    /// Steer when the kernel and the process's capabilities allow it.
+    Auto,
+    /// Steer, or refuse to start.
+    On,
+    /// Read every relay socket on its own.
+    Off,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,6 +77,7 @@ pub struct Config {
     pub external_ipv4: Option<Ipv4Addr>,
     pub external_ipv6: Option<Ipv6Addr>,
     pub relay_ports: PortRange,
+    pub relay_steering: Steering,
     pub secrets: Vec<String>,
     pub users: Vec<(String, String)>,
     /// Whether the secret was generated at start (no config file).
@@ -141,6 +154,8 @@ struct RawRelay {
     min_port: Spanned<u16>,
     #[serde(default = "default_max_port")]
     max_port: Spanned<u16>,
+    #[serde(default = "default_steering")]
+    steering: Steering,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,6 +326,9 @@ fn default_drain() -> u64 {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+fn default_steering() -> Steering {
+    Steering::Auto
 }
 fn default_log_format() -> LogFormat {
     LogFormat::Text
@@ -502,6 +520,7 @@ impl Config {
             external_ipv4: raw.relay.external_ipv4,
             external_ipv6: raw.relay.external_ipv6,
             relay_ports,
+            relay_steering: raw.relay.steering,
             secrets,
             users,
             generated_secret: false,

@@ -131,6 +131,11 @@ fn counters(s: &Stats) -> Group {
             s.allocations_expired,
         )),
         Box::new(counter(
+            "tern_relay_steered_packets_total",
+            "Datagrams to relay addresses received through BPF sk_lookup steering (all of them while steering is on).",
+            s.steered,
+        )),
+        Box::new(counter(
             "tern_retransmissions_total",
             "Retransmitted requests answered from the transaction cache.",
             s.retransmissions,
@@ -219,8 +224,20 @@ fn gauges(s: &Stats, shared: &Shared) -> Group {
     let tcp = shared
         .tcp_connections
         .load(std::sync::atomic::Ordering::Relaxed);
+    let steering = gauge_vec(
+        "tern_relay_steering",
+        "1 when relay datagrams of this family are received through BPF sk_lookup steering.",
+        &["family"],
+    );
+    for (f, fam) in FAMILIES.iter().enumerate() {
+        let on = shared.steering.get(f).is_some_and(Option::is_some);
+        steering
+            .with_label_values(&[fam])
+            .set(f64::from(u8::from(on)));
+    }
     Group(vec![
         Box::new(allocations),
+        Box::new(steering),
         Box::new(gauge(
             "tern_permissions",
             "Live permissions.",

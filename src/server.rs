@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Credentials, NonceIssuer};
-use crate::config::Config;
+use crate::config::{Config, Steering};
 use crate::core::{Core, CoreConfig, Quotas};
 use crate::io::ports::RelayPorts;
 use crate::io::{Shared, Worker, net};
@@ -30,6 +30,10 @@ pub enum ServerError {
     NoListener,
     #[error("no relay address: both relay.address-ipv4 and relay.address-ipv6 are unusable")]
     NoRelayAddress,
+    #[error(
+        "relay.steering = \"on\" but BPF sk_lookup cannot be attached ({0}); it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN"
+    )]
+    Steering(std::io::Error),
     #[error("worker thread failed: {0}")]
     Worker(std::io::Error),
 }
@@ -119,13 +123,27 @@ impl Server {
                 addr: config.admin_listen,
                 source,
             })?;
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             ports,
             workers,
             config.max_tcp_connections,
             config.limits.max_allocations,
             config.tcp_idle_timeout,
-        ));
+        );
+        shared.socket_buffer_bytes = config.socket_buffer_bytes;
+        if config.relay_steering != Steering::Off {
+            let errors = shared.steer();
+            if let Some(e) = errors.into_iter().next() {
+                if config.relay_steering == Steering::On {
+                    return Err(ServerError::Steering(e));
+                }
+                tracing::info!(
+                    error = %e,
+                    "relay receive steering (BPF sk_lookup) unavailable: each relay socket is read on its own"
+                );
+            }
+        }
+        let shared = Arc::new(shared);
         shared
             .max_tcp_connections_per_ip
             .store(config.max_tcp_connections_per_ip, Ordering::Relaxed);
@@ -340,7 +358,8 @@ impl Server {
                 "relay",
                 old.relay_ipv4 != new.relay_ipv4
                     || old.relay_ipv6 != new.relay_ipv6
-                    || old.relay_ports != new.relay_ports,
+                    || old.relay_ports != new.relay_ports
+                    || old.relay_steering != new.relay_steering,
             ),
             ("workers", old.workers != new.workers),
             ("admin.listen", old.admin_listen != new.admin_listen),

@@ -49,6 +49,36 @@ fn check_config_accepts_the_example_and_reports_file_line_key() {
 }
 
 #[test]
+fn steering_on_without_the_capabilities_refuses_to_start() {
+    // Dropping capabilities needs root and util-linux's setpriv.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let cfg = temp_file(
+        "steer",
+        "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\nsteering = \"on\"\n[auth]\nsecrets = [\"x\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-bpf,-net_admin,-sys_admin",
+            "--inh-caps=-all",
+            "--",
+            TERN,
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay.steering = \"on\""), "{err}");
+    assert!(err.contains("CAP_BPF"), "{err}");
+}
+
+#[test]
 fn credentials_json_has_the_rest_api_shape_and_a_valid_password() {
     let cfg = temp_file(
         "cred",

@@ -202,6 +202,83 @@ fn relaying_works_over_udp_and_tcp_for_ipv4_and_ipv6() {
     relay_round_trips(&mut RawClient::tcp(s.tcp6(), "bob", "builder"), true);
 }
 
+/// Whether this process may attach BPF sk_lookup programs (as root).
+fn can_steer() -> bool {
+    tern::io::sklookup::Steering::attach("127.0.0.1".parse().unwrap(), 1, 1).is_ok()
+}
+
+/// A server allowing loopback peers with `relay.steering = mode`.
+fn with_steering(mode: &str) -> TestServer {
+    let toml = base_config(ALLOW_LOOPBACK).replacen(
+        "[relay]\n",
+        &format!("[relay]\nsteering = \"{mode}\"\n"),
+        1,
+    );
+    TestServer::start_with(&toml)
+}
+
+#[test]
+fn relaying_works_with_relay_steering_on_and_off() {
+    let steerable = can_steer();
+    for mode in ["off", "auto"] {
+        let s = with_steering(mode);
+        let page = s.http_get("/metrics").1;
+        let want = f64::from(u8::from(mode == "auto" && steerable));
+        for family in ["ipv4", "ipv6"] {
+            let name = format!("tern_relay_steering{{family=\"{family}\"}}");
+            assert_eq!(metric(&page, &name), want, "{mode}: {page}");
+        }
+        relay_round_trips(&mut RawClient::udp(s.udp4(), "alice", "wonderland"), false);
+        relay_round_trips(&mut RawClient::tcp(s.tcp4(), "alice", "wonderland"), false);
+        relay_round_trips(&mut RawClient::udp(s.udp6(), "bob", "builder"), true);
+        // Peers sent 5 datagrams to each IPv4 relay (one from a stranger)
+        // and 4 to the IPv6 one; counted once a second.
+        let steered = "tern_relay_steered_packets_total";
+        let mut page = String::new();
+        assert!(
+            wait_until(TIMEOUT, || {
+                page = s.http_get("/metrics").1;
+                metric(&page, steered) == 14.0 * want
+            }),
+            "{mode}: {page}"
+        );
+    }
+}
+
+#[test]
+fn a_closed_steered_relay_gives_its_port_back() {
+    if !can_steer() {
+        eprintln!("skipped: this process cannot attach BPF sk_lookup programs");
+        return;
+    }
+    let s = with_steering("on");
+    for v6 in [false, true] {
+        let server = if v6 { s.udp6() } else { s.udp4() };
+        let mut c = RawClient::udp(server, "alice", "wonderland");
+        let relayed = if v6 {
+            allocate(&mut c, || vec![Box::new(REQUESTED_FAMILY_IPV6)])
+        } else {
+            allocate(&mut c, none)
+        };
+        let m = c.request(method::REFRESH, || vec![Box::new(Lifetime(Duration::ZERO))]);
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+        // The port is free again, and what is sent to it reaches whoever
+        // binds it next, not tern.
+        let mut mine = None;
+        assert!(wait_until(TIMEOUT, || {
+            mine = UdpSocket::bind(relayed).ok();
+            mine.is_some()
+        }));
+        let mine = mine.unwrap();
+        mine.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let p = peer_socket(v6);
+        p.send_to(b"mine", relayed).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = mine.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"mine"[..], p.local_addr().unwrap()));
+    }
+}
+
 /// Relay-to-relay datagrams handed over in-process, by path.
 fn handoffs(s: &TestServer, path: &str) -> f64 {
     let name = format!("tern_relay_to_relay_packets_total{{path=\"{path}\"}}");

@@ -180,6 +180,9 @@ pub struct Stats {
     pub peer_denied: u64,
     /// Relay-to-relay datagrams delivered in-process, by [`HandoffPath`].
     pub handoffs: [u64; HandoffPath::ALL.len()],
+    /// Peer datagrams received through relay steering (set by the I/O
+    /// layer, a batch at a time).
+    pub steered: u64,
     /// Cumulative histogram counts of allocation lifetimes, plus +Inf last.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_seconds: f64,
@@ -253,6 +256,7 @@ impl Stats {
         sum(&mut self.auth_failures, &o.auth_failures);
         self.peer_denied += o.peer_denied;
         sum(&mut self.handoffs, &o.handoffs);
+        self.steered += o.steered;
         sum(&mut self.duration_buckets, &o.duration_buckets);
         self.duration_sum_seconds += o.duration_sum_seconds;
         for t in 0..2 {

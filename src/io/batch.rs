@@ -37,7 +37,12 @@ pub struct RecvBatch {
     aimed: Option<usize>,
     /// Headers the last call filled.
     used: usize,
+    /// Per-slot control buffers, when destinations are asked for.
+    control: Option<Box<[[u64; CONTROL_WORDS]]>>,
 }
+
+/// Control buffer per slot: room for one IP(V6)_ORIGDSTADDR message.
+const CONTROL_WORDS: usize = 8;
 
 impl RecvBatch {
     pub fn new(slot_len: usize) -> Self {
@@ -58,6 +63,7 @@ impl RecvBatch {
             hdrs: vec![hdr; RECV_BATCH].into_boxed_slice(),
             aimed: None,
             used: RECV_BATCH,
+            control: None,
         };
         // The boxed slices never move or resize, so these pointers stay
         // valid for the batch's life (`msg_iov` is set when aiming).
@@ -67,6 +73,51 @@ impl RecvBatch {
             h.msg_iovlen = 1;
         }
         b
+    }
+
+    /// A batch that also reports each datagram's destination address (see
+    /// [`RecvBatch::destination`]; the socket needs
+    /// [`receive_destinations`] set).
+    pub fn with_destinations(slot_len: usize) -> Self {
+        let mut b = Self::new(slot_len);
+        let control = b
+            .control
+            .insert(vec![[0; CONTROL_WORDS]; RECV_BATCH].into_boxed_slice());
+        for (h, c) in b.hdrs.iter_mut().zip(control.iter_mut()) {
+            h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+        }
+        b
+    }
+
+    /// The destination of datagram `i` of the last [`RecvBatch::recv`]
+    /// (`None` unless made [`RecvBatch::with_destinations`]).
+    pub fn destination(&self, i: usize) -> Option<SocketAddr> {
+        self.control.as_ref()?;
+        let h = &self.hdrs.get(i)?.msg_hdr;
+        // SAFETY: the header's control buffer is ours and the kernel set
+        // its length; the CMSG macros stay within it.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+                if (level, kind) == (libc::SOL_IP, libc::IP_ORIGDSTADDR)
+                    || (level, kind) == (libc::SOL_IPV6, libc::IPV6_ORIGDSTADDR)
+                {
+                    let mut s: libc::sockaddr_storage = std::mem::zeroed();
+                    let len = ((*c).cmsg_len as usize)
+                        .saturating_sub(libc::CMSG_LEN(0) as usize)
+                        .min(size_of::<libc::sockaddr_storage>());
+                    std::ptr::copy_nonoverlapping(
+                        libc::CMSG_DATA(c),
+                        (&raw mut s).cast::<u8>(),
+                        len,
+                    );
+                    return socket_addr(&s);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        None
     }
 
     /// Receive up to [`RECV_BATCH`] datagrams without blocking, each at
@@ -89,6 +140,11 @@ impl RecvBatch {
         // The kernel rewrites the address length of each header it fills.
         for h in &mut self.hdrs[..self.used] {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        }
+        if self.control.is_some() {
+            for h in &mut self.hdrs[..self.used] {
+                h.msg_hdr.msg_controllen = CONTROL_WORDS * 8;
+            }
         }
         // SAFETY: every header points at a live iovec and name buffer of
         // the stated sizes, all owned by `self` (see `new`).
@@ -137,6 +193,33 @@ impl RecvBatch {
             self.lens[i],
             from,
         )
+    }
+}
+
+/// Ask the kernel to report each datagram's destination address and port
+/// on `sock` (for [`RecvBatch::with_destinations`]).
+pub fn receive_destinations(sock: &UdpSocket) -> io::Result<()> {
+    let v6 = sock.local_addr()?.is_ipv6();
+    let (level, option) = if v6 {
+        (libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR)
+    } else {
+        (libc::SOL_IP, libc::IP_RECVORIGDSTADDR)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and the length given is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            option,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

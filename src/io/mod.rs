@@ -19,6 +19,7 @@ pub mod batch;
 mod handoff;
 pub mod net;
 pub mod ports;
+pub mod sklookup;
 mod tcp;
 
 use std::cell::RefCell;
@@ -77,6 +78,10 @@ pub struct Shared {
     pub stats: Vec<Mutex<Stats>>,
     /// Live allocations per worker, copied out once a tick.
     pub allocations: Vec<AtomicUsize>,
+    /// Relay receive steering (IPv4, IPv6), when the kernel allows it.
+    pub steering: [Option<sklookup::Steering>; 2],
+    /// Receive and send buffer of the listeners and steered sockets.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Shared {
@@ -103,7 +108,25 @@ impl Shared {
             last_tick_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             stats: (0..workers).map(|_| Mutex::new(Stats::default())).collect(),
             allocations: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            steering: [None, None],
+            socket_buffer_bytes: 4 << 20,
         }
+    }
+
+    /// Attach relay receive steering for each relay family (see
+    /// `sklookup`); returns why it could not, for each family it could not.
+    pub fn steer(&mut self) -> Vec<std::io::Error> {
+        let (v4, v6) = self.ports.addresses();
+        let range = self.ports.range();
+        let mut errors = Vec::new();
+        for (i, ip) in [v4, v6].into_iter().enumerate() {
+            let Some(ip) = ip else { continue };
+            match sklookup::Steering::attach(ip, range.start(), range.end()) {
+                Ok(s) => self.steering[i] = Some(s),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
     }
 
     /// Whether every worker's event loop ticked within `within`.
@@ -165,9 +188,26 @@ pub struct Worker {
 
 struct Relay {
     id: AllocId,
-    sock: Rc<Udp>,
+    sock: RelaySocket,
     local: SocketAddr,
-    task: JoinHandle<()>,
+}
+
+/// How a relay socket's datagrams are read.
+enum RelaySocket {
+    /// By its own receive task.
+    Polled(Rc<Udp>, JoinHandle<()>),
+    /// Through the worker's steered socket (see `sklookup`): this one only
+    /// sends, and holds the port.
+    Steered(UdpSocket),
+}
+
+impl RelaySocket {
+    fn get(&self) -> &UdpSocket {
+        match self {
+            Self::Polled(sock, _) => sock.get_ref(),
+            Self::Steered(sock) => sock,
+        }
+    }
 }
 
 /// A TCP client's outgoing bytes, drained by its writer task.
@@ -201,6 +241,9 @@ struct WorkerIo {
     remote: Vec<Batch>,
     flush_wake: Arc<Notify>,
     tcp: HashMap<FiveTuple, Rc<TcpOut>>,
+    /// This worker's steered receive socket per relay family (IPv4,
+    /// IPv6), when steering is on.
+    steered: [Option<std::os::fd::RawFd>; 2],
 }
 
 /// Allocation `alloc`'s relay in a table indexed by slot.
@@ -266,15 +309,24 @@ impl Io for WorkerIo {
             }
             return;
         }
-        send_now(r.sock.get_ref(), bytes, peer);
+        send_now(r.sock.get(), bytes, peer);
     }
 
     fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
         let (std_sock, token) = self.shared.ports.open(req, Instant::now())?;
         let local = std_sock.local_addr().map_err(|_| RelayError::NoCapacity)?;
-        let sock = Rc::new(register(std_sock).map_err(|_| RelayError::NoCapacity)?);
-        let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
-        let task = tokio::task::spawn_local(relay_loop(me, alloc, Rc::clone(&sock)));
+        let family = usize::from(local.is_ipv6());
+        let steered = self.steered[family]
+            .zip(self.shared.steering[family].as_ref())
+            .is_some_and(|(fd, s)| s.set(local.port(), fd).is_ok());
+        let sock = if steered {
+            RelaySocket::Steered(std_sock)
+        } else {
+            let sock = Rc::new(register(std_sock).map_err(|_| RelayError::NoCapacity)?);
+            let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
+            let task = tokio::task::spawn_local(relay_loop(me, alloc, Rc::clone(&sock)));
+            RelaySocket::Polled(sock, task)
+        };
         let s = slot(alloc);
         if self.relays.len() <= s {
             self.relays.resize_with(s + 1, || None);
@@ -283,7 +335,6 @@ impl Io for WorkerIo {
             id: alloc,
             sock,
             local,
-            task,
         });
         self.shared.handoffs.set_relay(&local, alloc);
         Ok(RelayGrant { local, token })
@@ -293,7 +344,16 @@ impl Io for WorkerIo {
         let entry = self.relays.get_mut(slot(alloc));
         if let Some(r) = entry.and_then(|r| r.take_if(|r| r.id == alloc)) {
             self.shared.handoffs.clear_relay(&r.local, alloc);
-            r.task.abort();
+            match r.sock {
+                RelaySocket::Polled(_, task) => task.abort(),
+                // Before the socket closes: its port may go to another
+                // worker's allocation, or to another program.
+                RelaySocket::Steered(_) => {
+                    if let Some(s) = &self.shared.steering[usize::from(r.local.is_ipv6())] {
+                        let _ = s.clear(r.local.port());
+                    }
+                }
+            }
         }
     }
 }
@@ -337,8 +397,9 @@ impl Worker {
                 remote: (0..workers).map(|_| Batch::default()).collect(),
                 flush_wake: Arc::clone(&flush_wake),
                 tcp: HashMap::new(),
+                steered: [None, None],
             }),
-            rx: RefCell::new(RecvBatch::new(BUF_LEN)),
+            rx: RefCell::new(RecvBatch::with_destinations(BUF_LEN)),
             scratch: RefCell::new(vec![0u8; BUF_LEN].into_boxed_slice()),
             inbox: RefCell::new(Batch::default()),
             flush_wake,
@@ -362,6 +423,17 @@ impl Worker {
             io.listeners.push(Rc::clone(&sock));
             drop(io);
             tokio::task::spawn_local(udp_loop(Rc::clone(&self), sock, local));
+        }
+        let (v4, v6) = self.shared.ports.addresses();
+        for (i, ip) in [v4, v6].into_iter().enumerate() {
+            let Some(ip) = ip.filter(|_| self.shared.steering[i].is_some()) else {
+                continue;
+            };
+            let s = net::udp_listener(SocketAddr::new(ip, 0), self.shared.socket_buffer_bytes)?;
+            batch::receive_destinations(&s)?;
+            let sock = Rc::new(register(s)?);
+            self.io.borrow_mut().steered[i] = Some(sock.get_ref().as_raw_fd());
+            tokio::task::spawn_local(steered_loop(Rc::clone(&self), sock));
         }
         tokio::task::spawn_local(flush_loop(Rc::clone(&self)));
         for l in tcp {
@@ -542,6 +614,29 @@ async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<Udp>) {
     datagram_loop(&w, &sock, PEER_HEADROOM, |core, io, now, buf, len, peer| {
         let payload = PEER_HEADROOM..PEER_HEADROOM + len;
         core.on_peer(now, alloc, peer, buf, payload, io);
+    })
+    .await;
+}
+
+/// Datagrams for every steered relay of this worker (see `sklookup`),
+/// each handed to the allocation whose relay port it was sent to.
+async fn steered_loop(w: Rc<Worker>, sock: Rc<Udp>) {
+    let shared = Arc::clone(&w.shared);
+    batch::receive_batches(&sock, &w.rx, PEER_HEADROOM, RECV_ROUNDS, |rx, n| {
+        let mut io = w.io.borrow_mut();
+        let mut core = w.core();
+        let now = now();
+        core.stats.steered += n as u64;
+        for i in 0..n {
+            let to = rx.destination(i);
+            let (buf, len, from) = rx.slot(i);
+            // A relay closed meanwhile drops it (as its socket would have).
+            let Some((alloc, peer)) = to.and_then(|to| shared.handoffs.relay(&to)).zip(from) else {
+                continue;
+            };
+            let payload = PEER_HEADROOM..PEER_HEADROOM + len;
+            core.on_peer(now, alloc, peer, buf, payload, &mut *io);
+        }
     })
     .await;
 }
