@@ -468,4 +468,35 @@ mod tests {
         let e = b.recv(rx.as_raw_fd(), 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
+
+    #[test]
+    fn destinations_are_reported_when_asked_for() {
+        for (rx, tx) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+            let rx = std::net::UdpSocket::bind(rx).unwrap();
+            let tx = std::net::UdpSocket::bind(tx).unwrap();
+            receive_destinations(&rx).unwrap();
+            let to = rx.local_addr().unwrap();
+            tx.send_to(b"a", to).unwrap();
+            tx.send_to(b"b", to).unwrap();
+            let mut b = RecvBatch::with_destinations(64);
+            let mut got = 0;
+            while got < 2 {
+                rx.set_nonblocking(false).unwrap();
+                let mut peek = [0u8; 1];
+                rx.peek(&mut peek).unwrap();
+                let n = b.recv(rx.as_raw_fd(), 0).unwrap();
+                for i in 0..n {
+                    assert_eq!(b.destination(i), Some(to));
+                    assert_eq!(b.slot(i).2, Some(tx.local_addr().unwrap()));
+                }
+                got += n;
+            }
+            // A batch made without them reports none.
+            tx.send_to(b"c", to).unwrap();
+            let mut plain = RecvBatch::new(64);
+            rx.peek(&mut [0u8; 1]).unwrap();
+            assert_eq!(plain.recv(rx.as_raw_fd(), 0).unwrap(), 1);
+            assert_eq!(plain.destination(0), None);
+        }
+    }
 }
