@@ -133,13 +133,24 @@ impl Server {
         shared.socket_buffer_bytes = config.socket_buffer_bytes;
         if config.relay_steering != Steering::Off {
             let errors = shared.steer();
+            let families: Vec<&str> = ["ipv4", "ipv6"]
+                .into_iter()
+                .zip(&shared.steering)
+                .filter_map(|(f, s)| s.as_ref().map(|_| f))
+                .collect();
+            if !families.is_empty() {
+                tracing::info!(
+                    families = %families.join(","),
+                    "relay receive steering on (BPF sk_lookup)"
+                );
+            }
             if let Some(e) = errors.into_iter().next() {
                 if config.relay_steering == Steering::On {
                     return Err(ServerError::Steering(e));
                 }
                 tracing::info!(
                     error = %e,
-                    "relay receive steering (BPF sk_lookup) unavailable: each relay socket is read on its own"
+                    "relay receive steering (BPF sk_lookup) unavailable, each relay socket is read on its own: it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN (relay.steering = \"off\" silences this)"
                 );
             }
         }
