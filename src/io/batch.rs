@@ -199,27 +199,10 @@ impl RecvBatch {
 /// Ask the kernel to report each datagram's destination address and port
 /// on `sock` (for [`RecvBatch::with_destinations`]).
 pub fn receive_destinations(sock: &UdpSocket) -> io::Result<()> {
-    let v6 = sock.local_addr()?.is_ipv6();
-    let (level, option) = if v6 {
-        (libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR)
+    if sock.local_addr()?.is_ipv6() {
+        super::net::set_int_option(sock, libc::SOL_IPV6, libc::IPV6_RECVORIGDSTADDR, 1)
     } else {
-        (libc::SOL_IP, libc::IP_RECVORIGDSTADDR)
-    };
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a live c_int and the length given is its size.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            option,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        super::net::set_int_option(sock, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)
     }
 }
 

@@ -29,25 +29,37 @@ pub fn udp_listener(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSock
 /// [`recv_buffer`]).
 fn size_buffers(s: &Socket, bytes: usize) {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let set = |option| {
-        // SAFETY: `value` is a live c_int and the length given is its size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
     for (forced, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
     ] {
-        if !set(forced) {
-            set(plain);
+        if set_int_option(s, libc::SOL_SOCKET, forced, value).is_err() {
+            let _ = set_int_option(s, libc::SOL_SOCKET, plain, value);
         }
+    }
+}
+
+/// `setsockopt` with an int value.
+pub(crate) fn set_int_option(
+    s: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid fd, and a pointer/length pair describing a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -88,31 +100,16 @@ pub(crate) fn relay_socket(addr: SocketAddr, dont_fragment: bool) -> io::Result<
 }
 
 /// DONT-FRAGMENT (RFC 8656 §14.8): set DF on everything the relay sends.
-pub(crate) fn set_dont_fragment(s: &impl std::os::fd::AsRawFd, v6: bool) -> io::Result<()> {
-    let (level, name, value) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+pub(crate) fn set_dont_fragment(s: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        set_int_option(s, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
     } else {
-        (
+        set_int_option(
+            s,
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DO,
         )
-    };
-    let value: libc::c_int = value;
-    // SAFETY: a valid fd, and a pointer/length pair describing a c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
