@@ -429,7 +429,7 @@ impl Worker {
             let Some(ip) = ip.filter(|_| self.shared.steering[i].is_some()) else {
                 continue;
             };
-            let s = net::udp_listener(SocketAddr::new(ip, 0), self.shared.socket_buffer_bytes)?;
+            let s = net::udp_private(SocketAddr::new(ip, 0), self.shared.socket_buffer_bytes)?;
             batch::receive_destinations(&s)?;
             let sock = Rc::new(register(s)?);
             self.io.borrow_mut().steered[i] = Some(sock.get_ref().as_raw_fd());

@@ -11,11 +11,23 @@ use crate::config::RelayAddress;
 
 /// A UDP listener socket that other workers can share (SO_REUSEPORT).
 pub fn udp_listener(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
+    udp_socket(addr, buffer_bytes, true)
+}
+
+/// A worker's own UDP socket with sized buffers (no SO_REUSEPORT: nothing
+/// else may join it), e.g. for steered relay datagrams.
+pub fn udp_private(addr: SocketAddr, buffer_bytes: usize) -> io::Result<UdpSocket> {
+    udp_socket(addr, buffer_bytes, false)
+}
+
+fn udp_socket(addr: SocketAddr, buffer_bytes: usize, shared: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.set_reuse_port(true)?;
+    if shared {
+        s.set_reuse_port(true)?;
+    }
     size_buffers(&s, buffer_bytes);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
