@@ -258,36 +258,82 @@ fn program(map: RawFd, address: IpAddr, first: u16, last: u16) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::UdpSocket;
+    use std::net::{SocketAddr, UdpSocket};
+
+    fn bound(addr: &str) -> UdpSocket {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr.parse().unwrap()),
+            socket2::Type::DGRAM,
+            None,
+        )
+        .unwrap();
+        let addr: SocketAddr = addr.parse().unwrap();
+        if addr.is_ipv6() {
+            s.set_only_v6(true).unwrap();
+        }
+        s.bind(&addr.into()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.into()
+    }
+
+    fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buf = [0u8; 16];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        (buf[..n].to_vec(), from)
+    }
 
     /// Needs CAP_BPF and CAP_NET_ADMIN: skipped (passes) without them.
     #[test]
-    fn datagrams_to_a_steered_port_reach_the_chosen_socket() {
-        let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = holder.local_addr().unwrap().port();
-        let steering = match Steering::attach("127.0.0.1".parse().unwrap(), port, port) {
-            Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return,
-            Err(e) => panic!("attach: {e}"),
+    fn datagrams_to_a_steered_port_and_address_reach_the_chosen_socket() {
+        // (steered address, another local address on the same port,
+        // wildcard the port's own socket binds, receiver)
+        for (ip, other, any, receiver) in [
+            ("127.0.0.1", "127.0.0.2", "0.0.0.0", "127.0.0.1:0"),
+            ("::1", "127.0.0.1", "[::]", "[::1]:0"),
+        ] {
+            let holder = bound(&format!("{any}:0"));
+            let port = holder.local_addr().unwrap().port();
+            let steering = match Steering::attach(ip.parse().unwrap(), port, port) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => return,
+                Err(e) => panic!("attach: {e}"),
+            };
+            let receiver = bound(receiver);
+            steering.set(port, receiver.as_raw_fd()).unwrap();
+            let to: SocketAddr = SocketAddr::new(ip.parse().unwrap(), port);
+            let sender = bound(&SocketAddr::new(to.ip(), 0).to_string());
+            sender.send_to(b"one", to).unwrap();
+            assert_eq!(
+                recv(&receiver),
+                (b"one".to_vec(), sender.local_addr().unwrap())
+            );
+
+            // Another address, or family, on the same port is not steered
+            // (for IPv6, an IPv4 datagram to a v4 wildcard on that port).
+            let v4_holder = (other == "127.0.0.1").then(|| bound(&format!("0.0.0.0:{port}")));
+            let other_to = SocketAddr::new(other.parse().unwrap(), port);
+            let other_sender = bound(&SocketAddr::new(other_to.ip(), 0).to_string());
+            other_sender.send_to(b"two", other_to).unwrap();
+            let got = recv(v4_holder.as_ref().unwrap_or(&holder));
+            assert_eq!(got.0, b"two");
+
+            // Cleared: back to the port's own socket.
+            steering.clear(port).unwrap();
+            sender.send_to(b"three", to).unwrap();
+            assert_eq!(recv(&holder).0, b"three");
+            receiver.set_nonblocking(true).unwrap();
+            assert!(receiver.recv_from(&mut [0u8; 16]).is_err());
+        }
+    }
+
+    #[test]
+    fn ports_outside_the_range_are_refused() {
+        let Ok(s) = Steering::attach("127.0.0.1".parse().unwrap(), 40000, 40001) else {
+            return;
         };
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_nonblocking(true).unwrap();
-        holder.set_nonblocking(true).unwrap();
-        steering.set(port, receiver.as_raw_fd()).unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sender.send_to(b"one", ("127.0.0.1", port)).unwrap();
-        let mut buf = [0u8; 16];
-        receiver.set_nonblocking(false).unwrap();
-        let (n, from) = receiver.recv_from(&mut buf).unwrap();
-        assert_eq!(
-            (&buf[..n], from),
-            (&b"one"[..], sender.local_addr().unwrap())
-        );
-        assert!(holder.recv_from(&mut buf).is_err());
-        steering.clear(port).unwrap();
-        sender.send_to(b"two", ("127.0.0.1", port)).unwrap();
-        holder.set_nonblocking(false).unwrap();
-        let (n, _) = holder.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"two");
+        assert!(s.set(39999, 0).is_err());
+        assert!(s.clear(40002).is_err());
+        assert!(Steering::attach("127.0.0.1".parse().unwrap(), 2, 1).is_err());
     }
 }
