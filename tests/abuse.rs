@@ -50,11 +50,12 @@ fn resident_bytes() -> u64 {
 fn unauthenticated_allocates_from_many_ports_leave_memory_flat() {
     let s = TestServer::start("");
     let mut req = Vec::new();
+    // Only builds requests (a fresh transaction id each).
+    let c = RawClient::udp(s.udp4(), "", "");
     let send_round = |rounds: u32, req: &mut Vec<u8>| {
         for port in 0..rounds {
             let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
             for _ in 0..10 {
-                let c = RawClient::udp(s.udp4(), "", "");
                 *req = c.build(
                     method::ALLOCATE,
                     vec![Box::new(RequestedTransport {

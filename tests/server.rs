@@ -49,7 +49,12 @@ fn allocate(c: &mut RawClient, extra: fn() -> Vec<Box<dyn Setter>>) -> SocketAdd
         v.extend(extra());
         v
     });
-    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    assert_eq!(
+        m.typ.class,
+        CLASS_SUCCESS_RESPONSE,
+        "{m}: error {:?}",
+        error_code(&m)
+    );
     let mut r = RelayedAddress::default();
     r.get_from(&m).unwrap();
     SocketAddr::new(r.ip, r.port)
