@@ -198,14 +198,32 @@ enum RelaySocket {
     Polled(Rc<Udp>, JoinHandle<()>),
     /// Through the worker's steered socket (see `sklookup`): this one only
     /// sends, and holds the port.
-    Steered(UdpSocket),
+    Steered(SteeredRelay),
 }
 
 impl RelaySocket {
     fn get(&self) -> &UdpSocket {
         match self {
             Self::Polled(sock, _) => sock.get_ref(),
-            Self::Steered(sock) => sock,
+            Self::Steered(s) => &s.sock,
+        }
+    }
+}
+
+/// A steered relay's socket. However it is dropped, its port's steering
+/// entry goes first: once the socket closes the port may go to another
+/// worker's allocation, or to another program, whose datagrams must not
+/// be steered here.
+struct SteeredRelay {
+    sock: UdpSocket,
+    local: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for SteeredRelay {
+    fn drop(&mut self) {
+        if let Some(s) = &self.shared.steering[usize::from(self.local.is_ipv6())] {
+            let _ = s.clear(self.local.port());
         }
     }
 }
@@ -320,7 +338,11 @@ impl Io for WorkerIo {
             .zip(self.shared.steering[family].as_ref())
             .is_some_and(|(fd, s)| s.set(local.port(), fd).is_ok());
         let sock = if steered {
-            RelaySocket::Steered(std_sock)
+            RelaySocket::Steered(SteeredRelay {
+                sock: std_sock,
+                local,
+                shared: Arc::clone(&self.shared),
+            })
         } else {
             let sock = Rc::new(register(std_sock).map_err(|_| RelayError::NoCapacity)?);
             let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
@@ -344,15 +366,9 @@ impl Io for WorkerIo {
         let entry = self.relays.get_mut(slot(alloc));
         if let Some(r) = entry.and_then(|r| r.take_if(|r| r.id == alloc)) {
             self.shared.handoffs.clear_relay(&r.local, alloc);
-            match r.sock {
-                RelaySocket::Polled(_, task) => task.abort(),
-                // Before the socket closes: its port may go to another
-                // worker's allocation, or to another program.
-                RelaySocket::Steered(_) => {
-                    if let Some(s) = &self.shared.steering[usize::from(r.local.is_ipv6())] {
-                        let _ = s.clear(r.local.port());
-                    }
-                }
+            // A steered relay clears its steering as it drops.
+            if let RelaySocket::Polled(_, task) = r.sock {
+                task.abort();
             }
         }
     }
