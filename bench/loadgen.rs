@@ -605,7 +605,7 @@ fn upstream_for(
         (Upstream::Steered, Some(receiver), Some(steering)) => {
             let (port, sock) = loop {
                 let port = f.how.next_port.fetch_add(1, Ordering::Relaxed);
-                if port > STEERED_PORTS.1 {
+                if !(STEERED_PORTS.0..=STEERED_PORTS.1).contains(&port) {
                     bail!("steered ports exhausted");
                 }
                 if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)) {
