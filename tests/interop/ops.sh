@@ -25,13 +25,20 @@ ops_traffic() {
 case_ops_promtool_metrics() {
   ops_traffic 20
   wait "$TRAFFIC_PID" 2>/dev/null
-  local page out
-  page=$(curl -fsS "http://127.0.0.1:$OPS_ADMIN/metrics") || { REASON="no /metrics"; return 1; }
+  local page out deadline=$((SECONDS + 5))
+  # Workers publish their counters once a second: poll until the traffic
+  # shows (or 5 s pass).
+  while :; do
+    page=$(curl -fsS "http://127.0.0.1:$OPS_ADMIN/metrics") || { REASON="no /metrics"; return 1; }
+    grep -q '^tern_relayed_packets_total{direction="peer_to_client",transport="udp"} [1-9]' <<<"$page" && break
+    if [ $SECONDS -ge $deadline ]; then
+      REASON="no relayed packets counted; uclient: $(tail -2 "$WORK/ops-traffic.log" | tr '\n' ' ')"; return 1
+    fi
+    sleep 0.2
+  done
   if ! out=$(promtool check metrics <<<"$page" 2>&1); then
     REASON="promtool: $(head -3 <<<"$out" | tr '\n' ' ')"; return 1
   fi
-  grep -q '^tern_relayed_packets_total{direction="peer_to_client",transport="udp"} [1-9]' <<<"$page" \
-    || { REASON="no relayed packets counted"; return 1; }
 }
 
 case_ops_promtool_rules() {
