@@ -637,43 +637,51 @@ async fn relay_loop(w: Rc<Worker>, alloc: AllocId, sock: Rc<Udp>) {
 /// Datagrams for every steered relay of this worker (see `sklookup`),
 /// each handed to the allocation whose relay port it was sent to.
 async fn steered_loop(w: Rc<Worker>, sock: Rc<Udp>) {
-    let shared = Arc::clone(&w.shared);
-    batch::receive_batches(&sock, &w.rx, PEER_HEADROOM, RECV_ROUNDS, |rx, n| {
-        let mut io = w.io.borrow_mut();
-        let mut core = w.core();
-        let now = now();
+    let handoffs = &w.shared.handoffs;
+    batch_loop(&w, &sock, PEER_HEADROOM, |core, io, now, rx, n| {
         core.stats.steered += n as u64;
         for i in 0..n {
             let to = rx.destination(i);
             let (buf, len, from) = rx.slot(i);
             // A relay closed meanwhile drops it (as its socket would have).
-            let Some((alloc, peer)) = to.and_then(|to| shared.handoffs.relay(&to)).zip(from) else {
+            let Some((alloc, peer)) = to.and_then(|to| handoffs.relay(&to)).zip(from) else {
                 continue;
             };
             let payload = PEER_HEADROOM..PEER_HEADROOM + len;
-            core.on_peer(now, alloc, peer, buf, payload, &mut *io);
+            core.on_peer(now, alloc, peer, buf, payload, io);
         }
     })
     .await;
 }
 
-/// Receive datagrams into the worker's slots at `offset` (see
-/// [`batch::receive_batches`]) and hand each to `handle(core, io, now,
-/// slot, length, source)`, taking the core and reading the clock once per
-/// batch.
+/// Receive datagrams into the worker's slots at `offset` and hand each to
+/// `handle(core, io, now, slot, length, source)` (see [`batch_loop`]).
 async fn datagram_loop(
     w: &Worker,
     sock: &Udp,
     offset: usize,
     mut handle: impl FnMut(&mut Core, &mut WorkerIo, Now, &mut [u8], usize, SocketAddr),
 ) {
+    batch_loop(w, sock, offset, |core, io, now, rx, n| {
+        rx.each(n, |buf, len, from| handle(core, io, now, buf, len, from));
+    })
+    .await;
+}
+
+/// Receive batches into the worker's slots at `offset` (see
+/// [`batch::receive_batches`]) and hand each whole to `handle(core, io,
+/// now, batch, count)`, taking the core and reading the clock once per
+/// batch.
+async fn batch_loop(
+    w: &Worker,
+    sock: &Udp,
+    offset: usize,
+    mut handle: impl FnMut(&mut Core, &mut WorkerIo, Now, &mut RecvBatch, usize),
+) {
     batch::receive_batches(sock, &w.rx, offset, RECV_ROUNDS, |rx, n| {
         let mut io = w.io.borrow_mut();
         let mut core = w.core();
-        let now = now();
-        rx.each(n, |buf, len, from| {
-            handle(&mut core, &mut io, now, buf, len, from)
-        });
+        handle(&mut core, &mut io, now(), rx, n);
     })
     .await;
 }
