@@ -137,17 +137,20 @@ impl RecvBatch {
             }
             self.aimed = Some(offset);
         }
-        // The kernel rewrites the address length of each header it fills.
+        // The kernel rewrites the address and control lengths of each
+        // header it fills.
+        let control_len = if self.control.is_some() {
+            size_of::<[u64; CONTROL_WORDS]>()
+        } else {
+            0
+        };
         for h in &mut self.hdrs[..self.used] {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        }
-        if self.control.is_some() {
-            for h in &mut self.hdrs[..self.used] {
-                h.msg_hdr.msg_controllen = CONTROL_WORDS * 8;
-            }
+            h.msg_hdr.msg_controllen = control_len;
         }
         // SAFETY: every header points at a live iovec and name buffer of
-        // the stated sizes, all owned by `self` (see `new`).
+        // the stated sizes, and at a control buffer of `control_len` (or
+        // none), all owned by `self` (see `new`).
         let n = unsafe {
             libc::recvmmsg(
                 fd,
