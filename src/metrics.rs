@@ -15,10 +15,9 @@ use prometheus::{
 
 use crate::core::Stats;
 use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, HandoffPath, Rejection};
-use crate::io::Shared;
+use crate::io::{FAMILIES, Shared};
 
 const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
-const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
 const DIRECTIONS: [&str; 2] = ["client_to_peer", "peer_to_client"];
 
 /// Render the text exposition of every metric.

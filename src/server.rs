@@ -133,7 +133,7 @@ impl Server {
         shared.socket_buffer_bytes = config.socket_buffer_bytes;
         if config.relay_steering != Steering::Off {
             let errors = shared.steer();
-            let families: Vec<&str> = ["ipv4", "ipv6"]
+            let families: Vec<&str> = crate::io::FAMILIES
                 .into_iter()
                 .zip(&shared.steering)
                 .filter_map(|(f, s)| s.as_ref().map(|_| f))

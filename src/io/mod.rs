@@ -45,6 +45,10 @@ use batch::{RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use handoff::{Batch, Handoffs};
 use ports::RelayPorts;
 
+/// Names of the address families, in the order of every per-family array
+/// (`[IPv4, IPv6]`, e.g. [`Shared::steering`]).
+pub const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
+
 /// `recvmmsg` calls per readiness event before yielding to other tasks.
 const RECV_ROUNDS: usize = 4;
 /// Receive slot: headroom for re-framing, the largest UDP payload, padding.
