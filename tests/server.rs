@@ -64,6 +64,16 @@ fn none() -> Vec<Box<dyn Setter>> {
     vec![]
 }
 
+/// The extra Allocate attributes asking for an IPv6 relay with `v6`, none
+/// (IPv4, the default) without.
+fn family(v6: bool) -> fn() -> Vec<Box<dyn Setter>> {
+    if v6 {
+        || vec![Box::new(REQUESTED_FAMILY_IPV6)]
+    } else {
+        none
+    }
+}
+
 fn binding(c: &mut RawClient) -> SocketAddr {
     let raw = c.build(method::BINDING, vec![], false);
     let m = c.transact(&raw);
@@ -134,11 +144,7 @@ async fn turn_crate_client_relays_to_a_peer() {
 
 /// Permission, Send/Data indications and channels, over one transport.
 fn relay_round_trips(c: &mut RawClient, v6: bool) {
-    let relayed = if v6 {
-        allocate(c, || vec![Box::new(REQUESTED_FAMILY_IPV6)])
-    } else {
-        allocate(c, none)
-    };
+    let relayed = allocate(c, family(v6));
     assert_eq!(relayed.is_ipv6(), v6);
     let p = peer_socket(v6);
     let paddr = p.local_addr().unwrap();
@@ -260,11 +266,7 @@ fn a_closed_steered_relay_gives_its_port_back() {
     for v6 in [false, true] {
         let server = if v6 { s.udp6() } else { s.udp4() };
         let mut c = RawClient::udp(server, "alice", "wonderland");
-        let relayed = if v6 {
-            allocate(&mut c, || vec![Box::new(REQUESTED_FAMILY_IPV6)])
-        } else {
-            allocate(&mut c, none)
-        };
+        let relayed = allocate(&mut c, family(v6));
         let m = c.request(method::REFRESH, || vec![Box::new(Lifetime(Duration::ZERO))]);
         assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
         // The port is free again, and what is sent to it reaches whoever
@@ -351,11 +353,6 @@ fn relay_to_relay(workers: usize, rounds: usize, b_tcp: bool, v6: bool) -> TestS
     } else {
         (s.udp4(), s.tcp4())
     };
-    let family: fn() -> Vec<Box<dyn Setter>> = if v6 {
-        || vec![Box::new(REQUESTED_FAMILY_IPV6)]
-    } else {
-        none
-    };
     for round in 0..rounds {
         let mut a = RawClient::udp(udp, "alice", "wonderland");
         let mut b = if b_tcp {
@@ -363,7 +360,7 @@ fn relay_to_relay(workers: usize, rounds: usize, b_tcp: bool, v6: bool) -> TestS
         } else {
             RawClient::udp(udp, "bob", "builder")
         };
-        relay_pair(&s, &mut a, &mut b, family, round == 0);
+        relay_pair(&s, &mut a, &mut b, family(v6), round == 0);
     }
     s
 }
