@@ -34,7 +34,7 @@ use stun::attributes::{ATTR_NONCE, ATTR_REALM};
 use stun::error_code::ErrorCodeAttribute;
 use stun::message::{CLASS_SUCCESS_RESPONSE, Getter, Message, Setter};
 use stun::textattrs::TextAttribute;
-use tern::io::batch::{RecvBatch, SendQueue, receive_batches, receive_loop};
+use tern::io::batch::{RecvBatch, SendQueue, receive_batches};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use turn::proto::channum::ChannelNumber;
@@ -661,4 +661,17 @@ fn on_local_runtime<T>(task: impl std::future::Future<Output = Result<T>>) -> Re
         .enable_all()
         .build()?;
     tokio::task::LocalSet::new().block_on(&rt, task)
+}
+
+/// Read `sock` until it fails, handing each datagram (at `offset` in its
+/// slot) to `handle(slot, length, source)` (see
+/// [`tern::io::batch::receive_batches`]).
+async fn receive_loop(
+    sock: &AsyncFd<UdpSocket>,
+    rx: &RefCell<RecvBatch>,
+    offset: usize,
+    rounds: usize,
+    mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
+) {
+    receive_batches(sock, rx, offset, rounds, |rx, n| rx.each(n, &mut handle)).await;
 }

@@ -44,7 +44,7 @@ struct Sink {
     to_client: usize,
     to_peer: usize,
     last_answer: Vec<u8>,
-    last_alloc: AllocId,
+    last_alloc: Option<AllocId>,
 }
 
 impl Io for Sink {
@@ -59,7 +59,7 @@ impl Io for Sink {
         self.to_peer += black_box(bytes).len().min(1);
     }
     fn open_relay(&mut self, alloc: AllocId, _: &RelayRequest) -> Result<RelayGrant, RelayError> {
-        self.last_alloc = alloc;
+        self.last_alloc = Some(alloc);
         Ok(RelayGrant {
             local: SocketAddr::from(([192, 0, 2, 1], 50_000)),
             token: None,
@@ -159,7 +159,7 @@ fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
             core.on_client(now, &client, &req.unwrap(), &mut io);
             assert_eq!(io.last_answer[0] & 0x01, 0x01, "request {i} failed");
         }
-        sessions.push((client, io.last_alloc));
+        sessions.push((client, io.last_alloc.expect("an allocation was made")));
     }
     assert_eq!(core.allocation_count(), n);
     (core, sessions, io)

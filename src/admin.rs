@@ -4,13 +4,12 @@
 //! loopback by default.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::io::Shared;
+use crate::metrics::Board;
 
 /// A worker that has not ticked for this long is unhealthy.
 pub const HEALTH_WINDOW: Duration = Duration::from_secs(5);
@@ -20,7 +19,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONCURRENT: usize = 32;
 
 /// Serve admin requests until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, board: Arc<Board>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -29,15 +28,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = Arc::clone(&shared);
+        let board = Arc::clone(&board);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &shared)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &board)).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, board: &Board) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -58,10 +57,10 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         (b"GET", b"/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(shared),
+            crate::metrics::render(board),
         ),
         (b"GET", b"/healthz") => {
-            if shared.healthy(HEALTH_WINDOW) {
+            if board.healthy(HEALTH_WINDOW) {
                 ("200 OK", "text/plain", "ok\n".to_owned())
             } else {
                 (
@@ -72,7 +71,7 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
         }
         (b"GET", b"/readyz") => {
-            if shared.ready.load(Ordering::Relaxed) {
+            if board.ready() {
                 ("200 OK", "text/plain", "ready\n".to_owned())
             } else {
                 (

@@ -1,12 +1,16 @@
 //! Start-up and shutdown: bind every listener, build one [`Core`] per
-//! worker thread, serve until the shutdown future completes.
+//! worker thread, serve until told to stop (a [`Control`] or the shutdown
+//! future), then close every allocation.
+//!
+//! Start-up refuses an address another process already serves (each
+//! listener group is probed with a bind that does not share the port
+//! first), waits until every worker's loop has turned while watching for
+//! a worker that fails and for a signal, and only then reports ready.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, watch};
 
@@ -14,47 +18,48 @@ use crate::auth::{Credentials, NonceIssuer};
 use crate::config::{Config, Steering};
 use crate::core::{Core, CoreConfig, Quotas};
 use crate::io::ports::RelayPorts;
-use crate::io::{Shared, Worker, net};
+use crate::io::{IoSettings, Phase, Shared, WorkerState, net};
+use crate::metrics::Board;
 use crate::policy::PeerPolicy;
+pub use crate::shutdown::Control;
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A listener address could not be bound.
     #[error("cannot bind {transport} listener {addr}: {source}")]
     Bind {
+        /// `udp`, `tcp` or `admin http`.
         transport: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// What the kernel said.
         source: std::io::Error,
     },
+    /// Another process already serves a listener address.
+    #[error(
+        "{transport} listener {addr} is already in use by another process (is another tern or TURN server running?)"
+    )]
+    InUse {
+        /// `udp` or `tcp`.
+        transport: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// No listener address could be bound at all.
     #[error("no listener could be bound")]
     NoListener,
+    /// Neither relay family has a usable address.
     #[error("no relay address: both relay.address-ipv4 and relay.address-ipv6 are unusable")]
     NoRelayAddress,
+    /// `relay.steering = "on"` and steering could not be attached.
     #[error(
         "relay.steering = \"on\" but BPF sk_lookup cannot be attached ({0}); it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN"
     )]
     Steering(std::io::Error),
+    /// A worker thread could not start, failed or panicked.
     #[error("worker thread failed: {0}")]
     Worker(std::io::Error),
-}
-
-/// What the operator asks of a running server (signals map onto these).
-#[derive(Debug)]
-pub enum Control {
-    /// Swap in a new configuration (SIGHUP); live allocations are kept.
-    Reload(Box<Config>),
-    /// Stop taking allocations, let live ones finish (SIGTERM).
-    Drain,
-    /// Close everything now (SIGINT, or a second SIGTERM).
-    Stop,
-}
-
-/// The phase a server is in; workers watch it.
-#[derive(Debug, Clone)]
-pub struct WorkerState {
-    pub config: Arc<CoreConfig>,
-    pub draining: bool,
-    pub stopping: bool,
 }
 
 /// A server whose sockets are bound, ready to [`Server::run`].
@@ -71,7 +76,25 @@ pub struct Server {
     core_config: Arc<CoreConfig>,
     quotas: Arc<Quotas>,
     shared: Arc<Shared>,
+    board: Arc<Board>,
 }
+
+/// The worker threads of a running server, and word of each one ending.
+struct Workers {
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Each thread sends its index here as it ends.
+    ended: mpsc::UnboundedReceiver<usize>,
+}
+
+/// How start-up ended.
+enum Start {
+    Serving,
+    /// A stop (or drain) was asked for before every worker served.
+    Stopped,
+    /// A worker ended before every worker served.
+    WorkerEnded,
+}
+
 impl Server {
     /// Bind every listener (port 0 is allowed: workers share the port the
     /// first bind got) and prepare the workers.
@@ -80,38 +103,12 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let best_effort = config.listen_best_effort;
-        let udp_bind = |a| net::udp_listener(a, config.socket_buffer_bytes);
-        let (udp_addrs, udp) = bind_all(&config.listen_udp, workers, best_effort, "udp", udp_bind)?;
-        let (tcp_addrs, tcp) = bind_all(
-            &config.listen_tcp,
-            workers,
-            best_effort,
-            "tcp",
-            net::tcp_listener,
-        )?;
-        if let Some(s) = udp.first().and_then(|w| w.first()) {
-            let granted = net::recv_buffer(s);
-            if granted < config.socket_buffer_bytes {
-                tracing::warn!(
-                    asked = config.socket_buffer_bytes,
-                    granted,
-                    "UDP listener buffers are capped by net.core.rmem_max/wmem_max, so \
-                     bursts drop packets: raise them (deploy/sysctl/90-tern.conf) or run \
-                     with CAP_NET_ADMIN"
-                );
-            }
-        }
-        let sockets: Vec<_> = udp.into_iter().zip(tcp).collect();
-        if udp_addrs.is_empty() && tcp_addrs.is_empty() {
-            return Err(ServerError::NoListener);
-        }
+        let (udp_addrs, tcp_addrs, sockets) = bind_listeners(&config, workers)?;
         let v4 = net::resolve_relay(config.relay_ipv4, true);
         let v6 = net::resolve_relay(config.relay_ipv6, false);
         if v4.is_none() && v6.is_none() {
             return Err(ServerError::NoRelayAddress);
         }
-        let ports = RelayPorts::new(v4, v6, config.relay_ports);
         let mut own_ips: Vec<IpAddr> = net::interface_addresses();
         own_ips.extend(udp_addrs.iter().chain(&tcp_addrs).map(SocketAddr::ip));
         let nonce_key: [u8; 32] = rand::random();
@@ -123,41 +120,20 @@ impl Server {
                 addr: config.admin_listen,
                 source,
             })?;
-        let mut shared = Shared::new(
-            ports,
+        let board = Arc::new(Board::new(workers));
+        board.set_allocations_limit(config.limits.max_allocations);
+        let settings = IoSettings {
             workers,
-            config.max_tcp_connections,
-            config.limits.max_allocations,
-            config.tcp_idle_timeout,
-        );
-        shared.socket_buffer_bytes = config.socket_buffer_bytes;
+            socket_buffer_bytes: config.socket_buffer_bytes,
+            max_tcp_connections: config.max_tcp_connections,
+            max_tcp_connections_per_ip: config.max_tcp_connections_per_ip,
+            tcp_idle_timeout: config.tcp_idle_timeout,
+        };
+        let ports = RelayPorts::new(v4, v6, config.relay_ports);
+        let mut shared = Shared::new(ports, settings, Arc::clone(&board));
         if config.relay_steering != Steering::Off {
-            let errors = shared.steer();
-            let families: Vec<&str> = crate::io::FAMILIES
-                .into_iter()
-                .zip(&shared.steering)
-                .filter_map(|(f, s)| s.as_ref().map(|_| f))
-                .collect();
-            if !families.is_empty() {
-                tracing::info!(
-                    families = %families.join(","),
-                    "relay receive steering on (BPF sk_lookup)"
-                );
-            }
-            if let Some(e) = errors.into_iter().next() {
-                if config.relay_steering == Steering::On {
-                    return Err(ServerError::Steering(e));
-                }
-                tracing::info!(
-                    error = %e,
-                    "relay receive steering (BPF sk_lookup) unavailable, each relay socket is read on its own: it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN (relay.steering = \"off\" silences this)"
-                );
-            }
+            steer(&mut shared, config.relay_steering)?;
         }
-        let shared = Arc::new(shared);
-        shared
-            .max_tcp_connections_per_ip
-            .store(config.max_tcp_connections_per_ip, Ordering::Relaxed);
         Ok(Self {
             config,
             sockets,
@@ -169,7 +145,8 @@ impl Server {
             nonce_key,
             core_config,
             quotas: Arc::new(Quotas::default()),
-            shared,
+            shared: Arc::new(shared),
+            board,
         })
     }
 
@@ -185,7 +162,7 @@ impl Server {
 
     /// The relay IPs in use, per family.
     pub fn relay_addresses(&self) -> (Option<IpAddr>, Option<IpAddr>) {
-        self.shared.ports.addresses()
+        self.shared.relay_addresses()
     }
 
     /// The configuration being served.
@@ -193,9 +170,15 @@ impl Server {
         &self.config
     }
 
-    /// Counters and gauges shared with the workers (for metrics and tests).
+    /// The state the workers share (e.g. which worker owns a relay).
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
+    }
+
+    /// What the workers publish: readiness, health, counters (for
+    /// metrics and tests).
+    pub fn board(&self) -> Arc<Board> {
+        Arc::clone(&self.board)
     }
 
     /// The bound admin HTTP address.
@@ -215,107 +198,110 @@ impl Server {
     }
 
     /// Serve, obeying `control`: reload, drain, stop. Returns when stopped
-    /// (or when `control` closes).
+    /// (or when `control` closes); an error when a worker failed.
     pub async fn run_with(
         mut self,
         mut control: mpsc::Receiver<Control>,
     ) -> Result<(), ServerError> {
-        let state = WorkerState {
+        let (tx, rx) = watch::channel(WorkerState {
             config: Arc::clone(&self.core_config),
-            draining: false,
-            stopping: false,
-        };
-        let (tx, rx) = watch::channel(state);
-        let threads = self.spawn_workers(&rx)?;
+            phase: Phase::Serving,
+        });
+        let mut workers = self.spawn_workers(&rx)?;
         let admin =
             tokio::net::TcpListener::from_std(self.admin.try_clone().map_err(ServerError::Worker)?)
                 .map_err(ServerError::Worker)?;
-        let admin_task = tokio::spawn(crate::admin::serve(admin, Arc::clone(&self.shared)));
-        self.wait_until_serving().await;
-        tracing::info!(
-            udp = ?self.udp_addrs,
-            tcp = ?self.tcp_addrs,
-            admin = ?self.admin_addr(),
-            workers = threads.len(),
-            "tern serving"
-        );
-        crate::notify::notify("READY=1");
-        let watchdog = crate::notify::watchdog_interval().map(|every| {
-            let shared = Arc::clone(&self.shared);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    if shared.healthy(crate::admin::HEALTH_WINDOW) {
-                        crate::notify::notify("WATCHDOG=1");
-                    }
-                }
-            })
-        });
-        let mut drain_deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let drained = async {
-                match drain_deadline {
-                    Some(deadline) => {
-                        let mut poll = tokio::time::interval(Duration::from_millis(250));
-                        loop {
-                            poll.tick().await;
-                            // The quota count is exact at every moment; the
-                            // per-worker gauges lag by up to a tick.
-                            if self.quotas.total() == 0 || tokio::time::Instant::now() >= deadline {
-                                return;
-                            }
-                        }
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                msg = control.recv() => match msg {
-                    Some(Control::Reload(config)) => self.reload(*config, &tx),
-                    Some(Control::Drain) if drain_deadline.is_none() => {
-                        tracing::info!(timeout_seconds = self.config.drain_timeout.as_secs(), "draining");
-                        crate::notify::notify("STOPPING=1");
-                        self.shared.ready.store(false, Ordering::Relaxed);
-                        tx.send_modify(|s| s.draining = true);
-                        drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
-                    }
-                    Some(Control::Drain | Control::Stop) | None => break,
-                },
-                () = drained => {
-                    tracing::info!(left = self.quotas.total(), "drain finished");
-                    break;
-                }
+        let admin_task = tokio::spawn(crate::admin::serve(admin, Arc::clone(&self.board)));
+        let start = self
+            .wait_until_serving(&mut workers, &mut control, &tx)
+            .await;
+        if let Start::Serving = start {
+            tracing::info!(
+                udp = ?self.udp_addrs,
+                tcp = ?self.tcp_addrs,
+                admin = ?self.admin_addr(),
+                workers = workers.threads.len(),
+                "tern serving"
+            );
+            crate::notify::notify("READY=1");
+            let watchdog = crate::notify::watchdog_interval()
+                .map(|every| tokio::spawn(watchdog(Arc::clone(&self.board), every)));
+            self.serve(&mut workers, &mut control, &tx).await;
+            if let Some(w) = watchdog {
+                w.abort();
             }
         }
         tracing::info!("shutting down");
         crate::notify::notify("STOPPING=1");
-        self.shared.ready.store(false, Ordering::Relaxed);
-        tx.send_modify(|s| s.stopping = true);
+        self.board.set_ready(false);
+        tx.send_modify(|s| s.phase = Phase::Stopping);
         admin_task.abort();
-        if let Some(w) = watchdog {
-            w.abort();
-        }
-        let mut result = Ok(());
-        for (thread, done) in threads {
-            let _ = done.await;
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(ServerError::Worker(e)),
-                Err(_) => {
-                    result = Err(ServerError::Worker(std::io::Error::other(
-                        "worker panicked",
-                    )))
+        workers.join().await
+    }
+
+    /// Obey `control` until told to stop, a drain finishes or a worker
+    /// ends.
+    async fn serve(
+        &mut self,
+        workers: &mut Workers,
+        control: &mut mpsc::Receiver<Control>,
+        tx: &watch::Sender<WorkerState>,
+    ) {
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                msg = control.recv() => match msg {
+                    Some(Control::Reload(config)) => self.reload(*config, tx),
+                    Some(Control::Drain) if drain_deadline.is_none() => {
+                        tracing::info!(timeout_seconds = self.config.drain_timeout.as_secs(), "draining");
+                        crate::notify::notify("STOPPING=1");
+                        self.board.set_ready(false);
+                        tx.send_modify(|s| s.phase = Phase::Draining);
+                        drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
+                    }
+                    Some(Control::Drain | Control::Stop) | None => return,
+                },
+                () = drained(&self.quotas, drain_deadline) => {
+                    tracing::info!(left = self.quotas.total(), "drain finished");
+                    return;
+                }
+                Some(index) = workers.ended.recv() => {
+                    tracing::error!(worker = index, "a worker ended unexpectedly; stopping");
+                    return;
                 }
             }
         }
-        result
     }
 
-    fn spawn_workers(
+    /// Wait until every worker's loop has turned once, then mark ready;
+    /// meanwhile obey `control` and watch for a worker ending.
+    async fn wait_until_serving(
         &mut self,
-        rx: &watch::Receiver<WorkerState>,
-    ) -> Result<Vec<WorkerThread>, ServerError> {
+        workers: &mut Workers,
+        control: &mut mpsc::Receiver<Control>,
+        tx: &watch::Sender<WorkerState>,
+    ) -> Start {
+        let mut poll = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tokio::select! {
+                _ = poll.tick() => if self.board.all_ticked() {
+                    self.board.set_ready(true);
+                    return Start::Serving;
+                },
+                msg = control.recv() => match msg {
+                    Some(Control::Reload(config)) => self.reload(*config, tx),
+                    Some(Control::Drain | Control::Stop) | None => return Start::Stopped,
+                },
+                Some(index) = workers.ended.recv() => {
+                    tracing::error!(worker = index, "a worker ended during start-up");
+                    return Start::WorkerEnded;
+                }
+            }
+        }
+    }
+
+    fn spawn_workers(&mut self, rx: &watch::Receiver<WorkerState>) -> Result<Workers, ServerError> {
+        let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut threads = Vec::new();
         for (index, (udp, tcp)) in std::mem::take(&mut self.sockets).into_iter().enumerate() {
             let core = Core::new(
@@ -323,36 +309,22 @@ impl Server {
                 Arc::clone(&self.quotas),
                 u16::try_from(index).unwrap_or(u16::MAX),
                 rand::random(),
-                self.shared.started,
+                self.board.started(),
             );
             let shared = Arc::clone(&self.shared);
             let rx = rx.clone();
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let ended_tx = ended_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tern-worker-{index}"))
                 .spawn(move || {
-                    let result = worker_thread(index, core, shared, udp, tcp, rx);
-                    let _ = done_tx.send(());
+                    let result = crate::io::run(index, core, shared, udp, tcp, rx);
+                    let _ = ended_tx.send(index);
                     result
                 })
                 .map_err(ServerError::Worker)?;
-            threads.push((thread, done_rx));
+            threads.push(thread);
         }
-        Ok(threads)
-    }
-
-    /// Wait until every worker's loop has turned once, then mark ready.
-    async fn wait_until_serving(&self) {
-        let mut poll = tokio::time::interval(Duration::from_millis(5));
-        while !self
-            .shared
-            .last_tick_ms
-            .iter()
-            .all(|t| t.load(Ordering::Relaxed) > 0)
-        {
-            poll.tick().await;
-        }
-        self.shared.ready.store(true, Ordering::Relaxed);
+        Ok(Workers { threads, ended })
     }
 
     /// Apply a new configuration: credentials, peer policy, limits and
@@ -391,14 +363,8 @@ impl Server {
             self.nonce_key,
         ));
         self.shared
-            .max_tcp_connections
-            .store(new.max_tcp_connections, Ordering::Relaxed);
-        self.shared
-            .max_tcp_connections_per_ip
-            .store(new.max_tcp_connections_per_ip, Ordering::Relaxed);
-        self.shared
-            .max_allocations
-            .store(new.limits.max_allocations, Ordering::Relaxed);
+            .set_tcp_limits(new.max_tcp_connections, new.max_tcp_connections_per_ip);
+        self.board.set_allocations_limit(new.limits.max_allocations);
         tx.send_modify(|s| s.config = Arc::clone(&cfg));
         self.core_config = cfg;
         tracing::info!(source = %new.source, "configuration reloaded");
@@ -406,14 +372,121 @@ impl Server {
     }
 }
 
-type WorkerThread = (
-    std::thread::JoinHandle<std::io::Result<()>>,
-    tokio::sync::oneshot::Receiver<()>,
-);
+impl Workers {
+    /// Wait for every worker to end (they have been told to stop); the
+    /// first failure is the result.
+    async fn join(mut self) -> Result<(), ServerError> {
+        for _ in 0..self.threads.len() {
+            if self.ended.recv().await.is_none() {
+                break;
+            }
+        }
+        let mut result = Ok(());
+        for thread in self.threads {
+            let outcome = match thread.join() {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::other("worker panicked")),
+            };
+            if let (Ok(()), Err(e)) = (&result, outcome) {
+                result = Err(ServerError::Worker(e));
+            }
+        }
+        result
+    }
+}
 
-/// Bind every address in `addrs` once per worker. Returns the bound
-/// addresses and, per worker, its sockets. With `best_effort` an address that
-/// cannot be bound is skipped with a warning.
+/// Completes when every allocation is gone or `deadline` passes; never
+/// without a deadline (not draining).
+async fn drained(quotas: &Quotas, deadline: Option<tokio::time::Instant>) {
+    let Some(deadline) = deadline else {
+        return std::future::pending().await;
+    };
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        poll.tick().await;
+        // The quota count is exact at every moment; the per-worker gauges
+        // lag by up to a tick.
+        if quotas.total() == 0 || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
+/// Tell systemd the server is alive, every `every`, while every worker's
+/// loop keeps turning.
+async fn watchdog(board: Arc<Board>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if board.healthy(crate::admin::HEALTH_WINDOW) {
+            crate::notify::notify("WATCHDOG=1");
+        }
+    }
+}
+
+/// Attach relay steering to `shared`, logging which families have it;
+/// with `on`, failing to is an error.
+fn steer(shared: &mut Shared, mode: Steering) -> Result<(), ServerError> {
+    let errors = shared.steer();
+    let families: Vec<&str> = shared
+        .steered_families()
+        .into_iter()
+        .map(|f| f.label())
+        .collect();
+    if !families.is_empty() {
+        tracing::info!(
+            families = %families.join(","),
+            "relay receive steering on (BPF sk_lookup)"
+        );
+    }
+    if let Some(e) = errors.into_iter().next() {
+        if mode == Steering::On {
+            return Err(ServerError::Steering(e));
+        }
+        tracing::info!(
+            error = %e,
+            "relay receive steering (BPF sk_lookup) unavailable, each relay socket is read on its own: it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN (relay.steering = \"off\" silences this)"
+        );
+    }
+    Ok(())
+}
+
+/// Per worker: its UDP and TCP listener sockets.
+type WorkerSockets = Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)>;
+
+/// Bind every UDP and TCP listener of `config` once per worker; warn when
+/// the kernel caps the UDP buffers below what was asked.
+fn bind_listeners(
+    config: &Config,
+    workers: usize,
+) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>, WorkerSockets), ServerError> {
+    let best_effort = config.listen_best_effort;
+    let udp_bind = |a| net::udp_listener(a, config.socket_buffer_bytes);
+    let (udp_addrs, udp) = bind_all(&config.listen_udp, workers, best_effort, "udp", udp_bind)?;
+    let tcp_bind = net::tcp_listener;
+    let (tcp_addrs, tcp) = bind_all(&config.listen_tcp, workers, best_effort, "tcp", tcp_bind)?;
+    if let Some(s) = udp.first().and_then(|w| w.first()) {
+        let granted = net::recv_buffer(s);
+        if granted < config.socket_buffer_bytes {
+            tracing::warn!(
+                asked = config.socket_buffer_bytes,
+                granted,
+                "UDP listener buffers are capped by net.core.rmem_max/wmem_max, so \
+                 bursts drop packets: raise them (deploy/sysctl/90-tern.conf) or run \
+                 with CAP_NET_ADMIN"
+            );
+        }
+    }
+    if udp_addrs.is_empty() && tcp_addrs.is_empty() {
+        return Err(ServerError::NoListener);
+    }
+    Ok((udp_addrs, tcp_addrs, udp.into_iter().zip(tcp).collect()))
+}
+
+/// Bind every address in `addrs` once per worker, after checking that no
+/// other process serves it. Returns the bound addresses and, per worker,
+/// its sockets. With `best_effort` an address that cannot be bound is
+/// skipped with a warning; one in use is an error all the same.
 fn bind_all<S: LocalAddr>(
     addrs: &[SocketAddr],
     workers: usize,
@@ -424,12 +497,21 @@ fn bind_all<S: LocalAddr>(
     let mut bound = Vec::new();
     let mut per_worker: Vec<Vec<S>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in addrs {
-        match bind_for_workers(*addr, workers, &bind) {
+        let tcp = transport == "tcp";
+        let group = net::probe_unused(*addr, tcp)
+            .and_then(|probed| bind_for_workers(probed, workers, &bind));
+        match group {
             Ok((actual, socks)) => {
                 bound.push(actual);
                 for (w, s) in socks.into_iter().enumerate() {
                     per_worker[w].push(s);
                 }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(ServerError::InUse {
+                    transport,
+                    addr: *addr,
+                });
             }
             Err(e) if best_effort => {
                 tracing::warn!(%addr, error = %e, "{transport} listener skipped")
@@ -478,26 +560,6 @@ impl LocalAddr for std::net::TcpListener {
     fn local(&self) -> std::io::Result<SocketAddr> {
         self.local_addr()
     }
-}
-
-fn worker_thread(
-    index: usize,
-    core: Core,
-    shared: Arc<Shared>,
-    udp: Vec<std::net::UdpSocket>,
-    tcp: Vec<std::net::TcpListener>,
-    state: watch::Receiver<WorkerState>,
-) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    let worker = Worker::new(index, core, shared);
-    let result = local.block_on(&rt, worker.run(udp, tcp, state));
-    // Dropping the LocalSet cancels the worker's remaining tasks.
-    drop(local);
-    rt.shutdown_timeout(Duration::from_secs(1));
-    result
 }
 
 /// What the core needs from a configuration.

@@ -9,7 +9,17 @@ use tokio::signal::unix::{SignalKind, signal as unix_signal};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::server::Control;
+
+/// What the operator asks of a running server (signals map onto these).
+#[derive(Debug)]
+pub enum Control {
+    /// Swap in a new configuration (SIGHUP); live allocations are kept.
+    Reload(Box<Config>),
+    /// Stop taking allocations, let live ones finish (SIGTERM).
+    Drain,
+    /// Close everything now (SIGINT, or a second SIGTERM).
+    Stop,
+}
 
 /// Register SIGTERM and SIGINT handlers now (so a signal that arrives
 /// before the server starts waiting is not lost) and return a future that

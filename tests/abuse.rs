@@ -35,7 +35,7 @@ fn a_flood_of_malformed_datagrams_does_not_stop_binding_answers() {
         let _ = flood.send_to(&junk[..(i as usize % 64) + 1], s.udp4());
     }
     assert!(binding_ok(s.udp4()));
-    assert!(wait_until(TIMEOUT, || s.shared.total_stats().dropped
+    assert!(wait_until(TIMEOUT, || s.board.total().core.dropped
         [DropReason::Malformed as usize]
         > 0));
 }
@@ -69,7 +69,7 @@ fn unauthenticated_allocates_from_many_ports_leave_memory_flat() {
         }
     };
     let handled = |s: &TestServer| {
-        let st = s.shared.total_stats();
+        let st = s.board.total().core;
         st.auth_failures[0] + st.dropped[DropReason::RateLimited as usize]
     };
     send_round(200, &mut req);
@@ -90,7 +90,7 @@ fn unauthenticated_allocates_from_many_ports_leave_memory_flat() {
         after - before
     );
     // Most answers to one source IP were rate-limited, and tern still serves.
-    assert!(s.shared.total_stats().dropped[DropReason::RateLimited as usize] > 10_000);
+    assert!(s.board.total().core.dropped[DropReason::RateLimited as usize] > 10_000);
     assert!(wait_until(TIMEOUT, || binding_ok(s.udp4())));
 }
 

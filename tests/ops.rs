@@ -146,7 +146,7 @@ fn metrics_health_and_readiness_are_served() {
 fn drain_refuses_new_allocations_and_waits_for_live_ones() {
     let s = TestServer::start(ALLOW_LOOPBACK);
     let mut session = Session::open(&s, "alice", "wonderland");
-    assert!(wait_until(TIMEOUT, || s.shared.allocation_total() == 1));
+    assert!(wait_until(TIMEOUT, || s.allocations() == 1));
     s.control(Control::Drain);
     assert!(wait_until(TIMEOUT, || s.http_get("/readyz").0 == 503));
     let mut late = RawClient::udp(s.udp4(), "bob", "builder");
@@ -216,8 +216,8 @@ fn reload_changes_users_and_policy_without_dropping_allocations() {
     )));
     assert!(wait_until(TIMEOUT, || !session.round_trip(b"deny")));
     assert!(
-        wait_until(TIMEOUT, || s.shared.total_stats().dropped[5] > 0),
+        wait_until(TIMEOUT, || s.board.total().core.dropped[5] > 0),
         "{:?}",
-        s.shared.total_stats()
+        s.board.total().core
     );
 }

@@ -24,54 +24,10 @@ use turn::proto::reqtrans::RequestedTransport;
 
 const ALLOW_LOOPBACK: &str = "[peers]\nallow = [\"127.0.0.1/32\", \"::1/128\"]\n";
 
-fn udp_transport() -> Box<dyn Setter> {
-    Box::new(RequestedTransport {
-        protocol: turn::proto::PROTO_UDP,
-    })
-}
-
-fn peer(addr: SocketAddr) -> Box<dyn Setter> {
-    Box::new(PeerAddress {
-        ip: addr.ip(),
-        port: addr.port(),
-    })
-}
-
 fn peer_socket(v6: bool) -> UdpSocket {
     let s = UdpSocket::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     s
-}
-
-fn allocate(c: &mut RawClient, extra: fn() -> Vec<Box<dyn Setter>>) -> SocketAddr {
-    let m = c.request(method::ALLOCATE, || {
-        let mut v = vec![udp_transport()];
-        v.extend(extra());
-        v
-    });
-    assert_eq!(
-        m.typ.class,
-        CLASS_SUCCESS_RESPONSE,
-        "{m}: error {:?}",
-        error_code(&m)
-    );
-    let mut r = RelayedAddress::default();
-    r.get_from(&m).unwrap();
-    SocketAddr::new(r.ip, r.port)
-}
-
-fn none() -> Vec<Box<dyn Setter>> {
-    vec![]
-}
-
-/// The extra Allocate attributes asking for an IPv6 relay with `v6`, none
-/// (IPv4, the default) without.
-fn family(v6: bool) -> fn() -> Vec<Box<dyn Setter>> {
-    if v6 {
-        || vec![Box::new(REQUESTED_FAMILY_IPV6)]
-    } else {
-        none
-    }
 }
 
 fn binding(c: &mut RawClient) -> SocketAddr {
@@ -371,32 +327,31 @@ fn relay_to_relay_on_one_worker_is_handed_over_in_process() {
     // 'here' and 'back' per pair, and the first pair's 'earl'.
     assert!(wait_until(TIMEOUT, || handoffs(&s, "same_worker") >= 7.0));
     assert_eq!(handoffs(&s, "other_worker"), 0.0);
-    assert_eq!(handoffs(&s, "queued"), 0.0);
 }
 
 /// Clients land on workers by the kernel's SO_REUSEPORT hash of their
 /// address, so of 16 pairs some are split across the two workers (all 16
-/// on one side: odds 1 in 32,768). Those datagrams are delivered by the
-/// sending worker into the other's core, and the receiving client gets
-/// them from the sender's listener socket, bound to the same address.
+/// on one side: odds 1 in 32,768). Those datagrams go through the queue
+/// to the owning worker, which delivers them into its own allocation and
+/// sends them from its own listener socket; a TCP client's too.
 #[test]
-fn relay_to_relay_across_workers_is_delivered_by_the_sender() {
-    for v6 in [false, true] {
-        let s = relay_to_relay(2, 16, false, v6);
+fn relay_to_relay_across_workers_goes_through_the_owners_queue() {
+    for (v6, b_tcp) in [(false, false), (true, false), (false, true)] {
+        let s = relay_to_relay(2, 16, b_tcp, v6);
         // (Each worker publishes its counters once a second.)
         assert!(
             wait_until(TIMEOUT, || {
                 handoffs(&s, "other_worker") > 0.0 && handoffs(&s, "same_worker") > 0.0
             }),
-            "v6: {v6}"
+            "v6: {v6}, tcp: {b_tcp}"
         );
     }
 }
 
-/// Many pairs exchange datagrams both ways at once, so the two workers
-/// deliver into each other's cores at the same time (each only with
-/// `try_lock`, falling back to the other's queue): nothing is lost or
-/// stuck, and every datagram arrives framed for the receiving channel.
+/// Many pairs exchange datagrams both ways at once, unpaced, so the two
+/// workers queue to each other at the same time: nothing is lost or stuck,
+/// and every datagram arrives framed for the receiving channel (order and
+/// pacing: tests/order.rs).
 #[test]
 fn relay_to_relay_both_ways_at_once_across_workers_delivers_everything() {
     const PAIRS: usize = 16;
@@ -436,25 +391,16 @@ fn relay_to_relay_both_ways_at_once_across_workers_delivers_everything() {
     for t in threads {
         t.join().unwrap();
     }
-    // Every datagram was handed over in-process, some by the sending
-    // worker into the other's core (all 16 pairs on one worker: odds 1 in
-    // 32,768).
+    // Every datagram was handed over in-process, some through the other
+    // worker's queue (all 16 pairs on one worker: odds 1 in 32,768).
     let total = || {
-        ["same_worker", "other_worker", "queued"]
+        ["same_worker", "other_worker"]
             .iter()
             .map(|p| handoffs(&s, p))
             .sum::<f64>()
     };
     assert!(wait_until(TIMEOUT, || total() >= (2 * PAIRS * EACH as usize) as f64));
     assert!(handoffs(&s, "other_worker") > 0.0);
-}
-
-/// A TCP client's connection can only be written by its own worker, so
-/// datagrams for it from another worker go through that worker's queue.
-#[test]
-fn relay_to_relay_to_a_tcp_client_on_another_worker_is_queued() {
-    let s = relay_to_relay(2, 16, true, false);
-    assert!(wait_until(TIMEOUT, || handoffs(&s, "queued") > 0.0));
 }
 
 #[test]

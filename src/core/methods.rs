@@ -16,7 +16,6 @@ use super::response::{self, Code, Seal};
 use super::stats::Rejection;
 use super::{
     AllocId, Core, Family, FiveTuple, Io, Now, PortRequest, RelayError, RelayRequest, family_of_ip,
-    stats,
 };
 use crate::auth::Authenticated;
 use crate::policy::canonical;
@@ -127,9 +126,9 @@ impl Core {
         a.cache_answer(msg.transaction_id(), &answer, now.instant);
         self.allocs.insert(id, a);
         self.by_client.insert(*from, id);
-        self.stats.allocations_created[stats::transport_index(from.transport)] += 1;
+        self.stats.allocations_created[from.transport.index()] += 1;
         tracing::info!(
-            alloc = id,
+            alloc = %id,
             user = %auth.username,
             client = %from.remote,
             transport = ?from.transport,
@@ -278,7 +277,7 @@ impl Core {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
             other => {
                 tracing::debug!(
-                    alloc = id,
+                    alloc = %id,
                     ?other,
                     "channel bind without a valid CHANNEL-NUMBER"
                 );
@@ -297,7 +296,7 @@ impl Core {
             0x4FFF
         };
         if !(0x4000..=last).contains(&number) || !a.may_bind(number, &peer) {
-            tracing::debug!(alloc = id, number, %peer, "channel bind refused: number out of range or bound elsewhere");
+            tracing::debug!(alloc = %id, number, %peer, "channel bind refused: number out of range or bound elsewhere");
             return err(Code::BadRequest);
         }
         if family_of_ip(&peer.ip()) != Family::of(&a.relayed) {

@@ -37,6 +37,24 @@ pub enum Transport {
     Tcp,
 }
 
+impl Transport {
+    /// Every transport, in the order of per-transport arrays.
+    pub const ALL: [Self; 2] = [Self::Udp, Self::Tcp];
+
+    /// Index in per-transport arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
 /// A client's 5-tuple: transport, tern's address, the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
@@ -54,9 +72,7 @@ pub struct Now {
     pub unix: u64,
 }
 
-/// Identifies an allocation and its relay socket across the core/I-O line
-/// (worker, slot and generation: see [`slab`]).
-pub type AllocId = u64;
+pub use slab::AllocId;
 
 /// Address family of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,9 +82,25 @@ pub enum Family {
 }
 
 impl Family {
+    /// Every family, in the order of per-family arrays (`[IPv4, IPv6]`).
+    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
+
     /// The family of an address.
     pub fn of(addr: &SocketAddr) -> Self {
         if addr.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    /// Index in per-family arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        }
     }
 }
 
@@ -277,8 +309,8 @@ impl Core {
         let mut allocations = [[0u64; 2]; 2];
         let (mut permissions, mut channels) = (0u64, 0u64);
         for a in self.allocs.values() {
-            let t = stats::transport_index(a.client.transport);
-            let f = usize::from(Family::of(&a.relayed) == Family::V6);
+            let t = a.client.transport.index();
+            let f = Family::of(&a.relayed).index();
             allocations[t][f] += 1;
             permissions += a.permission_count() as u64;
             channels += a.live_channels(now.instant) as u64;
@@ -336,7 +368,7 @@ impl Core {
             self.stats.drop(DropReason::RateLimited);
             return;
         }
-        self.stats.binding_requests[stats::transport_index(from.transport)] += 1;
+        self.stats.binding_requests[from.transport.index()] += 1;
         if let Some(unknown) = unknown_required(msg) {
             let seal = Seal::unauthenticated(msg, None);
             io.to_client(from, &response::unknown_attributes(msg, &unknown, seal));
@@ -361,7 +393,7 @@ impl Core {
                     self.stats.drop(DropReason::RateLimited);
                     return;
                 }
-                self.stats.binding_requests[stats::transport_index(from.transport)] += 1;
+                self.stats.binding_requests[from.transport.index()] += 1;
                 let mut out = [0u8; 44];
                 let n = wire::classic_binding_answer(buf, &from.remote, &mut out);
                 io.to_client(from, &out[..n]);
@@ -579,7 +611,7 @@ impl Core {
         let lived = now.instant.saturating_duration_since(a.created);
         self.stats.allocation_closed(lived);
         tracing::info!(
-            alloc = id,
+            alloc = %id,
             user = %a.username,
             client = %a.client.remote,
             transport = ?a.client.transport,

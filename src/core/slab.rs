@@ -9,20 +9,41 @@
 //! after its allocation closed (a relay task not yet stopped, a datagram
 //! handed over from another worker) never finds the slot's next tenant.
 
-use super::AllocId;
-
 const SLOT_BITS: u32 = 24;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 const GENERATION_MASK: u64 = (1 << 24) - 1;
 
-/// The slot an allocation id names (an index into per-slot tables).
-pub fn slot(id: AllocId) -> usize {
-    (id & SLOT_MASK) as usize
+/// Identifies an allocation and its relay socket across the core/I-O line:
+/// worker, generation and slot (see the module docs). Never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocId(u64);
+
+impl AllocId {
+    /// The slot this id names (an index into per-slot tables).
+    pub fn slot(self) -> usize {
+        (self.0 & SLOT_MASK) as usize
+    }
+
+    /// The worker this id names.
+    pub fn worker(self) -> usize {
+        (self.0 >> 48) as usize
+    }
+
+    /// The id as one integer, e.g. for an atomic table (never 0).
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// The id stored by [`AllocId::to_bits`]; `None` for 0 (no id).
+    pub fn from_bits(bits: u64) -> Option<Self> {
+        (bits != 0).then_some(Self(bits))
+    }
 }
 
-/// The worker an allocation id names.
-pub fn worker_of(id: AllocId) -> usize {
-    (id >> 48) as usize
+impl std::fmt::Display for AllocId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
 }
 
 struct Entry<T> {
@@ -55,14 +76,16 @@ impl<T> Slab<T> {
     pub fn next_id(&self) -> Option<AllocId> {
         match self.free.last() {
             Some(&s) => {
-                let last = self.entries[s as usize].id;
+                let last = self.entries[s as usize].id.0;
                 let generation = ((last >> SLOT_BITS) + 1) & GENERATION_MASK;
-                Some(self.worker | (generation << SLOT_BITS) | u64::from(s))
+                Some(AllocId(
+                    self.worker | (generation << SLOT_BITS) | u64::from(s),
+                ))
             }
             // A fresh slot starts at generation 1: no id is 0.
-            None if (self.entries.len() as u64) <= SLOT_MASK => {
-                Some(self.worker | (1 << SLOT_BITS) | self.entries.len() as u64)
-            }
+            None if (self.entries.len() as u64) <= SLOT_MASK => Some(AllocId(
+                self.worker | (1 << SLOT_BITS) | self.entries.len() as u64,
+            )),
             None => None,
         }
     }
@@ -70,7 +93,7 @@ impl<T> Slab<T> {
     /// Store `value` under `id`, which must come from [`Slab::next_id`]
     /// with no insertion in between.
     pub fn insert(&mut self, id: AllocId, value: T) {
-        let s = slot(id);
+        let s = id.slot();
         debug_assert_eq!(self.next_id(), Some(id));
         if s == self.entries.len() {
             self.entries.push(Entry {
@@ -89,22 +112,22 @@ impl<T> Slab<T> {
 
     pub fn get(&self, id: AllocId) -> Option<&T> {
         self.entries
-            .get(slot(id))
+            .get(id.slot())
             .filter(|e| e.id == id)
             .and_then(|e| e.value.as_ref())
     }
 
     pub fn get_mut(&mut self, id: AllocId) -> Option<&mut T> {
         self.entries
-            .get_mut(slot(id))
+            .get_mut(id.slot())
             .filter(|e| e.id == id)
             .and_then(|e| e.value.as_mut())
     }
 
     pub fn remove(&mut self, id: AllocId) -> Option<T> {
-        let e = self.entries.get_mut(slot(id)).filter(|e| e.id == id)?;
+        let e = self.entries.get_mut(id.slot()).filter(|e| e.id == id)?;
         let value = e.value.take()?;
-        self.free.push(slot(id) as u32);
+        self.free.push(id.slot() as u32);
         self.len -= 1;
         Some(value)
     }
@@ -145,8 +168,8 @@ mod tests {
         s.insert(a, "a");
         let b = s.next_id().unwrap();
         s.insert(b, "b");
-        assert_eq!(a >> 48, 3);
-        assert_eq!((slot(a), slot(b)), (0, 1));
+        assert_eq!(a.worker(), 3);
+        assert_eq!((a.slot(), b.slot()), (0, 1));
         assert_eq!((s.get(a), s.get(b), s.len()), (Some(&"a"), Some(&"b"), 2));
         assert!(!s.is_empty());
 
@@ -156,7 +179,7 @@ mod tests {
         assert_eq!(s.remove(a), None);
         let c = s.next_id().unwrap();
         s.insert(c, "c");
-        assert_eq!(slot(c), slot(a));
+        assert_eq!(c.slot(), a.slot());
         assert_ne!(c, a);
         assert_eq!((s.get(a), s.get(c)), (None, Some(&"c")));
         assert!(s.get_mut(a).is_none());
@@ -169,7 +192,9 @@ mod tests {
             v
         });
         // Ids from elsewhere (another worker, out of range) find nothing.
-        assert_eq!(s.get(c ^ (1 << 48)), None);
-        assert_eq!(s.get(1000), None);
+        assert_eq!(s.get(AllocId(c.0 ^ (1 << 48))), None);
+        assert_eq!(s.get(AllocId(1000)), None);
+        assert_eq!(AllocId::from_bits(c.to_bits()), Some(c));
+        assert_eq!(AllocId::from_bits(0), None);
     }
 }

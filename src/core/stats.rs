@@ -133,40 +133,13 @@ impl Rejection {
     }
 }
 
-/// How a relay-to-relay datagram reached the receiving allocation (see
-/// `io::handoff`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandoffPath {
-    /// Both relays belong to one worker: a direct call.
-    SameWorker,
-    /// The sending worker delivered it into the other worker's core.
-    OtherWorker,
-    /// Queued for the other worker (its core was busy, or its client is
-    /// on TCP), which delivered it when woken.
-    Queued,
-}
-
-impl HandoffPath {
-    /// Every path, in index order.
-    pub const ALL: [Self; 3] = [Self::SameWorker, Self::OtherWorker, Self::Queued];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::SameWorker => "same_worker",
-            Self::OtherWorker => "other_worker",
-            Self::Queued => "queued",
-        }
-    }
-}
-
 /// Upper bounds (seconds) of the allocation-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 8] = [1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
 
 /// One worker's counters.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// Indexed by [`transport_index`].
+    /// Indexed by [`Transport::index`].
     pub binding_requests: [u64; 2],
     pub allocations_created: [u64; 2],
     pub allocations_expired: u64,
@@ -178,11 +151,6 @@ pub struct Stats {
     pub dropped: [u64; DropReason::ALL.len()],
     pub auth_failures: [u64; AuthFailure::ALL.len()],
     pub peer_denied: u64,
-    /// Relay-to-relay datagrams delivered in-process, by [`HandoffPath`].
-    pub handoffs: [u64; HandoffPath::ALL.len()],
-    /// Peer datagrams received through relay steering (set by the I/O
-    /// layer, a batch at a time).
-    pub steered: u64,
     /// Cumulative histogram counts of allocation lifetimes, plus +Inf last.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
     pub duration_sum_seconds: f64,
@@ -191,14 +159,6 @@ pub struct Stats {
     pub allocations: [[u64; 2]; 2],
     pub permissions: u64,
     pub channels: u64,
-}
-
-/// Index of a transport in per-transport arrays.
-pub fn transport_index(t: Transport) -> usize {
-    match t {
-        Transport::Udp => 0,
-        Transport::Tcp => 1,
-    }
 }
 
 impl Stats {
@@ -220,7 +180,7 @@ impl Stats {
     /// Count a relayed packet; `to_peer` is the client-to-peer direction.
     pub fn relayed(&mut self, to_peer: bool, transport: Transport, bytes: usize) {
         let d = usize::from(!to_peer);
-        let t = transport_index(transport);
+        let t = transport.index();
         self.relayed_packets[d][t] += 1;
         self.relayed_bytes[d][t] += bytes as u64;
     }
@@ -255,8 +215,6 @@ impl Stats {
         sum(&mut self.dropped, &o.dropped);
         sum(&mut self.auth_failures, &o.auth_failures);
         self.peer_denied += o.peer_denied;
-        sum(&mut self.handoffs, &o.handoffs);
-        self.steered += o.steered;
         sum(&mut self.duration_buckets, &o.duration_buckets);
         self.duration_sum_seconds += o.duration_sum_seconds;
         for t in 0..2 {

@@ -209,19 +209,6 @@ pub fn receive_destinations(sock: &UdpSocket) -> io::Result<()> {
     }
 }
 
-/// Read `sock` until it fails: one `recvmmsg` into `rx` per batch, each
-/// datagram (at `offset` in its slot) handed to `handle(slot, length,
-/// source)`; see [`receive_batches`].
-pub async fn receive_loop(
-    sock: &AsyncFd<UdpSocket>,
-    rx: &RefCell<RecvBatch>,
-    offset: usize,
-    rounds: usize,
-    mut handle: impl FnMut(&mut [u8], usize, SocketAddr),
-) {
-    receive_batches(sock, rx, offset, rounds, |rx, n| rx.each(n, &mut handle)).await;
-}
-
 /// Read `sock` until it fails: one `recvmmsg` into `rx` per batch (each
 /// datagram at `offset` in its slot), handed whole to `handle(rx, count)`;
 /// up to `rounds` batches per readiness event, then a yield. A short batch

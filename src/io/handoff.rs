@@ -2,55 +2,75 @@
 //! peer that is another tern relay address, the datagram is delivered to
 //! that relay's allocation through `Core::on_peer` exactly as if it had
 //! arrived on the relay socket: the same permission, policy and bandwidth
-//! checks, the sender's relay address as the source. Datagrams are queued
-//! per owning worker and delivered at the end of the scheduling round.
-//! For this worker's own relays that is a direct call. For another
-//! worker's, the sender takes that worker's core if it is free (one
-//! `try_lock` per batch) and delivers the batch itself, sending to the
-//! receiving clients from its own listener socket: every worker has one
-//! bound to the same address (SO_REUSEPORT), so the client sees the same
-//! source. Waking the owner instead cost a context switch per few packets
-//! (docs/performance.md). When the owner's core is busy, or the receiving
-//! client is on TCP (its connection belongs to its worker), the batch goes
-//! to the owner's inbox under one short lock and the owner is woken.
+//! checks, the sender's relay address as the source.
 //!
-//! A relay is recognised by its bound address. When relays advertise an
-//! `external-ipv4`/`-ipv6` address, a client sending to that address goes
-//! through the kernel (and the NAT in front of tern) as before.
+//! Only the worker that owns an allocation ever touches it. A datagram for
+//! one of the sending worker's own relays waits in that worker's local
+//! [`Batch`] until the end of the receive batch. One for another worker's
+//! relay goes into a [`Batch`] for that worker, and at the end of the
+//! receive batch the whole batch moves through the [`Lane`] from the
+//! sender to the owner: a bounded lock-free FIFO of batches, one per
+//! ordered pair of workers. The owner drains its lanes at the end of each
+//! of its own batches and when woken, and delivers in order. So one
+//! flow's datagrams (one sending allocation to one receiving allocation)
+//! always take the same path, and keep their order. Emptied batches go
+//! back to the sender through the lane's spares, so a steady flow
+//! allocates nothing.
+//!
+//! What one worker may do to another's allocations is [`Handoffs::send`]:
+//! queue datagrams for it. The core itself lives in the owner's
+//! thread-local worker and cannot be reached from another thread.
+//!
+//! A relay is recognised by its bound address ([`super::relay::RelayTable`]).
+//! When relays advertise an `external-ipv4`/`-ipv6` address, a client
+//! sending to that address goes through the kernel (and the NAT in front
+//! of tern) as before.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
-use crate::core::slab::worker_of;
-use crate::core::{AllocId, Core};
-use crate::policy::PortRange;
-
-/// Datagrams a batch or inbox holds before more are dropped (a queue drains
-/// every scheduling round, so this is only reached under overload).
-const LIMIT: usize = 4096;
+/// Datagrams one batch holds (a batch is sent at the end of every receive
+/// batch, which holds at most 32, so this is only reached by a TCP read
+/// carrying many frames).
+const BATCH_ITEMS: usize = 1024;
+/// Payload bytes one batch holds.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Datagrams waiting in one lane before more are dropped (only reached
+/// when the receiving worker is overloaded): as many as the old inbox
+/// held, a few milliseconds of a busy worker's traffic.
+const LANE_DATAGRAMS: usize = 4096;
+/// Payload bytes waiting in one lane before more are dropped.
+const LANE_BYTES: usize = 4 << 20;
+/// Batches one lane holds (batches are often short: one per receive batch).
+const LANE_BATCHES: usize = 1024;
+/// Emptied batches kept for reuse per lane, and the arena each keeps.
+const SPARES: usize = 64;
+const SPARE_BYTES: usize = 16 * 1024;
 
 /// One datagram from relay `from` to relay `to`.
+#[derive(Debug)]
 pub(crate) struct Item {
     pub(crate) to: SocketAddr,
     pub(crate) from: SocketAddr,
     pub(crate) bytes: Range<usize>,
 }
 
-/// Datagrams copied into one arena.
-#[derive(Default)]
+/// Datagrams copied into one arena, in the order they were sent.
+#[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) items: Vec<Item>,
     pub(crate) arena: Vec<u8>,
 }
 
 impl Batch {
-    /// Queue a datagram; false (dropped) when the batch is full.
+    /// Queue a datagram; false when the batch is full (nothing queued).
     pub(crate) fn push(&mut self, to: SocketAddr, from: SocketAddr, bytes: &[u8]) -> bool {
-        if self.items.len() >= LIMIT {
+        if self.items.len() >= BATCH_ITEMS || self.arena.len() + bytes.len() > BATCH_BYTES {
             return false;
         }
         let start = self.arena.len();
@@ -63,17 +83,15 @@ impl Batch {
         true
     }
 
-    /// Move `other`'s datagrams to the end of this batch, up to the limit.
-    fn append(&mut self, other: &mut Self) {
-        let room = LIMIT.saturating_sub(self.items.len());
-        let base = self.arena.len();
-        self.arena.extend_from_slice(&other.arena);
+    /// Each datagram: where to, where from, its bytes.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr, &[u8])> {
         self.items
-            .extend(other.items.drain(..).take(room).map(|i| Item {
-                bytes: base + i.bytes.start..base + i.bytes.end,
-                ..i
-            }));
-        other.arena.clear();
+            .iter()
+            .map(|i| (i.to, i.from, &self.arena[i.bytes.clone()]))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -86,126 +104,130 @@ impl Batch {
     }
 }
 
-/// Each relay port's allocation, every worker's core, inbox and wake-up.
-pub struct Handoffs {
-    relay_v4: Option<IpAddr>,
-    relay_v6: Option<IpAddr>,
-    ports: PortRange,
-    /// Per port of the relay range: 0 for none, else the allocation id
-    /// (which names its worker, see `core::slab`).
-    relays_v4: Box<[AtomicU64]>,
-    relays_v6: Box<[AtomicU64]>,
-    cores: Vec<OnceLock<Arc<Mutex<Core>>>>,
-    inboxes: Vec<Mutex<Batch>>,
-    wakes: Vec<Arc<Notify>>,
+/// Batches from one worker to another, in order, and the emptied ones on
+/// their way back.
+#[derive(Debug)]
+struct Lane {
+    full: ArrayQueue<Batch>,
+    spare: ArrayQueue<Batch>,
+    /// Datagrams and payload bytes in `full`: taken by the sender before
+    /// it pushes, given back by the receiver once delivered.
+    datagrams: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
-impl std::fmt::Debug for Handoffs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handoffs")
-            .field("workers", &self.wakes.len())
-            .finish_non_exhaustive()
+impl Lane {
+    /// Take room for `batch`; false (nothing taken) when the lane is full.
+    fn reserve(&self, batch: &Batch) -> bool {
+        let (n, b) = (batch.len(), batch.arena.len());
+        let datagrams = self.datagrams.fetch_add(n, Ordering::AcqRel) + n;
+        let bytes = self.bytes.fetch_add(b, Ordering::AcqRel) + b;
+        if datagrams > LANE_DATAGRAMS || bytes > LANE_BYTES {
+            self.release(batch);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, batch: &Batch) {
+        self.datagrams.fetch_sub(batch.len(), Ordering::AcqRel);
+        self.bytes.fetch_sub(batch.arena.len(), Ordering::AcqRel);
     }
 }
 
+/// Every ordered pair of workers' lane, and every worker's wake-up.
+#[derive(Debug)]
+pub(crate) struct Handoffs {
+    workers: usize,
+    /// Indexed by `from * workers + to`.
+    lanes: Box<[Lane]>,
+    wakes: Box<[Arc<Notify>]>,
+}
+
 impl Handoffs {
-    /// For relays bound on `v4`/`v6` in `ports`, and `workers` workers.
-    pub fn new(v4: Option<IpAddr>, v6: Option<IpAddr>, ports: PortRange, workers: usize) -> Self {
-        let table = |ip: Option<IpAddr>| {
-            let n = if ip.is_some() { ports.len() } else { 0 };
-            (0..n).map(|_| AtomicU64::new(0)).collect()
-        };
+    /// Lanes between `workers` workers.
+    pub(crate) fn new(workers: usize) -> Self {
         Self {
-            relay_v4: v4,
-            relay_v6: v6,
-            ports,
-            relays_v4: table(v4),
-            relays_v6: table(v6),
-            cores: (0..workers).map(|_| OnceLock::new()).collect(),
-            inboxes: (0..workers).map(|_| Mutex::new(Batch::default())).collect(),
+            workers,
+            lanes: (0..workers * workers)
+                .map(|_| Lane {
+                    full: ArrayQueue::new(LANE_BATCHES),
+                    spare: ArrayQueue::new(SPARES),
+                    datagrams: AtomicUsize::new(0),
+                    bytes: AtomicUsize::new(0),
+                })
+                .collect(),
             wakes: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
         }
     }
 
-    fn slot(&self, addr: &SocketAddr) -> Option<&AtomicU64> {
-        let (ip, table) = match addr {
-            SocketAddr::V4(_) => (self.relay_v4, &self.relays_v4),
-            SocketAddr::V6(_) => (self.relay_v6, &self.relays_v6),
-        };
-        if ip != Some(addr.ip()) || !self.ports.contains(addr.port()) {
+    fn lane(&self, from: usize, to: usize) -> Option<&Lane> {
+        if from >= self.workers || to >= self.workers {
             return None;
         }
-        table.get(usize::from(addr.port() - self.ports.start()))
+        self.lanes.get(from * self.workers + to)
     }
 
-    /// The allocation whose relay is bound at `addr`, if it is one of
-    /// tern's.
-    pub(crate) fn relay(&self, addr: &SocketAddr) -> Option<AllocId> {
-        let id = self.slot(addr)?.load(Ordering::Acquire);
-        (id != 0).then_some(id)
-    }
-
-    /// The worker owning the relay at `addr`, if it is one of tern's.
-    pub(crate) fn owner(&self, addr: &SocketAddr) -> Option<usize> {
-        self.relay(addr).map(worker_of)
-    }
-
-    pub(crate) fn set_relay(&self, addr: &SocketAddr, id: AllocId) {
-        if let Some(slot) = self.slot(addr) {
-            slot.store(id, Ordering::Release);
-        }
-    }
-
-    /// Forget `addr`'s relay if it is still allocation `id`'s.
-    pub(crate) fn clear_relay(&self, addr: &SocketAddr, id: AllocId) {
-        if let Some(slot) = self.slot(addr) {
-            let _ = slot.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
-        }
-    }
-
-    /// Make worker `worker`'s core reachable by the other workers.
-    pub(crate) fn set_core(&self, worker: usize, core: Arc<Mutex<Core>>) {
-        if let Some(cell) = self.cores.get(worker) {
-            let _ = cell.set(core);
-        }
-    }
-
-    /// Worker `worker`'s core, if no one holds it now.
-    pub(crate) fn try_core(&self, worker: usize) -> Option<MutexGuard<'_, Core>> {
-        match self.cores.get(worker)?.get()?.try_lock() {
-            Ok(core) => Some(core),
-            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// Worker `worker`'s wake-up.
+    /// Worker `worker`'s wake-up: notified whenever a batch is sent to it.
     pub(crate) fn wake(&self, worker: usize) -> Arc<Notify> {
         self.wakes
             .get(worker)
             .map_or_else(|| Arc::new(Notify::new()), Arc::clone)
     }
 
-    /// Append a batch to `worker`'s inbox and wake it.
-    pub(crate) fn send(&self, worker: usize, batch: &mut Batch) {
-        if let (Some(inbox), Some(wake)) = (self.inboxes.get(worker), self.wakes.get(worker)) {
-            inbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .append(batch);
-            wake.notify_one();
+    /// Move `batch` (from worker `from`) to worker `to` and wake it;
+    /// `batch` is left empty. Returns how many datagrams were dropped
+    /// because the lane was full.
+    pub(crate) fn send(&self, from: usize, to: usize, batch: &mut Batch) -> usize {
+        let Some(lane) = self.lane(from, to) else {
+            let n = batch.len();
+            batch.clear();
+            return n;
+        };
+        let dropped = if lane.reserve(batch) {
+            let spare = lane.spare.pop().unwrap_or_default();
+            match lane.full.push(std::mem::replace(batch, spare)) {
+                Ok(()) => 0,
+                Err(mut full) => {
+                    lane.release(&full);
+                    let n = full.len();
+                    full.clear();
+                    let _ = lane.spare.push(std::mem::replace(batch, full));
+                    n
+                }
+            }
+        } else {
+            let n = batch.len();
+            batch.clear();
+            n
+        };
+        if let Some(w) = self.wakes.get(to) {
+            w.notify_one();
         }
-        batch.clear();
+        dropped
     }
 
-    /// Swap `worker`'s inbox with `spare` (empty, keeping its capacity).
-    pub(crate) fn take(&self, worker: usize, spare: &mut Batch) {
-        if let Some(inbox) = self.inboxes.get(worker) {
-            std::mem::swap(
-                &mut *inbox.lock().unwrap_or_else(PoisonError::into_inner),
-                spare,
-            );
+    /// Hand every batch waiting for worker `to` to `deliver`, lane by lane
+    /// and in the order sent; the emptied batches go back as spares.
+    /// Returns how many datagrams there were.
+    pub(crate) fn receive(&self, to: usize, mut deliver: impl FnMut(&Batch)) -> usize {
+        let mut n = 0;
+        for from in 0..self.workers {
+            let Some(lane) = self.lane(from, to) else {
+                continue;
+            };
+            while let Some(mut batch) = lane.full.pop() {
+                n += batch.len();
+                deliver(&batch);
+                lane.release(&batch);
+                batch.clear();
+                if batch.arena.capacity() > SPARE_BYTES {
+                    batch.arena.shrink_to(SPARE_BYTES);
+                }
+                let _ = lane.spare.push(batch);
+            }
         }
+        n
     }
 }
 
@@ -213,57 +235,75 @@ impl Handoffs {
 mod tests {
     use super::*;
 
-    fn handoffs() -> Handoffs {
-        let ports = PortRange::new(49152, 65535).unwrap();
-        Handoffs::new(Some("127.0.0.1".parse().unwrap()), None, ports, 2)
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn texts(got: &Batch) -> Vec<Vec<u8>> {
+        got.iter().map(|(_, _, b)| b.to_vec()).collect()
     }
 
     #[test]
-    fn relays_are_found_by_relay_address_only() {
-        let h = handoffs();
-        let relay: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-        let id: AllocId = (1 << 48) | (7 << 24) | 3;
-        h.set_relay(&relay, id);
-        assert_eq!(h.relay(&relay), Some(id));
-        assert_eq!(h.owner(&relay), Some(1));
-        // Same port on another host, the other family, or a port outside
-        // the relay range: not ours.
-        assert_eq!(h.owner(&"8.8.8.8:50000".parse().unwrap()), None);
-        assert_eq!(h.owner(&"[::1]:50000".parse().unwrap()), None);
-        assert_eq!(h.owner(&"127.0.0.1:3478".parse().unwrap()), None);
-        // A later tenant of the port is not cleared by an earlier one.
-        let next = id + (1 << 24);
-        h.set_relay(&relay, next);
-        h.clear_relay(&relay, id);
-        assert_eq!(h.relay(&relay), Some(next));
-        h.clear_relay(&relay, next);
-        assert_eq!(h.relay(&relay), None);
-    }
-
-    #[test]
-    fn batches_move_to_the_inbox_with_their_bytes() {
-        let h = handoffs();
-        let (a, b): (SocketAddr, SocketAddr) = (
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
+    fn batches_arrive_in_order_with_their_addresses() {
+        let h = Handoffs::new(2);
         let mut out = Batch::default();
-        assert!(out.push(b, a, b"first"));
-        h.send(1, &mut out);
-        assert!(out.push(a, b, b"second"));
-        h.send(1, &mut out);
+        assert!(out.push(addr(2), addr(1), b"first"));
+        assert_eq!(h.send(0, 1, &mut out), 0);
         assert!(out.is_empty());
-        let mut got = Batch::default();
-        h.take(1, &mut got);
-        let texts: Vec<&[u8]> = got
-            .items
-            .iter()
-            .map(|i| &got.arena[i.bytes.clone()])
-            .collect();
-        assert_eq!(texts, [&b"first"[..], &b"second"[..]]);
-        assert_eq!((got.items[1].to, got.items[1].from), (a, b));
-        let mut again = Batch::default();
-        h.take(1, &mut again);
-        assert!(again.is_empty());
+        assert!(out.push(addr(1), addr(2), b"second"));
+        assert!(out.push(addr(1), addr(2), b"third"));
+        assert_eq!(h.send(0, 1, &mut out), 0);
+        let mut seen = Vec::new();
+        let mut sources = Vec::new();
+        assert_eq!(
+            h.receive(1, |b| {
+                seen.extend(texts(b));
+                sources.extend(b.iter().map(|(to, from, _)| (to, from)));
+            }),
+            3
+        );
+        assert_eq!(seen, [&b"first"[..], b"second", b"third"]);
+        assert_eq!(sources[0], (addr(2), addr(1)));
+        // Nothing for the sender, nothing left for the receiver.
+        assert_eq!(h.receive(0, |_| panic!("not for worker 0")), 0);
+        assert_eq!(h.receive(1, |_| panic!("already delivered")), 0);
+    }
+
+    #[test]
+    fn a_full_lane_drops_and_counts_and_batches_are_bounded() {
+        let h = Handoffs::new(2);
+        let mut out = Batch::default();
+        for i in 0..LANE_DATAGRAMS / 4 {
+            for _ in 0..4 {
+                assert!(out.push(addr(2), addr(1), &(i as u32).to_be_bytes()));
+            }
+            assert_eq!(h.send(0, 1, &mut out), 0);
+        }
+        assert!(out.push(addr(2), addr(1), b"late"));
+        assert!(out.push(addr(2), addr(1), b"later"));
+        assert_eq!(h.send(0, 1, &mut out), 2);
+        assert!(out.is_empty());
+        assert_eq!(h.receive(1, |_| {}), LANE_DATAGRAMS);
+        // Recycled: the next send reuses a spare and gets through.
+        assert!(out.push(addr(2), addr(1), b"again"));
+        assert_eq!(h.send(0, 1, &mut out), 0);
+        assert_eq!(h.receive(1, |b| assert_eq!(texts(b), [b"again"])), 1);
+        // The byte budget holds too.
+        for _ in 0..LANE_BYTES / (BATCH_BYTES / 2) {
+            assert!(out.push(addr(2), addr(1), &vec![0; BATCH_BYTES / 2]));
+            assert_eq!(h.send(0, 1, &mut out), 0);
+        }
+        assert!(out.push(addr(2), addr(1), b"over"));
+        assert_eq!(h.send(0, 1, &mut out), 1);
+        assert_eq!(h.receive(1, |_| {}), LANE_BYTES / (BATCH_BYTES / 2));
+        // A batch refuses more than its item and byte limits.
+        let mut big = Batch::default();
+        assert!(!big.push(addr(2), addr(1), &vec![0; BATCH_BYTES + 1]));
+        for _ in 0..BATCH_ITEMS {
+            assert!(big.push(addr(2), addr(1), b"x"));
+        }
+        assert!(!big.push(addr(2), addr(1), b"x"));
+        // Workers that do not exist get nothing.
+        assert_eq!(h.send(0, 7, &mut big), BATCH_ITEMS);
     }
 }

@@ -97,6 +97,29 @@ pub(crate) fn tcp_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener
     Ok(s.into())
 }
 
+/// Check that no other socket serves `addr` (UDP, or TCP with `tcp`) by
+/// binding it without SO_REUSEPORT; returns the address that bind got
+/// (its port, for port 0). Listener groups share their port through
+/// SO_REUSEPORT, which the kernel lets any process of the same user join,
+/// so this is what stops a second tern from taking part of the clients:
+/// the bind fails with `AddrInUse` against any socket holding the address.
+/// For TCP, SO_REUSEADDR lets connections of an earlier run that linger
+/// in TIME_WAIT pass, but not a listening socket.
+pub(crate) fn probe_unused(addr: SocketAddr, tcp: bool) -> io::Result<SocketAddr> {
+    let ty = if tcp { Type::STREAM } else { Type::DGRAM };
+    let s = Socket::new(Domain::for_address(addr), ty, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if tcp {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP address"))
+}
+
 /// A relay socket bound to exactly `addr` (no port sharing).
 pub(crate) fn relay_socket(addr: SocketAddr, dont_fragment: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -2,24 +2,158 @@
 //! (padded to 4 bytes) back to back on one stream. Partial reads and several
 //! messages per read are handled; anything that is neither closes the
 //! connection. The allocation made over a connection dies with it.
+//!
+//! Admission ([`Admission`]) caps open connections in total and per client
+//! IP. Bytes for a client are queued on its [`TcpOut`] and written at the
+//! end of the batch that produced them, straight from the worker; only
+//! what the kernel does not take at once waits for the connection's writer
+//! task.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::PoisonError;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
-use super::{TcpOut, Worker, now};
-use crate::core::{FiveTuple, Transport};
+use super::worker::Worker;
+use super::{Shared, now};
+use crate::core::{DropReason, FiveTuple, Transport};
 use crate::wire;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
 /// does not spin; this is back-off, not synchronisation.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Queued bytes above which a slow TCP client's data is dropped.
+const OUT_LIMIT: usize = 1 << 20;
+/// Frames handed to the core before what they produced is sent.
+const FRAMES_PER_BATCH: usize = 64;
+/// How long a closing connection may take to write what is still queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The TCP connection limits and counts, shared by every worker (touched
+/// per connection, never per packet).
+#[derive(Debug)]
+pub(crate) struct Admission {
+    open: AtomicUsize,
+    max: AtomicUsize,
+    max_per_ip: AtomicUsize,
+    /// Open connections per client IP (entries leave at zero, so the map
+    /// never holds more than `max` entries).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Close a connection idle this long without an allocation.
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Admission {
+    pub(crate) fn new(max: usize, max_per_ip: usize, idle_timeout: Duration) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+            max_per_ip: AtomicUsize::new(max_per_ip),
+            per_ip: Mutex::new(HashMap::new()),
+            idle_timeout,
+        }
+    }
+
+    /// Change the limits (reload); open connections are kept.
+    pub(crate) fn set_limits(&self, max: usize, max_per_ip: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
+    }
+}
+
+/// One connection's share of the total and per-IP limits, given back on drop.
+struct Slot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let a = &shared.tcp;
+        let mut per_ip = a.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if a.open.load(Ordering::Relaxed) >= a.max.load(Ordering::Relaxed)
+            || mine >= a.max_per_ip.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        per_ip.insert(ip, mine + 1);
+        a.open.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let a = &self.shared.tcp;
+        let mut per_ip = a.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        a.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A TCP client's outgoing bytes and its socket's write half.
+pub(super) struct TcpOut {
+    buf: RefCell<Vec<u8>>,
+    wr: OwnedWriteHalf,
+    /// Wakes the writer task: bytes are left over, or the connection ends.
+    wake: Notify,
+    closed: Cell<bool>,
+    /// Listed for the worker's next flush.
+    dirty: Cell<bool>,
+}
+
+impl TcpOut {
+    /// Queue bytes for the client; true when it needs listing for the
+    /// next flush. Beyond [`OUT_LIMIT`] queued, bytes are dropped.
+    pub(super) fn queue(&self, bytes: &[u8]) -> bool {
+        let mut buf = self.buf.borrow_mut();
+        if self.closed.get() || buf.len() + bytes.len() > OUT_LIMIT {
+            return false;
+        }
+        buf.extend_from_slice(bytes);
+        !self.dirty.replace(true)
+    }
+
+    /// Write what is queued, as far as the kernel takes it now; what is
+    /// left waits for the writer task.
+    pub(super) fn flush(&self) {
+        self.dirty.set(false);
+        let mut buf = self.buf.borrow_mut();
+        while !buf.is_empty() {
+            match self.wr.try_write(&buf) {
+                Ok(n) => drop(buf.drain(..n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed.set(true);
+                    buf.clear();
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+        }
+    }
+}
 
 pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     loop {
@@ -31,7 +165,7 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 continue;
             }
         };
-        let Some(slot) = TcpSlot::take(&w.shared, remote.ip()) else {
+        let Some(slot) = Slot::take(w.shared(), remote.ip()) else {
             tracing::debug!(%remote, "tcp connection limit reached; closing");
             continue;
         };
@@ -47,84 +181,35 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     }
 }
 
-/// One connection's share of the total and per-IP limits, given back on drop.
-struct TcpSlot {
-    shared: std::sync::Arc<super::Shared>,
-    ip: IpAddr,
-}
-
-impl TcpSlot {
-    fn take(shared: &std::sync::Arc<super::Shared>, ip: IpAddr) -> Option<Self> {
-        let max = shared.max_tcp_connections.load(Ordering::Relaxed);
-        let max_ip = shared.max_tcp_connections_per_ip.load(Ordering::Relaxed);
-        let mut per_ip = shared
-            .tcp_per_ip
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mine = per_ip.get(&ip).copied().unwrap_or(0);
-        if shared.tcp_connections.load(Ordering::Relaxed) >= max || mine >= max_ip {
-            return None;
-        }
-        per_ip.insert(ip, mine + 1);
-        shared.tcp_connections.fetch_add(1, Ordering::Relaxed);
-        Some(Self {
-            shared: std::sync::Arc::clone(shared),
-            ip,
-        })
-    }
-}
-
-impl Drop for TcpSlot {
-    fn drop(&mut self) {
-        let mut per_ip = self
-            .shared
-            .tcp_per_ip
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        self.shared.tcp_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: TcpSlot) {
+async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
-    let out = Rc::new(TcpOut::default());
-    w.io.borrow_mut().tcp.insert(tuple, Rc::clone(&out));
-    let writer = tokio::task::spawn_local(writer(wr, Rc::clone(&out)));
-    let idle = w.shared.tcp_idle_timeout;
+    let out = Rc::new(TcpOut {
+        buf: RefCell::default(),
+        wr,
+        wake: Notify::new(),
+        closed: Cell::new(false),
+        dirty: Cell::new(false),
+    });
+    w.add_tcp(tuple, Rc::clone(&out));
+    let writer = tokio::task::spawn_local(writer(Rc::clone(&out)));
+    let idle = w.shared().tcp.idle_timeout;
     let mut inbuf: Vec<u8> = Vec::with_capacity(2048);
-    'conn: loop {
+    loop {
         match tokio::time::timeout(idle, rd.read_buf(&mut inbuf)).await {
             Ok(Ok(0) | Err(_)) => break,
             Ok(Ok(_)) => {}
             Err(_) => {
                 // Idle: keep connections that carry an allocation.
-                if w.core().allocation_of(&tuple).is_none() {
+                if !w.has_allocation(&tuple) {
                     break;
                 }
                 continue;
             }
         }
-        let mut used = 0;
-        while inbuf.len() - used >= 4 {
-            let rest = &inbuf[used..];
-            let Some(n) = wire::stream_frame_len(rest) else {
-                // Framing error: neither STUN nor ChannelData.
-                w.core().stats.drop(crate::core::DropReason::Malformed);
-                break 'conn;
-            };
-            if rest.len() < n {
-                break;
-            }
-            w.client_message(&tuple, &rest[..n]);
-            used += n;
-        }
+        let Some(used) = frames(&w, &tuple, &inbuf) else {
+            break;
+        };
         inbuf.drain(..used);
         if out.closed.get() {
             break;
@@ -134,33 +219,56 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Tc
             inbuf.shrink_to(2048);
         }
     }
-    w.io.borrow_mut().tcp.remove(&tuple);
-    {
-        let mut io = w.io.borrow_mut();
-        w.core().on_client_closed(now(), &tuple, &mut *io);
-    }
+    w.remove_tcp(&tuple);
     out.closed.set(true);
-    out.notify.notify_one();
-    let _ = writer.await;
+    out.wake.notify_one();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
     drop(slot);
 }
 
-async fn writer(mut wr: OwnedWriteHalf, out: Rc<TcpOut>) {
-    let mut pending = Vec::new();
+/// Hand every whole frame in `inbuf` to the core, sending what they
+/// produce every [`FRAMES_PER_BATCH`] frames and at the end; returns the
+/// bytes used, or `None` on a framing error (neither STUN nor ChannelData:
+/// the connection closes).
+fn frames(w: &Worker, tuple: &FiveTuple, inbuf: &[u8]) -> Option<usize> {
+    let mut used = 0;
+    let mut count = 0;
+    while inbuf.len() - used >= 4 {
+        let rest = &inbuf[used..];
+        let Some(n) = wire::stream_frame_len(rest) else {
+            w.count_drop(DropReason::Malformed);
+            w.settle(now());
+            return None;
+        };
+        if rest.len() < n {
+            break;
+        }
+        w.client_message(tuple, &rest[..n]);
+        used += n;
+        count += 1;
+        if count % FRAMES_PER_BATCH == 0 {
+            w.settle(now());
+        }
+    }
+    w.settle(now());
+    Some(used)
+}
+
+/// Write what [`TcpOut::flush`] left over once the socket takes more;
+/// ends when the connection closes and nothing is left.
+async fn writer(out: Rc<TcpOut>) {
     loop {
         if out.buf.borrow().is_empty() {
             if out.closed.get() {
                 break;
             }
-            out.notify.notified().await;
+            out.wake.notified().await;
             continue;
         }
-        std::mem::swap(&mut *out.buf.borrow_mut(), &mut pending);
-        if wr.write_all(&pending).await.is_err() {
+        if out.wr.writable().await.is_err() {
             out.closed.set(true);
             break;
         }
-        pending.clear();
+        out.flush();
     }
-    let _ = wr.shutdown().await;
 }

@@ -11,10 +11,19 @@ use stun::agent::TransactionId;
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
-use stun::message::{CLASS_ERROR_RESPONSE, Getter, Message, MessageClass, MessageType, Setter};
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Getter, Message, MessageClass, MessageType,
+    Setter,
+};
 use stun::textattrs::TextAttribute;
 use tern::config::Config;
 use tern::io::Shared;
+use tern::metrics::Board;
+use tern::wire::method;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
+use turn::proto::reqtrans::RequestedTransport;
 
 pub const SECRET: &str = "integration-secret";
 /// The default realm, so challenges have the size users get.
@@ -26,6 +35,8 @@ pub struct TestServer {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
     pub admin: SocketAddr,
+    pub board: Arc<Board>,
+    /// The workers' shared state, e.g. to see which worker owns a relay.
     pub shared: Arc<Shared>,
     pub control: tokio::sync::mpsc::Sender<tern::server::Control>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -69,6 +80,7 @@ impl TestServer {
         let server = tern::server::Server::bind(config).expect("bind");
         let udp = server.udp_addrs().to_vec();
         let tcp = server.tcp_addrs().to_vec();
+        let board = server.board();
         let shared = server.shared();
         let admin = server.admin_addr().unwrap();
         let (control, rx) = tokio::sync::mpsc::channel(4);
@@ -83,14 +95,12 @@ impl TestServer {
             udp,
             tcp,
             admin,
+            board,
             shared,
             control,
             thread: Some(thread),
         };
-        assert!(wait_until(TIMEOUT, || s
-            .shared
-            .ready
-            .load(std::sync::atomic::Ordering::Relaxed)));
+        assert!(wait_until(TIMEOUT, || s.board.ready()));
         s
     }
 
@@ -124,11 +134,7 @@ impl TestServer {
 
     /// Live allocations across workers (published once a second).
     pub fn allocations(&self) -> usize {
-        self.shared
-            .allocations
-            .iter()
-            .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
+        self.board.total().allocations
     }
 }
 
@@ -225,6 +231,22 @@ impl RawClient {
             user: user.into(),
             pass: pass.into(),
             nonce: None,
+        }
+    }
+
+    /// A second handle on the same socket (e.g. to receive on another
+    /// thread), with the same credentials and nonce.
+    pub fn try_clone(&self) -> Self {
+        let wire = match &self.wire {
+            Wire::Udp(s) => Wire::Udp(s.try_clone().unwrap()),
+            Wire::Tcp(s, _) => Wire::Tcp(s.try_clone().unwrap(), Vec::new()),
+        };
+        Self {
+            wire,
+            server: self.server,
+            user: self.user.clone(),
+            pass: self.pass.clone(),
+            nonce: self.nonce.clone(),
         }
     }
 
@@ -353,4 +375,52 @@ pub fn metric(page: &str, prefix: &str) -> f64 {
         .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// REQUESTED-TRANSPORT UDP.
+pub fn udp_transport() -> Box<dyn Setter> {
+    Box::new(RequestedTransport {
+        protocol: turn::proto::PROTO_UDP,
+    })
+}
+
+/// XOR-PEER-ADDRESS.
+pub fn peer(addr: SocketAddr) -> Box<dyn Setter> {
+    Box::new(PeerAddress {
+        ip: addr.ip(),
+        port: addr.port(),
+    })
+}
+
+/// Allocate (with `extra` attributes); the relayed address.
+pub fn allocate(c: &mut RawClient, extra: fn() -> Vec<Box<dyn Setter>>) -> SocketAddr {
+    let m = c.request(method::ALLOCATE, || {
+        let mut v = vec![udp_transport()];
+        v.extend(extra());
+        v
+    });
+    assert_eq!(
+        m.typ.class,
+        CLASS_SUCCESS_RESPONSE,
+        "{m}: error {:?}",
+        error_code(&m)
+    );
+    let mut r = RelayedAddress::default();
+    r.get_from(&m).unwrap();
+    SocketAddr::new(r.ip, r.port)
+}
+
+/// No extra attributes.
+pub fn none() -> Vec<Box<dyn Setter>> {
+    vec![]
+}
+
+/// The extra Allocate attributes asking for an IPv6 relay with `v6`, none
+/// (IPv4, the default) without.
+pub fn family(v6: bool) -> fn() -> Vec<Box<dyn Setter>> {
+    if v6 {
+        || vec![Box::new(REQUESTED_FAMILY_IPV6)]
+    } else {
+        none
+    }
 }

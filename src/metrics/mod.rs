@@ -1,7 +1,8 @@
-//! Prometheus metrics, all defined here. Workers keep plain counters
-//! ([`crate::core::Stats`]) and publish them once a second; a scrape sums
-//! them into a fresh registry, so the per-packet path never touches a
-//! shared atomic.
+//! Prometheus metrics, all defined here, and the [`Board`] they are read
+//! from. Workers keep plain counters ([`crate::core::Stats`],
+//! [`board::IoStats`]) and publish them to the board once a second; a
+//! scrape sums them into a fresh registry, so the per-packet path never
+//! touches a shared atomic.
 //!
 //! Every name starts with `tern_`, uses base units, and counters end in
 //! `_total`; labels come from small fixed sets (transport, family,
@@ -13,29 +14,32 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::core::Stats;
-use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, HandoffPath, Rejection};
-use crate::io::{FAMILIES, Shared};
+pub mod board;
 
-const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+pub use board::{Board, HandoffPath, IoStats, Report};
+
+use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, Rejection};
+use crate::core::{Family, Stats, Transport};
+
 const DIRECTIONS: [&str; 2] = ["client_to_peer", "peer_to_client"];
 
 /// Render the text exposition of every metric.
-pub fn render(shared: &Shared) -> String {
-    let stats = shared.total_stats();
+pub fn render(board: &Board) -> String {
+    let report = board.total();
+    let stats = &report.core;
     let registry = Registry::new();
     let mut ok = true;
     let mut add = |c: Box<dyn Collector>| ok &= registry.register(c).is_ok();
     add(Box::new(build_info()));
-    add(Box::new(counters(&stats)));
-    add(Box::new(relayed(&stats)));
-    add(Box::new(reasons(&stats)));
-    add(Box::new(gauges(&stats, shared)));
+    add(Box::new(counters(stats, &report.io)));
+    add(Box::new(relayed(stats, &report.io)));
+    add(Box::new(reasons(stats, &report.io)));
+    add(Box::new(gauges(&report, board)));
     add(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
     let mut families = registry.gather();
-    families.push(duration_histogram(&stats));
+    families.push(duration_histogram(stats));
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     if !ok || TextEncoder::new().encode(&families, &mut out).is_err() {
@@ -102,7 +106,7 @@ fn build_info() -> GaugeVec {
     g
 }
 
-fn counters(s: &Stats) -> Group {
+fn counters(s: &Stats, io: &IoStats) -> Group {
     let binding = counter_vec(
         "tern_stun_binding_requests_total",
         "STUN Binding requests answered.",
@@ -113,13 +117,13 @@ fn counters(s: &Stats) -> Group {
         "TURN allocations created.",
         &["transport"],
     );
-    for (i, t) in TRANSPORTS.iter().enumerate() {
+    for t in Transport::ALL {
         binding
-            .with_label_values(&[t])
-            .inc_by(s.binding_requests[i]);
+            .with_label_values(&[t.label()])
+            .inc_by(s.binding_requests[t.index()]);
         created
-            .with_label_values(&[t])
-            .inc_by(s.allocations_created[i]);
+            .with_label_values(&[t.label()])
+            .inc_by(s.allocations_created[t.index()]);
     }
     Group(vec![
         Box::new(binding),
@@ -132,7 +136,7 @@ fn counters(s: &Stats) -> Group {
         Box::new(counter(
             "tern_relay_steered_packets_total",
             "Datagrams to relay addresses received through BPF sk_lookup steering (all of them while steering is on).",
-            s.steered,
+            io.steered,
         )),
         Box::new(counter(
             "tern_retransmissions_total",
@@ -152,7 +156,7 @@ fn counters(s: &Stats) -> Group {
     ])
 }
 
-fn relayed(s: &Stats) -> Group {
+fn relayed(s: &Stats, io: &IoStats) -> Group {
     let bytes = counter_vec(
         "tern_relayed_bytes_total",
         "Payload bytes relayed.",
@@ -164,30 +168,33 @@ fn relayed(s: &Stats) -> Group {
         &["direction", "transport"],
     );
     for (d, dir) in DIRECTIONS.iter().enumerate() {
-        for (t, tr) in TRANSPORTS.iter().enumerate() {
+        for t in Transport::ALL {
             bytes
-                .with_label_values(&[dir, tr])
-                .inc_by(s.relayed_bytes[d][t]);
+                .with_label_values(&[dir, t.label()])
+                .inc_by(s.relayed_bytes[d][t.index()]);
             packets
-                .with_label_values(&[dir, tr])
-                .inc_by(s.relayed_packets[d][t]);
+                .with_label_values(&[dir, t.label()])
+                .inc_by(s.relayed_packets[d][t.index()]);
         }
     }
     let handoffs = labelled(
         "tern_relay_to_relay_packets_total",
         "Datagrams between two of tern's relays handed over in-process, by path (the receiving allocation's checks still apply).",
         "path",
-        HandoffPath::ALL.map(|p| (p.label(), s.handoffs[p as usize])),
+        HandoffPath::ALL.map(|p| (p.label(), io.handoffs[p as usize])),
     );
     Group(vec![Box::new(bytes), Box::new(packets), Box::new(handoffs)])
 }
 
-fn reasons(s: &Stats) -> Group {
+fn reasons(s: &Stats, io: &IoStats) -> Group {
     let dropped = labelled(
         "tern_dropped_packets_total",
         "Datagrams dropped, by reason.",
         "reason",
-        DropReason::ALL.map(|r| (r.label(), s.dropped[r as usize])),
+        DropReason::ALL
+            .map(|r| (r.label(), s.dropped[r as usize]))
+            .into_iter()
+            .chain([("handoff_queue_full", io.handoffs_dropped)]),
     );
     let auth = labelled(
         "tern_auth_failures_total",
@@ -207,32 +214,29 @@ fn reasons(s: &Stats) -> Group {
     Group(vec![Box::new(dropped), Box::new(auth), Box::new(rejected)])
 }
 
-fn gauges(s: &Stats, shared: &Shared) -> Group {
+fn gauges(r: &Report, board: &Board) -> Group {
+    let s = &r.core;
     let allocations = gauge_vec(
         "tern_allocations",
         "Live TURN allocations.",
         &["transport", "family"],
     );
-    for (t, tr) in TRANSPORTS.iter().enumerate() {
-        for (f, fam) in FAMILIES.iter().enumerate() {
+    for t in Transport::ALL {
+        for f in Family::ALL {
             allocations
-                .with_label_values(&[tr, fam])
-                .set(s.allocations[t][f] as f64);
+                .with_label_values(&[t.label(), f.label()])
+                .set(s.allocations[t.index()][f.index()] as f64);
         }
     }
-    let tcp = shared
-        .tcp_connections
-        .load(std::sync::atomic::Ordering::Relaxed);
     let steering = gauge_vec(
         "tern_relay_steering",
         "1 when relay datagrams of this family are received through BPF sk_lookup steering.",
         &["family"],
     );
-    for (f, fam) in FAMILIES.iter().enumerate() {
-        let on = shared.steering.get(f).is_some_and(Option::is_some);
+    for f in Family::ALL {
         steering
-            .with_label_values(&[fam])
-            .set(f64::from(u8::from(on)));
+            .with_label_values(&[f.label()])
+            .set(f64::from(u8::from(board.steering(f))));
     }
     Group(vec![
         Box::new(allocations),
@@ -250,16 +254,12 @@ fn gauges(s: &Stats, shared: &Shared) -> Group {
         Box::new(gauge(
             "tern_tcp_connections",
             "Open TCP client connections.",
-            tcp as f64,
+            r.tcp_connections as f64,
         )),
         Box::new(gauge(
             "tern_allocations_limit",
             "The configured server-wide allocation limit.",
-            f64::from(
-                shared
-                    .max_allocations
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
+            f64::from(board.allocations_limit()),
         )),
     ])
 }

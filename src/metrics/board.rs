@@ -1,0 +1,213 @@
+//! The board: what the workers and the server publish for operators, and
+//! all that [`crate::admin`] and [`super::render`] read. Workers write
+//! their own row once a tick (never per packet); readers take a copy.
+//! Nothing here knows about sockets or workers' internals, so the I/O
+//! layer depends on the board and the admin side never on the I/O layer.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::core::{Family, Stats};
+
+/// How a relay-to-relay datagram reached the receiving allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffPath {
+    /// Both relays belong to one worker: delivered at the end of the
+    /// sending batch.
+    SameWorker,
+    /// Through the queue from the sending worker to the owning worker,
+    /// which delivered it into its own allocation.
+    OtherWorker,
+}
+
+impl HandoffPath {
+    /// Every path, in index order.
+    pub const ALL: [Self; 2] = [Self::SameWorker, Self::OtherWorker];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SameWorker => "same_worker",
+            Self::OtherWorker => "other_worker",
+        }
+    }
+}
+
+/// The I/O layer's own counters (one set per worker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Relay-to-relay datagrams delivered in-process, by [`HandoffPath`].
+    pub handoffs: [u64; HandoffPath::ALL.len()],
+    /// Relay-to-relay datagrams dropped because the queue to the owning
+    /// worker was full (that worker is overloaded).
+    pub handoffs_dropped: u64,
+    /// Peer datagrams received through relay steering.
+    pub steered: u64,
+}
+
+impl IoStats {
+    /// Add another worker's counters into these.
+    pub fn add(&mut self, o: &Self) {
+        for (a, b) in self.handoffs.iter_mut().zip(&o.handoffs) {
+            *a += b;
+        }
+        self.handoffs_dropped += o.handoffs_dropped;
+        self.steered += o.steered;
+    }
+}
+
+/// One worker's published row (or, from [`Board::total`], all of them
+/// summed).
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The protocol core's counters and gauges.
+    pub core: Stats,
+    /// The I/O layer's counters.
+    pub io: IoStats,
+    /// Live allocations.
+    pub allocations: usize,
+    /// Open TCP client connections.
+    pub tcp_connections: usize,
+}
+
+impl Report {
+    fn add(&mut self, o: &Self) {
+        self.core.add(&o.core);
+        self.io.add(&o.io);
+        self.allocations += o.allocations;
+        self.tcp_connections += o.tcp_connections;
+    }
+}
+
+/// Readiness, worker ticks, per-worker reports and server-wide gauges.
+#[derive(Debug)]
+pub struct Board {
+    /// Ticks are measured from here.
+    started: Instant,
+    ready: AtomicBool,
+    /// Per worker: milliseconds after `started` of its last publish (0:
+    /// never).
+    last_tick_ms: Box<[AtomicU64]>,
+    reports: Box<[Mutex<Report>]>,
+    allocations_limit: AtomicU32,
+    /// Relay steering in force, per family.
+    steering: [AtomicBool; 2],
+}
+
+impl Board {
+    /// A board for `workers` workers, none of which has ticked yet.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            last_tick_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            reports: (0..workers).map(|_| Mutex::default()).collect(),
+            allocations_limit: AtomicU32::new(0),
+            steering: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    /// The instant the board was made (an epoch no later than any `now`
+    /// a worker will see).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Mark the server ready (every listener serves) or not (starting,
+    /// draining, stopping).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the server is ready (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Publish worker `worker`'s row and stamp its tick.
+    pub fn publish(&self, worker: usize, report: &Report) {
+        if let Some(r) = self.reports.get(worker) {
+            r.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone_from(report);
+        }
+        if let Some(t) = self.last_tick_ms.get(worker) {
+            let ms = self.started.elapsed().as_millis() as u64;
+            t.store(ms.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether every worker has published at least once.
+    pub fn all_ticked(&self) -> bool {
+        self.last_tick_ms
+            .iter()
+            .all(|t| t.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Whether every worker published within `within` (`/healthz`).
+    pub fn healthy(&self, within: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let limit = within.as_millis() as u64;
+        self.last_tick_ms
+            .iter()
+            .all(|t| now.saturating_sub(t.load(Ordering::Relaxed)) <= limit)
+    }
+
+    /// Every worker's row summed (as of their last publish).
+    pub fn total(&self) -> Report {
+        let mut total = Report::default();
+        for r in &self.reports {
+            total.add(&r.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        total
+    }
+
+    /// Set the configured server-wide allocation limit.
+    pub fn set_allocations_limit(&self, limit: u32) {
+        self.allocations_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// The configured server-wide allocation limit.
+    pub fn allocations_limit(&self) -> u32 {
+        self.allocations_limit.load(Ordering::Relaxed)
+    }
+
+    /// Record whether relay steering is in force for `family`.
+    pub fn set_steering(&self, family: Family, on: bool) {
+        self.steering[family.index()].store(on, Ordering::Relaxed);
+    }
+
+    /// Whether relay steering is in force for `family`.
+    pub fn steering(&self, family: Family) -> bool {
+        self.steering[family.index()].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_sum_and_ticks_make_health() {
+        let b = Board::new(2);
+        assert!(!b.all_ticked() && !b.ready());
+        let mut r = Report {
+            allocations: 3,
+            tcp_connections: 1,
+            ..Report::default()
+        };
+        r.io.handoffs[HandoffPath::OtherWorker as usize] = 5;
+        r.core.retransmissions = 2;
+        b.publish(0, &r);
+        assert!(!b.all_ticked());
+        b.publish(1, &r);
+        assert!(b.all_ticked());
+        assert!(b.healthy(Duration::from_secs(5)));
+        let t = b.total();
+        assert_eq!((t.allocations, t.tcp_connections), (6, 2));
+        assert_eq!((t.io.handoffs, t.core.retransmissions), ([0, 10], 4));
+        b.set_steering(Family::V6, true);
+        assert!(b.steering(Family::V6) && !b.steering(Family::V4));
+    }
+}
