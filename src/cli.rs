@@ -40,7 +40,7 @@ pub enum Command {
     },
     /// Print a time-limited TURN REST credential made with the first secret.
     Credentials {
-        /// User name part of the credential ("<expiry>:<user>").
+        /// User name part of the credential (`<expiry>:<user>`).
         #[arg(long, default_value = "")]
         user: String,
         /// Validity in seconds.

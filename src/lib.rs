@@ -1,24 +1,52 @@
 //! tern: a STUN/TURN relay server (RFC 8489, RFC 8656, RFC 6156).
 //!
 //! # Layout
-//! Where a packet goes, edge to core:
-//! - [`server`]: binds listeners, starts one worker thread per core, stops on
-//!   the shutdown future (`run(config, shutdown)`).
-//! - [`io`]: a worker's event loop: UDP listener sockets (SO_REUSEPORT), TCP
-//!   connections with RFC 8656 framing (`io/tcp.rs`), one relay socket per
-//!   allocation from the shared port allocator (`io/ports.rs`).
-//! - [`core`]: the sans-IO protocol core. `Core::on_client` takes a client's
-//!   bytes, `Core::on_peer` a peer's, `Core::tick` expires state; all output
-//!   goes through the `core::Io` trait. TURN methods are in
-//!   `core/methods.rs`, the per-packet path in `core/relay.rs`, allocation
-//!   state in `core/alloc.rs`, answers in `core/response.rs`.
+//! Modules in layers; each uses only the layers below it
+//! (`tests/layout.rs` checks it):
+//!
+//! ```text
+//! cli                                   the binary's commands
+//! server                                start-up, reload, drain, stop
+//! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting
+//! config · metrics                      validated config; the board
+//! core                                  the sans-IO protocol core
+//! auth                                  credentials and nonces
+//! wire · policy · ratelimit · notify    codec; peer filter; limits; sd_notify
+//! ```
+//!
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
 //! - [`auth`]: long-term credentials, REST API secrets, stateless nonces.
 //! - [`policy`]: which peers may be relayed to; [`ratelimit`]: per-source
-//!   and per-allocation limits in bounded memory.
-//! - [`config`], [`cli`], [`credentials`], [`shutdown`]: the operator's edge;
-//!   [`admin`] serves [`metrics`] and health over HTTP; [`notify`] speaks
-//!   systemd's sd_notify.
+//!   limits in bounded memory.
+//! - [`core`]: the sans-IO protocol core, one per worker. `Core::on_client`
+//!   takes a client's bytes, `Core::on_peer` a peer's, `Core::tick` expires
+//!   state; all output goes through the `core::Io` trait. TURN methods are
+//!   in `core/methods.rs`, the per-packet path in `core/relay.rs`,
+//!   allocation state in `core/alloc.rs`, answers in `core/response.rs`.
+//! - [`config`]: the validated configuration; [`metrics`]: the
+//!   [`metrics::Board`] that workers publish to and the Prometheus text
+//!   rendered from it.
+//! - [`io`]: one worker thread per core, each owning its core, its
+//!   listener sockets (SO_REUSEPORT), its relay sockets and its clients'
+//!   send queue; relay-to-relay datagrams between workers go through
+//!   bounded per-pair queues (`io/handoff.rs`).
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over HTTP, from the
+//!   board; [`shutdown`]: signals as [`shutdown::Control`]s;
+//!   [`credentials`]: minting REST credentials; [`notify`]: systemd's
+//!   sd_notify.
+//! - [`server`]: binds listeners, starts the workers, obeys controls
+//!   (`run(config, shutdown)`); [`cli`]: what `main.rs` calls.
+//!
+//! # The peer paths
+//! - **Client → peer**: a worker's listener socket yields a batch
+//!   (`recvmmsg`) → `Core::on_client` → the allocation's relay socket
+//!   (`sendto`); or, when the peer is another tern relay, the owning
+//!   worker's queue (`io/handoff.rs`), drained into that worker's core.
+//! - **Peer → client**: the worker's steered socket (BPF `sk_lookup`
+//!   hands it every datagram for the worker's relay ports) or a polled
+//!   relay socket yields a batch → `Core::on_peer` → the worker's send
+//!   queue, which leaves in one `sendmmsg` per listener when the batch
+//!   settles.
 
 pub mod admin;
 pub mod auth;

@@ -27,7 +27,7 @@ pub use crate::shutdown::Control;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener address could not be bound.
-    #[error("cannot bind {transport} listener {addr}: {source}")]
+    #[error("cannot bind {transport} listener {addr}")]
     Bind {
         /// `udp`, `tcp` or `admin http`.
         transport: &'static str,
@@ -317,7 +317,8 @@ impl Server {
             let thread = std::thread::Builder::new()
                 .name(format!("tern-worker-{index}"))
                 .spawn(move || {
-                    let result = crate::io::run(index, core, shared, udp, tcp, rx);
+                    let result = crate::io::run(index, core, shared, udp, tcp, rx)
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("worker {index}: {e}")));
                     let _ = ended_tx.send(index);
                     result
                 })

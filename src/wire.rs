@@ -1,7 +1,7 @@
 //! Zero-copy framing for STUN messages and TURN ChannelData.
 //!
-//! Control messages are *built* with the `stun`/`turn::proto` wire types (see
-//! [`crate::core::response`]); this module only *reads* them, in place, so that
+//! Control messages are *built* with the `stun`/`turn::proto` wire types (by
+//! the core's `response` module); this module only *reads* them, in place, so that
 //! the per-packet path (Send indications, ChannelData) and the integrity check
 //! never copy or allocate. Everything here takes untrusted bytes and returns
 //! `None`/`Err` instead of panicking.
@@ -154,7 +154,7 @@ pub struct StunView<'a> {
 impl<'a> StunView<'a> {
     /// Parse and validate a whole STUN message: header, cookie, length,
     /// every attribute's bounds, and FINGERPRINT when present. `buf` must hold
-    /// exactly one message (use [`stun_frame_len`] to cut one from a stream).
+    /// exactly one message (use [`stream_frame_len`] to cut one from a stream).
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         if buf.len() < HEADER_LEN {
             return Err(WireError::Truncated);

@@ -267,3 +267,134 @@ fn sighup_with_a_broken_file_keeps_the_running_config() {
     child.signal(libc::SIGINT);
     assert_eq!(child.child.wait().unwrap().code(), Some(0));
 }
+
+/// A port that was free on `host` a moment ago (UDP, or TCP with `tcp`).
+fn free_port(host: &str, tcp: bool) -> u16 {
+    let addr = format!("{host}:0");
+    if tcp {
+        std::net::TcpListener::bind(&addr)
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        UdpSocket::bind(&addr).unwrap().local_addr().unwrap().port()
+    }
+}
+
+/// Wait for `child` to exit within `limit`; kill it and fail if it does
+/// not.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("tern did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_second_tern_on_a_busy_listener_address_exits_naming_it() {
+    for (host, tcp) in [
+        ("127.0.0.1", false),
+        ("[::1]", false),
+        ("127.0.0.1", true),
+        ("[::1]", true),
+    ] {
+        let listen = format!("{host}:{}", free_port(host, tcp));
+        let (udp, tcp_list) = if tcp {
+            (String::new(), format!("\"{listen}\""))
+        } else {
+            (format!("\"{listen}\""), String::new())
+        };
+        let cfg = temp_file(
+            &format!("busy-{}-{tcp}", host.len()),
+            &format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [{udp}]\ntcp = [{tcp_list}]\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"::1\"\n[auth]\nsecrets = [\"x\"]\n"
+            ),
+        );
+        let mut first = Child::spawn(&cfg, &[]);
+        first.wait_for("tern serving");
+        let mut second = Command::new(TERN)
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = exit_within(&mut second, Duration::from_secs(10));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{listen}: {err}");
+        assert!(err.contains(&listen), "{listen}: {err}");
+        assert!(err.contains("already in use"), "{listen}: {err}");
+        first.signal(libc::SIGINT);
+        assert_eq!(first.child.wait().unwrap().code(), Some(0));
+    }
+}
+
+/// Whatever the open-file limit, tern either serves or exits non-zero
+/// with the reason; it never hangs. Some limit leaves room for the
+/// listeners but not for a worker's event loop: the worker fails after
+/// start-up began, and tern must notice, stop and say why.
+#[test]
+fn a_worker_that_fails_at_start_makes_tern_exit_non_zero_with_the_reason() {
+    use std::os::unix::process::CommandExt;
+    let cfg = temp_file("nofile", &format!("workers = 2\n{}", serve_config("")));
+    let mut worker_failed = false;
+    let mut served = false;
+    for limit in 8..64u64 {
+        let mut cmd = Command::new(TERN);
+        cmd.args(["--log-format", "json", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe and touches nothing of
+        // the parent's state.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        // Serving: stop it. Otherwise it must exit by itself.
+        let serving = lines.iter().find(|l| l.contains("tern serving"));
+        if serving.is_some() {
+            served = true;
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        let status = exit_within(&mut child, Duration::from_secs(10));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        if serving.is_some() {
+            assert_eq!(status.code(), Some(0), "limit {limit}: {err}");
+            break;
+        }
+        assert_eq!(status.code(), Some(1), "limit {limit}: {err}");
+        assert!(err.contains("tern: "), "limit {limit}: {err}");
+        worker_failed |= err.contains("worker thread failed: worker ");
+    }
+    assert!(served, "no open-file limit below 64 let tern serve");
+    assert!(worker_failed, "no limit made a worker fail at start");
+}

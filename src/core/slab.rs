@@ -2,7 +2,7 @@
 //! allocation lives in, so the per-packet lookup is an index and a compare,
 //! not a hash of the id (which with thousands of allocations costs a cache
 //! miss in the table and another in the entry). The I/O layer indexes its
-//! relay table by the same slot ([`slot`]).
+//! relay table by the same slot ([`AllocId::slot`]).
 //!
 //! Id layout: worker in bits 48-63, generation in bits 24-47, slot in bits
 //! 0-23. The generation changes each time a slot is reused, so an id held

@@ -1,5 +1,5 @@
 //! The board: what the workers and the server publish for operators, and
-//! all that [`crate::admin`] and [`super::render`] read. Workers write
+//! all that the admin listener and [`super::render`] read. Workers write
 //! their own row once a tick (never per packet); readers take a copy.
 //! Nothing here knows about sockets or workers' internals, so the I/O
 //! layer depends on the board and the admin side never on the I/O layer.
