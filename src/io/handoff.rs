@@ -29,7 +29,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
@@ -136,12 +136,21 @@ impl Lane {
 }
 
 /// Every ordered pair of workers' lane, and every worker's wake-up.
+///
+/// A worker is woken only when it is parked (waiting for events): a busy
+/// worker drains its lanes at the end of each of its batches anyway, and
+/// waking it would cost a cross-thread wake per batch. So each worker
+/// flags itself parked just before it blocks, then looks at its lanes once
+/// more; a sender looks at the flag after pushing. One of the two always
+/// sees the other (both sides order their store before their load), so no
+/// batch waits for a wake that never comes.
 #[derive(Debug)]
 pub(crate) struct Handoffs {
     workers: usize,
     /// Indexed by `from * workers + to`.
     lanes: Box<[Lane]>,
     wakes: Box<[Arc<Notify>]>,
+    parked: Box<[AtomicBool]>,
 }
 
 impl Handoffs {
@@ -158,6 +167,30 @@ impl Handoffs {
                 })
                 .collect(),
             wakes: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
+            parked: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Worker `worker` is about to block waiting for events: if a batch
+    /// waits for it, wake it at once.
+    pub(crate) fn park(&self, worker: usize) {
+        let Some(parked) = self.parked.get(worker) else {
+            return;
+        };
+        parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let waiting = (0..self.workers)
+            .filter_map(|from| self.lane(from, worker))
+            .any(|l| l.datagrams.load(Ordering::SeqCst) > 0);
+        if waiting {
+            self.wakes[worker].notify_one();
+        }
+    }
+
+    /// Worker `worker` runs again.
+    pub(crate) fn unpark(&self, worker: usize) {
+        if let Some(parked) = self.parked.get(worker) {
+            parked.store(false, Ordering::SeqCst);
         }
     }
 
@@ -168,15 +201,16 @@ impl Handoffs {
         self.lanes.get(from * self.workers + to)
     }
 
-    /// Worker `worker`'s wake-up: notified whenever a batch is sent to it.
+    /// Worker `worker`'s wake-up: notified when a batch is sent to it while
+    /// it is parked.
     pub(crate) fn wake(&self, worker: usize) -> Arc<Notify> {
         self.wakes
             .get(worker)
             .map_or_else(|| Arc::new(Notify::new()), Arc::clone)
     }
 
-    /// Move `batch` (from worker `from`) to worker `to` and wake it;
-    /// `batch` is left empty. Returns how many datagrams were dropped
+    /// Move `batch` (from worker `from`) to worker `to`, waking it if it is
+    /// parked; `batch` is left empty. Returns how many datagrams were dropped
     /// because the lane was full.
     pub(crate) fn send(&self, from: usize, to: usize, batch: &mut Batch) -> usize {
         let Some(lane) = self.lane(from, to) else {
@@ -201,8 +235,13 @@ impl Handoffs {
             batch.clear();
             n
         };
-        if let Some(w) = self.wakes.get(to) {
-            w.notify_one();
+        fence(Ordering::SeqCst);
+        if self
+            .parked
+            .get(to)
+            .is_some_and(|p| p.load(Ordering::SeqCst))
+        {
+            self.wakes[to].notify_one();
         }
         dropped
     }

@@ -48,8 +48,11 @@ pub fn run(
     tcp: Vec<std::net::TcpListener>,
     state: watch::Receiver<WorkerState>,
 ) -> std::io::Result<()> {
+    let (park, unpark) = (Arc::clone(&shared), Arc::clone(&shared));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(move || park.handoffs.park(index))
+        .on_thread_unpark(move || unpark.handoffs.unpark(index))
         .build()?;
     let local = tokio::task::LocalSet::new();
     let worker = Worker::new(index, core, shared);
@@ -81,7 +84,8 @@ pub(crate) struct Worker {
     rx: RefCell<RecvBatch>,
     /// A buffer for relay-to-relay datagrams delivered in-process.
     scratch: RefCell<Box<[u8]>>,
-    /// Notified when another worker sends this one datagrams.
+    /// Notified when another worker sends this one datagrams while it is
+    /// parked.
     wake: Arc<Notify>,
     shared: Arc<Shared>,
 }
@@ -483,8 +487,8 @@ impl Worker {
     }
 }
 
-/// Drain the lanes other workers send to whenever woken (when this worker
-/// is busy, its batches drain them first).
+/// Drain the lanes other workers send to whenever woken (only while this
+/// worker is parked: when it is busy, its batches drain them).
 async fn inbox_loop(w: Rc<Worker>) {
     loop {
         w.wake.notified().await;
