@@ -390,12 +390,7 @@ impl Config {
     }
 
     fn parse_inner(text: &str, file: &str, embedded: bool) -> Result<Self, ConfigError> {
-        let err = |span: Option<std::ops::Range<usize>>, key: &str, problem: String| ConfigError {
-            file: file.to_owned(),
-            line: span.map_or(0, |s| line_of(text, s.start)),
-            key: key.to_owned(),
-            problem,
-        };
+        let at = validate::Errors { text, file };
         let de = toml::Deserializer::new(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             // Spanned<T> shows up in the path as a private field; drop it.
@@ -405,105 +400,16 @@ impl Config {
                 .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             let key = if path == "." { "-".to_owned() } else { path };
-            err(inner.span(), &key, inner.message().trim().to_owned())
+            at.error(inner.span(), &key, inner.message().trim())
         })?;
-        let realm = raw.realm.get_ref().trim().to_owned();
-        if realm.is_empty() || realm.len() > 127 {
-            return Err(err(
-                Some(raw.realm.span()),
-                "realm",
-                "must be 1 to 127 characters".into(),
-            ));
-        }
-        let relay_ports =
-            PortRange::new(*raw.relay.min_port.get_ref(), *raw.relay.max_port.get_ref())
-                .ok_or_else(|| {
-                    err(
-                        Some(raw.relay.min_port.span()),
-                        "relay.min-port",
-                        "must be at least 1 and not above relay.max-port".into(),
-                    )
-                })?;
-        let relay_ipv4 = relay_address(&raw.relay.address_ipv4, true)
-            .map_err(|p| err(Some(raw.relay.address_ipv4.span()), "relay.address-ipv4", p))?;
-        let relay_ipv6 = relay_address(&raw.relay.address_ipv6, false)
-            .map_err(|p| err(Some(raw.relay.address_ipv6.span()), "relay.address-ipv6", p))?;
-        let a = &raw.allocations;
-        let (default_s, max_s) = (
-            *a.default_lifetime_seconds.get_ref(),
-            *a.max_lifetime_seconds.get_ref(),
-        );
-        if default_s == 0 || max_s < default_s {
-            return Err(err(
-                Some(a.default_lifetime_seconds.span()),
-                "allocations.default-lifetime-seconds",
-                "must be at least 1 and not above allocations.max-lifetime-seconds".into(),
-            ));
-        }
-        let nonce = &raw.auth.nonce_lifetime_seconds;
-        if *nonce.get_ref() < 10 {
-            return Err(err(
-                Some(nonce.span()),
-                "auth.nonce-lifetime-seconds",
-                "must be at least 10".into(),
-            ));
-        }
-        let idle = &raw.tcp.idle_timeout_seconds;
-        if *idle.get_ref() == 0 {
-            return Err(err(
-                Some(idle.span()),
-                "tcp.idle-timeout-seconds",
-                "must be at least 1".into(),
-            ));
-        }
-        let mut secrets = Vec::new();
-        for s in &raw.auth.secrets {
-            if s.get_ref().is_empty() {
-                return Err(err(
-                    Some(s.span()),
-                    "auth.secrets",
-                    "a secret may not be empty".into(),
-                ));
-            }
-            secrets.push(s.get_ref().clone());
-        }
-        for f in &raw.auth.secret_files {
-            let found = read_secret_file(f.get_ref())
-                .map_err(|p| err(Some(f.span()), "auth.secret-files", p))?;
-            secrets.extend(found);
-        }
-        let mut users = Vec::new();
-        for u in &raw.auth.users {
-            let (name, password) = (u.name.get_ref(), u.password.get_ref());
-            if name.is_empty() || password.is_empty() {
-                return Err(err(
-                    Some(u.name.span()),
-                    "auth.users",
-                    "name and password may not be empty".into(),
-                ));
-            }
-            if users.iter().any(|(n, _)| n == name) {
-                return Err(err(
-                    Some(u.name.span()),
-                    "auth.users.name",
-                    format!("user {name:?} is listed twice"),
-                ));
-            }
-            users.push((name.clone(), password.clone()));
-        }
-        if !embedded && secrets.is_empty() && users.is_empty() {
-            return Err(err(
-                None,
-                "auth",
-                "no secrets and no users: nobody could authenticate".into(),
-            ));
-        }
+        let realm = validate::realm(&raw.realm, &at)?;
+        let relay = validate::relay(&raw.relay, &at)?;
+        let limits = validate::limits(&raw, &at)?;
+        let auth = validate::auth(&raw.auth, embedded, &at)?;
+        let tcp_idle_timeout = validate::tcp(&raw.tcp, &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            return Err(err(
-                None,
-                "log.level",
-                format!("not a log filter: {:?}", raw.log.level),
-            ));
+            let problem = format!("not a log filter: {:?}", raw.log.level);
+            return Err(at.error(None, "log.level", &problem));
         }
         Ok(Self {
             source: file.to_owned(),
@@ -515,33 +421,22 @@ impl Config {
             listen_tcp: raw.listen.tcp,
             listen_best_effort: false,
             socket_buffer_bytes: raw.listen.socket_buffer_bytes,
-            relay_ipv4,
-            relay_ipv6,
+            relay_ipv4: relay.ipv4,
+            relay_ipv6: relay.ipv6,
             external_ipv4: raw.relay.external_ipv4,
             external_ipv6: raw.relay.external_ipv6,
-            relay_ports,
+            relay_ports: relay.ports,
             relay_steering: raw.relay.steering,
-            secrets,
-            users,
+            secrets: auth.secrets,
+            users: auth.users,
             generated_secret: false,
-            nonce_lifetime: Duration::from_secs(*nonce.get_ref()),
+            nonce_lifetime: auth.nonce_lifetime,
             peers_allow: raw.peers.allow,
             peers_deny: raw.peers.deny,
-            limits: Limits {
-                default_lifetime: Duration::from_secs(default_s),
-                max_lifetime: Duration::from_secs(max_s),
-                max_allocations: raw.limits.max_allocations,
-                max_allocations_per_user: raw.limits.max_allocations_per_user,
-                max_permissions: raw.limits.max_permissions_per_allocation,
-                max_channels: raw.limits.max_channels_per_allocation,
-                legacy_channel_numbers: raw.allocations.legacy_channel_numbers,
-                strict_expiry: raw.auth.strict_expiry,
-                unauthenticated_rate: raw.limits.unauthenticated_requests_per_second_per_ip,
-                max_bandwidth: raw.limits.max_bandwidth_bytes_per_second,
-            },
+            limits,
             max_tcp_connections: raw.limits.max_tcp_connections,
             max_tcp_connections_per_ip: raw.limits.max_tcp_connections_per_ip,
-            tcp_idle_timeout: Duration::from_secs(*idle.get_ref()),
+            tcp_idle_timeout,
             admin_listen: raw.admin.listen,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
             alternate_server: raw.shutdown.alternate_server,
@@ -551,39 +446,11 @@ impl Config {
     }
 }
 
-fn relay_address(v: &Spanned<String>, v4: bool) -> Result<RelayAddress, String> {
-    match v.get_ref().as_str() {
-        "auto" => Ok(RelayAddress::Auto),
-        "none" => Ok(RelayAddress::Disabled),
-        s => match s.parse::<IpAddr>() {
-            Ok(ip) if ip.is_ipv4() == v4 && !ip.is_unspecified() => Ok(RelayAddress::Ip(ip)),
-            Ok(_) => Err(format!(
-                "{s:?} must be a specific {} address",
-                if v4 { "IPv4" } else { "IPv6" }
-            )),
-            Err(_) => Err(format!("{s:?} is not \"auto\", \"none\" or an IP address")),
-        },
-    }
-}
-
-/// Secrets from a file: one per non-empty line (surrounding space trimmed).
-fn read_secret_file(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let secrets: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if secrets.is_empty() {
-        return Err(format!("{}: holds no secret", path.display()));
-    }
-    Ok(secrets)
-}
-
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
 }
+
+mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,8 @@ use super::alloc::Allocation;
 use super::response::{self, Code, Seal};
 use super::stats::Rejection;
 use super::{
-    AllocId, Core, Family, FiveTuple, Io, Now, PortRequest, RelayError, RelayRequest, family_of_ip,
+    AllocId, Core, Family, FiveTuple, Io, Now, PortRequest, RelayError, RelayGrant, RelayRequest,
+    family_of_ip,
 };
 use crate::auth::Authenticated;
 use crate::policy::canonical;
@@ -24,8 +25,24 @@ use crate::wire::{StunView, attr, decode_xor_address};
 /// UDP, the only REQUESTED-TRANSPORT tern relays (RFC 8656 §7.2).
 const PROTO_UDP: u8 = 17;
 
+/// Why an Allocate is refused.
+enum Refusal {
+    /// An error answer, counted under the rejection reason if any.
+    Error(Code, Option<Rejection>),
+    /// Draining: 300 Try Alternate when configured, else 508.
+    Draining,
+}
+
+/// What an admitted Allocate is granted.
+struct Grant {
+    id: AllocId,
+    relay: RelayGrant,
+    lifetime: Duration,
+}
+
 impl Core {
-    /// Allocate (RFC 8656 §7.2), after authentication.
+    /// Allocate (RFC 8656 §7.2), after authentication: admit the request,
+    /// take its quota and relay, then record it.
     pub(super) fn allocate(
         &mut self,
         now: Now,
@@ -35,105 +52,161 @@ impl Core {
         seal: Seal<'_>,
         io: &mut impl Io,
     ) -> Vec<u8> {
-        let err = |c: Code| response::error(msg, c, vec![], seal);
+        let granted = self
+            .admit_allocate(now, from, msg, auth)
+            .and_then(|(req, lifetime)| self.open_allocation(auth, &req, lifetime, io));
+        match granted {
+            Ok(g) => self.record_allocation(now, from, msg, auth, g, seal),
+            Err(r) => self.refuse(msg, r, seal),
+        }
+    }
+
+    /// The checks of RFC 8656 §7.2 that take nothing: no allocation on
+    /// this 5-tuple yet, valid attributes, not draining, a lifetime.
+    fn admit_allocate(
+        &self,
+        now: Now,
+        from: &FiveTuple,
+        msg: &StunView<'_>,
+        auth: &Authenticated,
+    ) -> Result<(RelayRequest, Duration), Refusal> {
         if self.by_client.contains_key(from) {
             // Not a retransmission (those were answered from the cache).
-            return err(Code::AllocationMismatch);
+            return Err(Refusal::Error(Code::AllocationMismatch, None));
         }
-        let req = match parse_allocate(msg) {
-            Ok(req) => req,
-            Err(code) => {
-                self.stats
-                    .reject(if code == Code::AddressFamilyNotSupported {
-                        Rejection::Family
-                    } else {
-                        Rejection::BadRequest
-                    });
-                return err(code);
-            }
-        };
-        if self.refuse_allocations {
-            self.stats.reject(Rejection::Draining);
-            return match self.cfg.alternate_server {
-                Some(alt) => response::try_alternate(msg, alt, seal),
-                None => err(Code::InsufficientCapacity),
+        let req = parse_allocate(msg).map_err(|code| {
+            let reason = if code == Code::AddressFamilyNotSupported {
+                Rejection::Family
+            } else {
+                Rejection::BadRequest
             };
+            Refusal::Error(code, Some(reason))
+        })?;
+        if self.refuse_allocations {
+            return Err(Refusal::Draining);
         }
-        let lifetime = match self.granted_lifetime(msg, auth.expires_unix, now) {
-            Some(l) if !l.is_zero() => l,
-            _ => return err(Code::BadRequest),
-        };
-        let cfg = &self.cfg;
+        match self.granted_lifetime(msg, auth.expires_unix, now) {
+            Some(l) if !l.is_zero() => Ok((req, l)),
+            _ => Err(Refusal::Error(Code::BadRequest, None)),
+        }
+    }
+
+    /// Take the user's quota, an id and a relay; a failure gives back
+    /// what was taken.
+    fn open_allocation(
+        &mut self,
+        auth: &Authenticated,
+        req: &RelayRequest,
+        lifetime: Duration,
+        io: &mut impl Io,
+    ) -> Result<Grant, Refusal> {
+        let limits = &self.cfg.limits;
         let quota = self.quotas.acquire(
             &auth.username,
-            cfg.limits.max_allocations,
-            cfg.limits.max_allocations_per_user,
+            limits.max_allocations,
+            limits.max_allocations_per_user,
         );
         if quota.is_err() {
-            self.stats.reject(Rejection::Quota);
             // 486 for the per-user and the server-wide quota alike, as
             // coturn answers: a client treats it as "not now, not here",
             // and 508 stays the signal for relay port exhaustion.
-            return err(Code::AllocationQuotaReached);
+            return Err(Refusal::Error(
+                Code::AllocationQuotaReached,
+                Some(Rejection::Quota),
+            ));
         }
-        let Some(id) = self.allocs.next_id() else {
-            self.quotas.release(&auth.username);
-            self.stats.reject(Rejection::Capacity);
-            return err(Code::InsufficientCapacity);
-        };
-        let grant = match io.open_relay(id, &req) {
-            Ok(g) => g,
+        let opened = self
+            .allocs
+            .next_id()
+            .ok_or(RelayError::NoCapacity)
+            .and_then(|id| Ok((id, io.open_relay(id, req)?)));
+        match opened {
+            Ok((id, relay)) => Ok(Grant {
+                id,
+                relay,
+                lifetime,
+            }),
             Err(e) => {
                 self.quotas.release(&auth.username);
-                return err(match e {
+                Err(match e {
                     RelayError::NoCapacity => {
-                        self.stats.reject(Rejection::Capacity);
-                        Code::InsufficientCapacity
+                        Refusal::Error(Code::InsufficientCapacity, Some(Rejection::Capacity))
                     }
                     RelayError::FamilyUnavailable => {
-                        self.stats.reject(Rejection::Family);
-                        Code::AddressFamilyNotSupported
+                        Refusal::Error(Code::AddressFamilyNotSupported, Some(Rejection::Family))
                     }
-                });
+                })
             }
-        };
-        let relayed = self.advertised(grant.local);
+        }
+    }
+
+    /// The answer to a refused Allocate, counted.
+    fn refuse(&mut self, msg: &StunView<'_>, refusal: Refusal, seal: Seal<'_>) -> Vec<u8> {
+        match refusal {
+            Refusal::Error(code, reason) => {
+                if let Some(r) = reason {
+                    self.stats.reject(r);
+                }
+                response::error(msg, code, vec![], seal)
+            }
+            Refusal::Draining => {
+                self.stats.reject(Rejection::Draining);
+                match self.cfg.alternate_server {
+                    Some(alt) => response::try_alternate(msg, alt, seal),
+                    None => response::error(msg, Code::InsufficientCapacity, vec![], seal),
+                }
+            }
+        }
+    }
+
+    /// Record a granted allocation and answer with its relayed address,
+    /// lifetime and mapped address (and reservation token).
+    fn record_allocation(
+        &mut self,
+        now: Now,
+        from: &FiveTuple,
+        msg: &StunView<'_>,
+        auth: &Authenticated,
+        g: Grant,
+        seal: Seal<'_>,
+    ) -> Vec<u8> {
+        let relayed = self.advertised(g.relay.local);
         let mut attrs: Vec<Box<dyn Setter>> = vec![
             Box::new(RelayedAddress {
                 ip: relayed.ip(),
                 port: relayed.port(),
             }),
-            Box::new(Lifetime(lifetime)),
+            Box::new(Lifetime(g.lifetime)),
             Box::new(stun::xoraddr::XorMappedAddress {
                 ip: from.remote.ip(),
                 port: from.remote.port(),
             }),
         ];
-        if let Some(token) = grant.token {
+        if let Some(token) = g.relay.token {
             attrs.push(Box::new(ReservationToken(token.to_vec())));
         }
         let answer = response::success(msg, attrs, seal);
         let mut a = Allocation::new(
-            id,
+            g.id,
             *from,
             relayed,
             auth.username.clone(),
             auth.key,
             auth.expires_unix,
             now.instant,
-            now.instant + lifetime,
+            now.instant + g.lifetime,
         );
         a.cache_answer(msg.transaction_id(), &answer, now.instant);
-        self.allocs.insert(id, a);
-        self.by_client.insert(*from, id);
+        self.allocs.insert(g.id, a);
+        self.by_client.insert(*from, g.id);
         self.stats.allocations_created[from.transport.index()] += 1;
         tracing::info!(
-            alloc = %id,
+            alloc = %g.id,
             user = %auth.username,
             client = %from.remote,
             transport = ?from.transport,
             relay = %relayed,
-            lifetime_seconds = lifetime.as_secs(),
+            lifetime_seconds = g.lifetime.as_secs(),
             "allocation created"
         );
         answer

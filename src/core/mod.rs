@@ -10,7 +10,9 @@
 //! (expiry), [`Core::on_client_closed`] (a TCP connection ended).
 
 pub mod alloc;
+mod labels;
 mod methods;
+mod quotas;
 mod relay;
 pub mod response;
 pub mod slab;
@@ -18,7 +20,7 @@ pub mod stats;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{AuthError, Authenticated, Credentials, NonceIssuer, NonceState};
@@ -27,33 +29,10 @@ use crate::ratelimit::SourceLimiter;
 use crate::wire::{self, Class, Kind, StunView, attr, method};
 
 use alloc::Allocation;
+pub use labels::{Family, Transport};
+pub use quotas::{QuotaError, Quotas};
 use response::{Code, Seal};
 pub use stats::{AuthFailure, DropReason, Stats};
-
-/// The transport a client reached tern over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    /// Every transport, in the order of per-transport arrays.
-    pub const ALL: [Self; 2] = [Self::Udp, Self::Tcp];
-
-    /// Index in per-transport arrays.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Udp => "udp",
-            Self::Tcp => "tcp",
-        }
-    }
-}
 
 /// A client's 5-tuple: transport, tern's address, the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,36 +52,6 @@ pub struct Now {
 }
 
 pub use slab::AllocId;
-
-/// Address family of a relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    /// Every family, in the order of per-family arrays (`[IPv4, IPv6]`).
-    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
-
-    /// The family of an address.
-    pub fn of(addr: &SocketAddr) -> Self {
-        if addr.is_ipv4() { Self::V4 } else { Self::V6 }
-    }
-
-    /// Index in per-family arrays.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::V4 => "ipv4",
-            Self::V6 => "ipv6",
-        }
-    }
-}
 
 /// Which relay port an Allocate asked for (RFC 8656 §14.6, §14.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,63 +135,6 @@ pub struct Limits {
     pub max_bandwidth: u64,
 }
 
-/// Allocation counts shared by every worker (touched per Allocate and
-/// per close, never per packet).
-#[derive(Debug, Default)]
-pub struct Quotas {
-    counts: Mutex<QuotaCounts>,
-}
-
-#[derive(Debug, Default)]
-struct QuotaCounts {
-    total: u32,
-    per_user: HashMap<String, u32>,
-}
-
-/// Which allocation limit was hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaError {
-    Total,
-    PerUser,
-}
-
-impl Quotas {
-    /// Take one allocation slot for `user`, within both limits.
-    pub fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> Result<(), QuotaError> {
-        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if c.total >= max_total {
-            return Err(QuotaError::Total);
-        }
-        let mine = c.per_user.get(user).copied().unwrap_or(0);
-        if mine >= max_user {
-            return Err(QuotaError::PerUser);
-        }
-        c.total += 1;
-        c.per_user.insert(user.to_owned(), mine + 1);
-        Ok(())
-    }
-
-    /// Give back `user`'s slot.
-    pub fn release(&self, user: &str) {
-        let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_user.remove(user);
-            }
-        }
-    }
-
-    /// Allocations held across all workers.
-    pub fn total(&self) -> u32 {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .total
-    }
-}
-
 /// One worker's protocol state.
 pub struct Core {
     cfg: Arc<CoreConfig>,
@@ -265,6 +157,16 @@ pub struct Core {
 /// first. Its 401 (header, ERROR-CODE, REALM "tern", a 16-character NONCE)
 /// is 56 bytes, twice the request; shorter requests are dropped unanswered.
 const MIN_CHALLENGED_LEN: usize = 28;
+
+/// Why a TURN request did not authenticate, and so what it gets.
+enum Reject {
+    /// Too short to challenge within the amplification bound: dropped.
+    Undersized,
+    /// A challenge (401, or 438 for a stale nonce) with a fresh nonce.
+    Challenge(Code, AuthFailure),
+    /// 400, without a challenge.
+    BadRequest(AuthFailure),
+}
 
 impl Core {
     /// A core for worker `worker` (ids are unique across workers);
@@ -404,7 +306,8 @@ impl Core {
     }
 
     /// Authenticate a TURN request (RFC 8489 §9.2.4). On failure the
-    /// challenge or error is sent and `None` returned.
+    /// challenge or error is sent (or, for an undersized request, nothing)
+    /// and `None` returned.
     fn authenticate(
         &mut self,
         now: Now,
@@ -412,77 +315,69 @@ impl Core {
         msg: &StunView<'_>,
         io: &mut impl Io,
     ) -> Option<Authenticated> {
-        let tcp = from.transport == Transport::Tcp;
-        let cfg = Arc::clone(&self.cfg);
-        let realm = cfg.credentials.realm();
-        let fresh_nonce = || cfg.nonces.issue(now.unix, tcp, &from.remote);
-        let Some((header, body, mac)) = msg.integrity() else {
-            if msg.bytes().len() < MIN_CHALLENGED_LEN {
+        let reject = match self.check_credentials(now, from, msg) {
+            Ok(a) => return Some(a),
+            Err(r) => r,
+        };
+        let answer = match reject {
+            Reject::Undersized => {
                 self.stats.drop(DropReason::Undersized);
                 return None;
             }
-            self.stats.auth_failure(AuthFailure::Missing);
-            self.unauthenticated(
-                now,
-                from,
-                &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
-                io,
-            );
-            return None;
+            Reject::Challenge(code, why) => {
+                self.stats.auth_failure(why);
+                let tcp = from.transport == Transport::Tcp;
+                let nonce = self.cfg.nonces.issue(now.unix, tcp, &from.remote);
+                response::challenge(msg, code, self.cfg.credentials.realm(), nonce)
+            }
+            Reject::BadRequest(why) => {
+                self.stats.auth_failure(why);
+                let seal = Seal::unauthenticated(msg, None);
+                response::error(msg, Code::BadRequest, vec![], seal)
+            }
+        };
+        self.unauthenticated(now, from, &answer, io);
+        None
+    }
+
+    /// The long-term credential check: MESSAGE-INTEGRITY with USERNAME,
+    /// REALM and a valid NONCE, and a key that verifies it.
+    fn check_credentials(
+        &self,
+        now: Now,
+        from: &FiveTuple,
+        msg: &StunView<'_>,
+    ) -> Result<Authenticated, Reject> {
+        let Some((header, body, mac)) = msg.integrity() else {
+            if msg.bytes().len() < MIN_CHALLENGED_LEN {
+                return Err(Reject::Undersized);
+            }
+            return Err(Reject::Challenge(Code::Unauthorized, AuthFailure::Missing));
         };
         let (Some(user), Some(_), Some(nonce)) = (
             msg.attr(attr::USERNAME),
             msg.attr(attr::REALM),
             msg.attr(attr::NONCE),
         ) else {
-            self.stats.auth_failure(AuthFailure::Malformed);
-            let seal = Seal::unauthenticated(msg, None);
-            self.unauthenticated(
-                now,
-                from,
-                &response::error(msg, Code::BadRequest, vec![], seal),
-                io,
-            );
-            return None;
+            return Err(Reject::BadRequest(AuthFailure::Malformed));
         };
-        if cfg.nonces.check(nonce, now.unix, tcp, &from.remote) != NonceState::Valid {
-            self.stats.auth_failure(AuthFailure::StaleNonce);
-            self.unauthenticated(
-                now,
-                from,
-                &response::challenge(msg, Code::StaleNonce, realm, fresh_nonce()),
-                io,
-            );
-            return None;
+        let tcp = from.transport == Transport::Tcp;
+        if self.cfg.nonces.check(nonce, now.unix, tcp, &from.remote) != NonceState::Valid {
+            return Err(Reject::Challenge(Code::StaleNonce, AuthFailure::StaleNonce));
         }
-        let Ok(user) = std::str::from_utf8(user) else {
-            self.stats.auth_failure(AuthFailure::UnknownUser);
-            self.unauthenticated(
-                now,
-                from,
-                &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
-                io,
-            );
-            return None;
-        };
+        let unauthorized = |why| Reject::Challenge(Code::Unauthorized, why);
+        let user = std::str::from_utf8(user).map_err(|_| unauthorized(AuthFailure::UnknownUser))?;
         let verify = |key: &[u8; 16]| crate::auth::verify_integrity(key, &header, body, mac);
-        match cfg.credentials.authenticate(user, now.unix, verify) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                self.stats.auth_failure(match e {
+        self.cfg
+            .credentials
+            .authenticate(user, now.unix, verify)
+            .map_err(|e| {
+                unauthorized(match e {
                     AuthError::UnknownUser => AuthFailure::UnknownUser,
                     AuthError::Expired => AuthFailure::Expired,
                     AuthError::BadIntegrity => AuthFailure::BadIntegrity,
-                });
-                self.unauthenticated(
-                    now,
-                    from,
-                    &response::challenge(msg, Code::Unauthorized, realm, fresh_nonce()),
-                    io,
-                );
-                None
-            }
-        }
+                })
+            })
     }
 
     /// Send an answer to an unauthenticated request, within the per-source
