@@ -41,8 +41,7 @@ use turn::proto::channum::ChannelNumber;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
-mod request;
-use request::{Auth, request};
+use tern::request::{Auth, request};
 
 #[derive(Parser)]
 #[command(

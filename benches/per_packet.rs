@@ -11,97 +11,42 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stun::agent::TransactionId;
 use stun::attributes::ATTR_NONCE;
 use stun::message::{CLASS_INDICATION, Message, MessageType, Setter};
 use stun::textattrs::TextAttribute;
-use tern::auth::{Credentials, NonceIssuer};
-use tern::core::{
-    AllocId, Core, CoreConfig, FiveTuple, Io, Limits, Now, Quotas, RelayError, RelayGrant,
-    RelayRequest, Transport,
-};
-use tern::policy::{PeerPolicy, PortRange};
+use tern::core::{AllocId, Core, CoreConfig, FiveTuple, Now, Quotas, Transport};
+use tern::request::{Auth, request};
+use tern::testing::{REALM, Recorder, core_config};
 use tern::wire::PEER_HEADROOM;
 use turn::proto::channum::ChannelNumber;
 use turn::proto::data::Data;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
-#[path = "../bench/request.rs"]
-mod request;
-use request::{Auth, request};
-
-const REALM: &str = "bench";
 const PAYLOAD: usize = 120;
 const CHANNEL: u16 = 0x4000;
 
-/// Counts what the core sends; keeps the last answer and allocation id.
-#[derive(Default)]
-struct Sink {
-    to_client: usize,
-    to_peer: usize,
-    last_answer: Vec<u8>,
-    last_alloc: Option<AllocId>,
-}
-
-impl Io for Sink {
-    fn to_client(&mut self, _: &FiveTuple, bytes: &[u8]) {
-        self.to_client += 1;
-        if bytes.first().is_some_and(|b| b & 0xC0 == 0) {
-            self.last_answer.clear();
-            self.last_answer.extend_from_slice(bytes);
-        }
-    }
-    fn to_peer(&mut self, _: AllocId, _: SocketAddr, bytes: &[u8]) {
-        self.to_peer += black_box(bytes).len().min(1);
-    }
-    fn open_relay(&mut self, alloc: AllocId, _: &RelayRequest) -> Result<RelayGrant, RelayError> {
-        self.last_alloc = Some(alloc);
-        Ok(RelayGrant {
-            local: SocketAddr::from(([192, 0, 2, 1], 50_000)),
-            token: None,
-        })
-    }
-    fn close_relay(&mut self, _: AllocId) {}
-}
-
+/// The test configuration with room for 10,000 allocations of one user,
+/// no SOFTWARE and no strict expiry.
 fn config() -> CoreConfig {
-    CoreConfig {
-        credentials: Credentials::new(REALM, &[("user".into(), "pass".into())], &[]),
-        nonces: NonceIssuer::new([7; 32], 3600),
-        policy: PeerPolicy::new(
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            PortRange::new(49152, 65535).unwrap(),
-        ),
-        software: None,
-        limits: Limits {
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            max_allocations: 100_000,
-            max_allocations_per_user: 100_000,
-            max_permissions: 8,
-            max_channels: 8,
-            legacy_channel_numbers: false,
-            strict_expiry: false,
-            unauthenticated_rate: 0,
-            max_bandwidth: 0,
-        },
-        external_v4: None,
-        external_v6: None,
-        alternate_server: None,
-    }
+    let mut cfg = core_config();
+    cfg.software = None;
+    cfg.limits.max_allocations = 100_000;
+    cfg.limits.max_allocations_per_user = 100_000;
+    cfg.limits.max_permissions = 8;
+    cfg.limits.max_channels = 8;
+    cfg.limits.strict_expiry = false;
+    cfg
 }
 
 /// A core holding `n` allocations, each with a channel to `peer`; returns
 /// every client's 5-tuple and allocation id.
 type Sessions = Vec<(FiveTuple, AllocId)>;
-fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
+fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Recorder) {
     let mut core = Core::new(
         Arc::new(config()),
         Arc::new(Quotas::default()),
@@ -109,7 +54,7 @@ fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
         1,
         now.instant,
     );
-    let mut io = Sink::default();
+    let mut io = Recorder::counting();
     let transport = || -> Box<dyn Setter> {
         Box::new(RequestedTransport {
             protocol: turn::proto::PROTO_UDP,
@@ -143,8 +88,8 @@ fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
             .unwrap()
             .text;
         let auth = Auth {
-            user: "user",
-            pass: "pass",
+            user: "alice",
+            pass: "pw",
             realm: REALM,
             nonce: &nonce,
         };
@@ -159,7 +104,8 @@ fn core_with(n: usize, peer: SocketAddr, now: Now) -> (Core, Sessions, Sink) {
             core.on_client(now, &client, &req.unwrap(), &mut io);
             assert_eq!(io.last_answer[0] & 0x01, 0x01, "request {i} failed");
         }
-        sessions.push((client, io.last_alloc.expect("an allocation was made")));
+        let (alloc, _) = *io.opened.last().expect("an allocation was made");
+        sessions.push((client, alloc));
     }
     assert_eq!(core.allocation_count(), n);
     (core, sessions, io)
@@ -241,7 +187,7 @@ fn per_packet(c: &mut Criterion) {
 
         // Every case relayed: nothing was dropped on the way.
         assert!(core.stats.dropped.iter().all(|&d| d == 0));
-        assert!(io.to_peer > 0 && io.to_client > 0);
+        assert!(io.sent.0 > 0 && io.sent.1 > 0);
     }
     group.finish();
 }

@@ -12,6 +12,7 @@
 //! core                                  the sans-IO protocol core
 //! auth                                  credentials and nonces
 //! wire · policy · ratelimit · notify    codec; peer filter; limits; sd_notify
+//! request                               client requests (tools and tests)
 //! ```
 //!
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
@@ -34,6 +35,9 @@
 //!   board; [`shutdown`]: signals as [`shutdown::Control`]s;
 //!   [`credentials`]: minting REST credentials; [`notify`]: systemd's
 //!   sd_notify.
+//! - [`request`]: STUN/TURN requests as clients build them, for the load
+//!   generator, benchmarks and tests; `testing` (the `testing` feature,
+//!   on in `cargo test`): a recording `Io`, a fake clock, a test config.
 //! - [`server`]: binds listeners, starts the workers, obeys controls
 //!   (`run(config, shutdown)`); [`cli`]: what `main.rs` calls.
 //!
@@ -59,6 +63,9 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod ratelimit;
+pub mod request;
 pub mod server;
 pub mod shutdown;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wire;

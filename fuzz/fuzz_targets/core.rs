@@ -8,64 +8,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tern::auth::{Credentials, NonceIssuer};
-use tern::core::{
-    AllocId, Core, CoreConfig, FiveTuple, Io, Limits, Now, Quotas, RelayError, RelayGrant, RelayRequest,
-    Transport,
-};
-use tern::policy::{PeerPolicy, PortRange};
-
-#[derive(Default)]
-struct Sink {
-    answers: Vec<usize>,
-    open: usize,
-}
-
-impl Io for Sink {
-    fn to_client(&mut self, _: &FiveTuple, bytes: &[u8]) {
-        self.answers.push(bytes.len());
-    }
-    fn to_peer(&mut self, _: AllocId, _: SocketAddr, _: &[u8]) {}
-    fn open_relay(&mut self, _: AllocId, _: &RelayRequest) -> Result<RelayGrant, RelayError> {
-        self.open += 1;
-        Ok(RelayGrant {
-            local: SocketAddr::from(([203, 0, 113, 1], 50_000)),
-            token: None,
-        })
-    }
-    fn close_relay(&mut self, _: AllocId) {
-        self.open -= 1;
-    }
-}
-
-fn config() -> CoreConfig {
-    CoreConfig {
-        credentials: Credentials::new("fuzz", &[("u".into(), "p".into())], &["s".into()]),
-        nonces: NonceIssuer::new([1; 32], 600),
-        policy: PeerPolicy::new(vec![], vec![], vec![], vec![], PortRange::new(49152, 65535).unwrap()),
-        software: Some("tern-fuzz".into()),
-        limits: Limits {
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            max_allocations: 4,
-            max_allocations_per_user: 4,
-            max_permissions: 8,
-            max_channels: 8,
-            legacy_channel_numbers: false,
-            strict_expiry: true,
-            unauthenticated_rate: 0,
-            max_bandwidth: 0,
-        },
-        external_v4: None,
-        external_v6: None,
-        alternate_server: None,
-    }
-}
+use tern::core::{AllocId, Core, FiveTuple, Now, Quotas, Transport};
+use tern::testing::{Recorder, core_config};
 
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
-    let mut core = Core::new(Arc::new(config()), Arc::new(Quotas::default()), 0, 7, start);
-    let mut io = Sink::default();
+    let mut cfg = core_config();
+    cfg.limits.max_allocations = 4;
+    cfg.limits.max_allocations_per_user = 4;
+    cfg.limits.max_permissions = 8;
+    cfg.limits.max_channels = 8;
+    let mut core = Core::new(Arc::new(cfg), Arc::new(Quotas::default()), 0, 7, start);
+    let mut io = Recorder::default();
     let mut offset = 0u64;
     let mut buf = vec![0u8; tern::wire::PEER_HEADROOM + 600];
     // Each record: [control byte][len byte][len bytes of packet].
@@ -84,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             local: SocketAddr::from(([192, 0, 2, 1], 3478)),
             remote: SocketAddr::from(([198, 51, 100, (ctl >> 1) & 3], 1000)),
         };
-        let before = io.answers.len();
+        let before = io.to_client.len();
         // Nothing the fuzzer sends can authenticate, so every answer to a
         // client's packet must stay within twice its size (IPv4 client, a
         // 4-byte realm); a peer's datagram is re-framed with at most 48
@@ -96,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
                 let start_at = tern::wire::PEER_HEADROOM;
                 buf[start_at..start_at + n].copy_from_slice(&body[..n]);
                 let peer = SocketAddr::from(([8, 8, 8, ctl], 5000));
-                core.on_peer(now, (ctl & 3) as u64, peer, &mut buf, start_at..start_at + n, &mut io);
+                // The ids of the first allocations (worker 0, generation 1).
+                let Some(alloc) = AllocId::from_bits((1 << 24) | u64::from(ctl & 3)) else {
+                    continue;
+                };
+                core.on_peer(now, alloc, peer, &mut buf, start_at..start_at + n, &mut io);
                 bound = n + tern::wire::PEER_HEADROOM + 3;
             }
             0x10 => core.tick(now, &mut io),
@@ -104,9 +62,9 @@ fuzz_target!(|data: &[u8]| {
             _ => core.on_client(now, &from, body, &mut io),
         }
         assert!(core.allocation_count() <= 4);
-        assert_eq!(core.allocation_count(), io.open);
-        for &n in &io.answers[before..] {
-            assert!(n <= bound, "answer of {n} bytes");
+        assert_eq!(core.allocation_count(), io.open());
+        for (_, answer) in &io.to_client[before..] {
+            assert!(answer.len() <= bound, "answer of {} bytes", answer.len());
         }
     }
 });

@@ -1,15 +1,15 @@
 //! Core unit tests: a recording `Io` and a fake clock.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType, RawAttribute};
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, AttrType, RawAttribute};
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
     CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, Message,
-    MessageType, Setter,
+    Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
@@ -21,50 +21,15 @@ use turn::proto::reqtrans::RequestedTransport;
 
 use super::*;
 use crate::auth::{long_term_key, rest_password};
-use crate::policy::PortRange;
 
-/// The default realm, so challenge sizes are the ones users get.
-const REALM: &str = "tern";
-const SECRET: &str = "shh";
-const START_UNIX: u64 = 1_800_000_000;
+use crate::testing::{Clock, REALM, Recorder, SECRET, START_UNIX, core_config};
 
-#[derive(Default)]
-struct Rec {
-    to_client: Vec<(FiveTuple, Vec<u8>)>,
-    to_peer: Vec<(AllocId, SocketAddr, Vec<u8>)>,
-    opened: Vec<(AllocId, RelayRequest)>,
-    closed: Vec<AllocId>,
-    fail: Option<RelayError>,
-    next_port: u16,
+/// The last answer to a client, decoded.
+trait Last {
+    fn last(&self) -> Message;
 }
 
-impl Io for Rec {
-    fn to_client(&mut self, client: &FiveTuple, bytes: &[u8]) {
-        self.to_client.push((*client, bytes.to_vec()));
-    }
-    fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
-        self.to_peer.push((alloc, peer, bytes.to_vec()));
-    }
-    fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
-        if let Some(e) = self.fail {
-            return Err(e);
-        }
-        if req.family == Family::V6 {
-            return Err(RelayError::FamilyUnavailable);
-        }
-        self.opened.push((alloc, *req));
-        self.next_port += 2;
-        Ok(RelayGrant {
-            local: SocketAddr::from(([203, 0, 113, 5], 50000 + self.next_port)),
-            token: None,
-        })
-    }
-    fn close_relay(&mut self, alloc: AllocId) {
-        self.closed.push(alloc);
-    }
-}
-
-impl Rec {
+impl Last for Recorder {
     fn last(&self) -> Message {
         let (_, bytes) = self.to_client.last().expect("an answer");
         decode(bytes)
@@ -78,67 +43,9 @@ fn decode(bytes: &[u8]) -> Message {
     m
 }
 
-/// A fake clock.
-struct Clock {
-    start: Instant,
-    offset: Duration,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            offset: Duration::ZERO,
-        }
-    }
-    fn now(&self) -> Now {
-        Now {
-            instant: self.start + self.offset,
-            unix: START_UNIX + self.offset.as_secs(),
-        }
-    }
-    fn advance(&mut self, secs: u64) {
-        self.offset += Duration::from_secs(secs);
-    }
-}
-
-fn core_config() -> CoreConfig {
-    CoreConfig {
-        credentials: Credentials::new(
-            REALM,
-            &[("alice".into(), "pw".into()), ("bob".into(), "pw2".into())],
-            &[SECRET.into()],
-        ),
-        nonces: NonceIssuer::new([3; 32], 600),
-        policy: PeerPolicy::new(
-            vec![],
-            vec![],
-            vec!["203.0.113.5".parse().unwrap()],
-            vec![],
-            PortRange::new(49152, 65535).unwrap(),
-        ),
-        software: Some("tern-test".into()),
-        limits: Limits {
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            max_allocations: 100,
-            max_allocations_per_user: 3,
-            max_permissions: 4,
-            max_channels: 4,
-            legacy_channel_numbers: false,
-            strict_expiry: true,
-            unauthenticated_rate: 0,
-            max_bandwidth: 0,
-        },
-        external_v4: None,
-        external_v6: None,
-        alternate_server: None,
-    }
-}
-
 struct Harness {
     core: Core,
-    io: Rec,
+    io: Recorder,
     clock: Clock,
     /// Length of the last datagram sent to the core.
     sent_len: usize,
@@ -154,16 +61,6 @@ fn client(port: u16) -> FiveTuple {
 
 const PEER_A: &str = "8.8.8.8:5000";
 const PEER_B: &str = "1.1.1.1:6000";
-
-fn method_type(method: u16, class: stun::message::MessageClass) -> MessageType {
-    // Build via the wire value so any method number works.
-    let mut t = MessageType::default();
-    let m = method;
-    let v = (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2);
-    t.read_value(v);
-    t.class = class;
-    t
-}
 
 fn peer_attr(addr: &str) -> Box<dyn Setter> {
     let a: SocketAddr = addr.parse().unwrap();
@@ -188,7 +85,7 @@ impl Harness {
                 42,
                 clock.start,
             ),
-            io: Rec::default(),
+            io: Recorder::default(),
             clock,
             sent_len: 0,
         }
@@ -272,27 +169,20 @@ fn udp() -> Box<dyn Setter> {
     })
 }
 
+/// A message signed as `(user, password, nonce)` when given.
 fn build(
     method: u16,
     class: stun::message::MessageClass,
-    mut attrs: Vec<Box<dyn Setter>>,
+    attrs: Vec<Box<dyn Setter>>,
     auth: Option<(&str, &str, &str)>,
 ) -> Vec<u8> {
-    let mut setters: Vec<Box<dyn Setter>> = vec![
-        Box::new(TransactionId::new()),
-        Box::new(method_type(method, class)),
-    ];
-    setters.append(&mut attrs);
-    if let Some((user, pass, nonce)) = auth {
-        setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, user.into())));
-        setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.into())));
-        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.into())));
-        let key = long_term_key(user, REALM, pass);
-        setters.push(Box::new(MessageIntegrity(key.to_vec())));
-    }
-    let mut m = Message::new();
-    m.build(&setters).unwrap();
-    m.raw
+    let auth = auth.map(|(user, pass, nonce)| crate::request::Auth {
+        user,
+        pass,
+        realm: REALM,
+        nonce,
+    });
+    crate::request::message(method, class, attrs, auth.as_ref()).unwrap()
 }
 
 fn error_code(m: &Message) -> u16 {
@@ -594,7 +484,10 @@ fn create_permission_installs_every_peer_and_they_expire() {
     for peer in [PEER_A, PEER_B] {
         let data = h.peer_datagram(id, peer, b"hi").expect("relayed");
         let d = decode(&data);
-        assert_eq!(d.typ, method_type(method::DATA, CLASS_INDICATION));
+        assert_eq!(
+            d.typ,
+            crate::request::message_type(method::DATA, CLASS_INDICATION)
+        );
     }
     assert!(h.peer_datagram(id, "9.9.9.9:1", b"x").is_none());
     assert_eq!(h.core.stats.dropped[DropReason::NoPermission as usize], 1);

@@ -124,6 +124,26 @@ impl RelayPorts {
 mod tests {
     use super::*;
 
+    /// A range of `len` ports on 127.0.0.1 that were all free a moment
+    /// ago (found by binding them), starting at an even port.
+    fn free_range(len: u16) -> PortRange {
+        for _ in 0..100 {
+            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let start = probe.local_addr().unwrap().port() & !1;
+            drop(probe);
+            let Some(end) = start.checked_add(len - 1) else {
+                continue;
+            };
+            let held: Result<Vec<_>, _> = (start..=end)
+                .map(|p| UdpSocket::bind(("127.0.0.1", p)))
+                .collect();
+            if held.is_ok() {
+                return PortRange::new(start, end).unwrap();
+            }
+        }
+        panic!("no {len} free ports in a row");
+    }
+
     fn req(port: PortRequest) -> RelayRequest {
         RelayRequest {
             family: Family::V4,
@@ -134,7 +154,7 @@ mod tests {
 
     #[test]
     fn ports_come_from_the_range_until_it_is_exhausted() {
-        let range = PortRange::new(41000, 41003).unwrap();
+        let range = free_range(4);
         let p = RelayPorts::new(Some("127.0.0.1".parse().unwrap()), None, range);
         let now = Instant::now();
         let socks: Vec<_> = (0..4)
@@ -156,7 +176,7 @@ mod tests {
 
     #[test]
     fn even_port_reserves_the_next_one_for_its_token() {
-        let range = PortRange::new(41100, 41109).unwrap();
+        let range = free_range(10);
         let p = RelayPorts::new(Some("127.0.0.1".parse().unwrap()), None, range);
         let now = Instant::now();
         let (sock, token) = p

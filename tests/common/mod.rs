@@ -7,18 +7,14 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stun::agent::TransactionId;
-use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::attributes::ATTR_NONCE;
 use stun::error_code::ErrorCodeAttribute;
-use stun::integrity::MessageIntegrity;
-use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Getter, Message, MessageClass, MessageType,
-    Setter,
-};
+use stun::message::{CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Getter, Message, Setter};
 use stun::textattrs::TextAttribute;
 use tern::config::Config;
 use tern::io::Shared;
 use tern::metrics::Board;
+use tern::request::Auth;
 use tern::wire::method;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
@@ -173,13 +169,8 @@ pub struct RawClient {
     pub nonce: Option<String>,
 }
 
-pub fn message_type(method: u16, class: MessageClass) -> MessageType {
-    let m = method;
-    let mut t = MessageType::default();
-    t.read_value((m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2));
-    t.class = class;
-    t
-}
+#[allow(unused_imports)]
+pub use tern::request::message_type;
 
 pub fn decode(bytes: &[u8]) -> Message {
     let mut m = Message::new();
@@ -292,27 +283,13 @@ impl RawClient {
 
     /// Build a request; signed when a nonce is known.
     pub fn build(&self, method: u16, attrs: Vec<Box<dyn Setter>>, signed: bool) -> Vec<u8> {
-        let mut setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId::new()),
-            Box::new(message_type(method, stun::message::CLASS_REQUEST)),
-        ];
-        setters.extend(attrs);
-        if let (true, Some(nonce)) = (signed, &self.nonce) {
-            setters.push(Box::new(TextAttribute::new(
-                ATTR_USERNAME,
-                self.user.clone(),
-            )));
-            setters.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.into())));
-            setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
-            setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
-                self.user.clone(),
-                REALM.into(),
-                self.pass.clone(),
-            )));
-        }
-        let mut m = Message::new();
-        m.build(&setters).unwrap();
-        m.raw
+        let auth = self.nonce.as_deref().filter(|_| signed).map(|nonce| Auth {
+            user: &self.user,
+            pass: &self.pass,
+            realm: REALM,
+            nonce,
+        });
+        tern::request::request(method, attrs, auth.as_ref()).unwrap()
     }
 
     /// Send and wait for the answer to this transaction.
