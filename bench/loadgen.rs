@@ -655,7 +655,7 @@ fn echo(listen: SocketAddr) -> Result<()> {
 
 /// Run `task` on a current-thread runtime with a `LocalSet` (the
 /// generator, each forwarder thread and the echo peer are single-threaded).
-fn on_local_runtime<T>(task: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+fn on_local_runtime<T>(task: impl Future<Output = Result<T>>) -> Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -12,14 +12,14 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::metrics::Board;
 
 /// A worker that has not ticked for this long is unhealthy.
-pub const HEALTH_WINDOW: Duration = Duration::from_secs(5);
+pub(crate) const HEALTH_WINDOW: Duration = Duration::from_secs(5);
 const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin connections served at once; further ones wait in the backlog.
 const MAX_CONCURRENT: usize = 32;
 
 /// Serve admin requests until the task is dropped.
-pub async fn serve(listener: TcpListener, board: Arc<Board>) {
+pub(crate) async fn serve(listener: TcpListener, board: Arc<Board>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {

@@ -42,10 +42,13 @@ impl std::fmt::Debug for Credentials {
 /// Why a request did not authenticate; each becomes a 401 and a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// No such static user, and no valid REST username.
     #[error("unknown user")]
     UnknownUser,
+    /// A REST credential past its expiry.
     #[error("time-limited credential expired")]
     Expired,
+    /// The key does not verify MESSAGE-INTEGRITY.
     #[error("MESSAGE-INTEGRITY does not match")]
     BadIntegrity,
 }
@@ -53,7 +56,9 @@ pub enum AuthError {
 /// A request whose MESSAGE-INTEGRITY verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
+    /// The USERNAME it authenticated as.
     pub username: String,
+    /// The long-term key that verified it.
     pub key: Key,
     /// Unix time the REST credential expires; `None` for static users.
     pub expires_unix: Option<u64>,
@@ -185,6 +190,7 @@ impl std::fmt::Debug for NonceIssuer {
 /// What a presented nonce turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceState {
+    /// Issued by this key for this client, and fresh.
     Valid,
     /// Ours but too old, or not ours at all: either way the client gets 438
     /// and a fresh one.

@@ -25,6 +25,7 @@ pub struct Cli {
     /// Log format; overrides the config.
     #[arg(long, value_enum, global = true)]
     pub log_format: Option<LogFormat>,
+    /// What to do; serving when absent.
     #[command(subcommand)]
     pub command: Option<Command>,
 }

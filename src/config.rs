@@ -17,10 +17,13 @@ use crate::policy::PortRange;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: {key}: {problem}")]
 pub struct ConfigError {
+    /// The file the configuration came from.
     pub file: String,
     /// 1-based; 0 when the key is absent from the file.
     pub line: usize,
+    /// The key, as a dotted path (`relay.min-port`).
     pub key: String,
+    /// What is wrong with its value.
     pub problem: String,
 }
 
@@ -32,6 +35,7 @@ pub enum RelayAddress {
     Auto,
     /// No relays of this family (Allocate for it gets 440).
     Disabled,
+    /// This address.
     Ip(IpAddr),
 }
 
@@ -39,7 +43,9 @@ pub enum RelayAddress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -60,40 +66,64 @@ pub enum Steering {
 pub struct Config {
     /// The file it came from, or `<embedded default>`.
     pub source: String,
+    /// The realm of authentication challenges.
     pub realm: String,
+    /// The SOFTWARE attribute, if any.
     pub software: Option<String>,
     /// Host put in printed `turn:` URIs.
     pub host: Option<String>,
     /// Worker threads; 0 = one per CPU.
     pub workers: usize,
+    /// UDP listener addresses.
     pub listen_udp: Vec<SocketAddr>,
+    /// TCP listener addresses.
     pub listen_tcp: Vec<SocketAddr>,
     /// When true, a listener address that cannot be bound (e.g. `[::]` on a
     /// host without IPv6) is skipped with a warning instead of failing.
     pub listen_best_effort: bool,
+    /// Receive and send buffer of each UDP listener socket, in bytes.
     pub socket_buffer_bytes: usize,
+    /// Where IPv4 relays bind.
     pub relay_ipv4: RelayAddress,
+    /// Where IPv6 relays bind.
     pub relay_ipv6: RelayAddress,
+    /// The IPv4 address advertised for relays (1:1 NAT).
     pub external_ipv4: Option<Ipv4Addr>,
+    /// The IPv6 address advertised for relays.
     pub external_ipv6: Option<Ipv6Addr>,
+    /// The relay port range.
     pub relay_ports: PortRange,
+    /// Whether relay datagrams are steered to one socket per worker.
     pub relay_steering: Steering,
+    /// TURN REST API secrets, listed and read from files.
     pub secrets: Vec<String>,
+    /// Static users: (name, password).
     pub users: Vec<(String, String)>,
     /// Whether the secret was generated at start (no config file).
     pub generated_secret: bool,
+    /// How long a nonce stays valid.
     pub nonce_lifetime: Duration,
+    /// Peer ranges allowed despite the default deny list.
     pub peers_allow: Vec<IpNet>,
+    /// Peer ranges denied besides the defaults.
     pub peers_deny: Vec<IpNet>,
     /// Lifetimes and limits, exactly as the core enforces them.
     pub limits: Limits,
+    /// Open TCP client connections, in total.
     pub max_tcp_connections: usize,
+    /// Open TCP client connections per client IP.
     pub max_tcp_connections_per_ip: usize,
+    /// How long a TCP connection without an allocation may stay idle.
     pub tcp_idle_timeout: Duration,
+    /// The admin HTTP listener.
     pub admin_listen: SocketAddr,
+    /// The longest SIGTERM drain.
     pub drain_timeout: Duration,
+    /// Where draining sends new allocations (300 Try Alternate).
     pub alternate_server: Option<SocketAddr>,
+    /// The log filter (`RUST_LOG` syntax).
     pub log_level: String,
+    /// The log format.
     pub log_format: LogFormat,
 }
 

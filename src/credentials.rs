@@ -10,9 +10,13 @@ use crate::config::Config;
 /// A time-limited credential in the REST API draft's response shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestCredential {
+    /// `<expiry>:<user>`.
     pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
     pub password: String,
+    /// Seconds the credential is valid.
     pub ttl: u64,
+    /// `turn:` URIs of the server.
     pub uris: Vec<String>,
 }
 

@@ -17,7 +17,7 @@
 //!
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
 //! - [`auth`]: long-term credentials, REST API secrets, stateless nonces.
-//! - [`policy`]: which peers may be relayed to; [`ratelimit`]: per-source
+//! - [`policy`]: which peers may be relayed to; `ratelimit`: per-source
 //!   limits in bounded memory.
 //! - [`core`]: the sans-IO protocol core, one per worker. `Core::on_client`
 //!   takes a client's bytes, `Core::on_peer` a peer's, `Core::tick` expires
@@ -31,10 +31,12 @@
 //!   listener sockets (SO_REUSEPORT), its relay sockets and its clients'
 //!   send queue; relay-to-relay datagrams between workers go through
 //!   bounded per-pair queues (`io/handoff.rs`).
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz` over HTTP, from the
+//! - `admin`: `/metrics`, `/healthz`, `/readyz` over HTTP, from the
 //!   board; [`shutdown`]: signals as [`shutdown::Control`]s;
-//!   [`credentials`]: minting REST credentials; [`notify`]: systemd's
-//!   sd_notify.
+//!   [`credentials`]: minting REST credentials; `notify`: systemd's
+//!   sd_notify. (`admin`, `notify` and `ratelimit` are internal; the other
+//!   modules are the library that the binary, the load generator, the
+//!   benchmarks, the fuzz targets and the tests use.)
 //! - [`request`]: STUN/TURN requests as clients build them, for the load
 //!   generator, benchmarks and tests; `testing` (the `testing` feature,
 //!   on in `cargo test`): a recording `Io`, a fake clock, a test config.
@@ -52,7 +54,7 @@
 //!   queue, which leaves in one `sendmmsg` per listener when the batch
 //!   settles.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -60,9 +62,9 @@ pub mod core;
 pub mod credentials;
 pub mod io;
 pub mod metrics;
-pub mod notify;
+pub(crate) mod notify;
 pub mod policy;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod request;
 pub mod server;
 pub mod shutdown;

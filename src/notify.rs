@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Send one notification to `$NOTIFY_SOCKET`, if set. Errors are ignored:
 /// notification is advisory.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -37,7 +37,7 @@ fn send_abstract(_: &UnixDatagram, _: &[u8], _: &str) -> std::io::Result<usize> 
 
 /// The watchdog ping interval systemd asked for (half of `WATCHDOG_USEC`),
 /// if it asked this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {

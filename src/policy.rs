@@ -48,12 +48,15 @@ impl PortRange {
     pub fn new(start: u16, end: u16) -> Option<Self> {
         (start >= 1 && start <= end).then_some(Self { start, end })
     }
+    /// The first port.
     pub fn start(&self) -> u16 {
         self.start
     }
+    /// The last port.
     pub fn end(&self) -> u16 {
         self.end
     }
+    /// Whether `port` is in the range.
     pub fn contains(&self, port: u16) -> bool {
         (self.start..=self.end).contains(&port)
     }

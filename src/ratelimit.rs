@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 /// Buckets per table (each 8 bytes).
-pub const SLOTS: usize = 4096;
+pub(crate) const SLOTS: usize = 4096;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
@@ -19,7 +19,7 @@ struct Slot {
 
 /// A fixed-size table of token buckets.
 #[derive(Debug)]
-pub struct SourceLimiter {
+pub(crate) struct SourceLimiter {
     slots: Box<[Slot]>,
     hasher: std::collections::hash_map::RandomState,
     base: Instant,
@@ -29,7 +29,7 @@ pub struct SourceLimiter {
 
 impl SourceLimiter {
     /// `per_second` answers per source, bursting to twice that; 0 disables.
-    pub fn new(per_second: u32, base: Instant) -> Self {
+    pub(crate) fn new(per_second: u32, base: Instant) -> Self {
         Self {
             slots: vec![Slot::default(); SLOTS].into_boxed_slice(),
             hasher: std::collections::hash_map::RandomState::new(),
@@ -40,13 +40,13 @@ impl SourceLimiter {
     }
 
     /// Change the rate (on reload); buckets keep their tokens.
-    pub fn set_rate(&mut self, per_second: u32) {
+    pub(crate) fn set_rate(&mut self, per_second: u32) {
         self.per_second = per_second as f32;
         self.burst = 2.0 * per_second as f32;
     }
 
     /// Take one token for `ip`; false when its bucket is empty.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.per_second <= 0.0 {
             return true;
         }

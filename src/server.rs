@@ -188,7 +188,7 @@ impl Server {
 
     /// Serve until `shutdown` completes, then close every allocation.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(1);
         let stop = async move {
             shutdown.await;
             let _ = tx.send(Control::Stop).await;

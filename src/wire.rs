@@ -20,6 +20,8 @@ pub const CHANNEL_HEADER_LEN: usize = 4;
 pub const PEER_HEADROOM: usize = HEADER_LEN + 24 + 4;
 
 /// Attribute types tern reads or knows (RFC 8489 §18.3, RFC 8656 §18).
+// A table of IANA registry entries under their registered names.
+#[allow(missing_docs)]
 pub mod attr {
     pub const USERNAME: u16 = 0x0006;
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
@@ -90,7 +92,9 @@ pub mod attr {
     }
 }
 
-/// STUN methods tern handles.
+/// STUN methods tern handles (RFC 8489 §18.2, RFC 8656 §17).
+// A table of IANA registry entries under their registered names.
+#[allow(missing_docs)]
 pub mod method {
     pub const BINDING: u16 = 0x001;
     pub const ALLOCATE: u16 = 0x003;
@@ -104,9 +108,13 @@ pub mod method {
 /// STUN message class (RFC 8489 §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    /// A request.
     Request,
+    /// An indication (no answer).
     Indication,
+    /// A success response.
     Success,
+    /// An error response.
     Error,
 }
 
@@ -114,8 +122,11 @@ pub enum Class {
 /// bits tell STUN `00` from ChannelData `01`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A STUN message (first bits `00`).
     Stun,
+    /// TURN ChannelData (first bits `01`).
     ChannelData,
+    /// Neither: dropped.
     Other,
 }
 
@@ -131,14 +142,19 @@ pub fn kind(buf: &[u8]) -> Kind {
 /// Why a STUN message was rejected at parse time; each maps to a drop reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// Shorter than its header.
     #[error("shorter than its header")]
     Truncated,
+    /// No magic cookie: not an RFC 8489 message.
     #[error("not a STUN message")]
     NotStun,
+    /// The length field does not match the bytes.
     #[error("length field does not match the datagram")]
     BadLength,
+    /// An attribute overruns the message.
     #[error("attribute overruns the message")]
     BadAttribute,
+    /// FINGERPRINT does not match.
     #[error("FINGERPRINT does not match")]
     BadFingerprint,
 }

@@ -52,11 +52,8 @@ fn check_config_accepts_the_example_and_reports_file_line_key() {
 #[ignore = "needs root and util-linux's setpriv (as root, scripts/test runs it)"]
 fn steering_on_without_the_capabilities_refuses_to_start() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root to drop capabilities"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "needs root to drop capabilities");
     let cfg = temp_file(
         "steer",
         "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\nsteering = \"on\"\n[auth]\nsecrets = [\"x\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",

@@ -25,22 +25,30 @@ const ANSWER_CACHE_LEN: usize = 8;
 /// A channel binding (RFC 8656 §12).
 #[derive(Debug, Clone, Copy)]
 pub struct Channel {
+    /// The peer bound to the channel.
     pub peer: SocketAddr,
+    /// When the binding expires (unless refreshed).
     pub expires: Instant,
 }
 
 /// A live allocation.
 #[derive(Debug)]
 pub struct Allocation {
+    /// Its id (and its relay's).
     pub id: AllocId,
+    /// The client's 5-tuple.
     pub client: FiveTuple,
     /// The address advertised in XOR-RELAYED-ADDRESS.
     pub relayed: SocketAddr,
+    /// The user it was made for.
     pub username: String,
+    /// The long-term key that signs its answers.
     pub key: Key,
     /// Unix time the REST credential expires (static users: `None`).
     pub credential_expires_unix: Option<u64>,
+    /// When it was made.
     pub created: Instant,
+    /// When it expires (unless refreshed).
     pub expires: Instant,
     /// Permissions and channels are short lists (a handful per allocation,
     /// at most the configured limits), searched linearly: for the few
@@ -49,9 +57,13 @@ pub struct Allocation {
     permissions: Vec<(IpAddr, Instant)>,
     channels: Vec<(u16, Channel)>,
     answers: VecDeque<(Instant, [u8; 12], Vec<u8>)>,
+    /// Payload bytes relayed to peers.
     pub bytes_to_peer: u64,
+    /// Payload bytes relayed to the client.
     pub bytes_to_client: u64,
+    /// The bandwidth limit towards peers.
     pub bandwidth_to_peer: Bandwidth,
+    /// The bandwidth limit towards the client.
     pub bandwidth_to_client: Bandwidth,
 }
 

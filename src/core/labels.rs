@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 /// The transport a client reached tern over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
+    /// STUN/TURN over UDP.
     Udp,
+    /// STUN/TURN over TCP (RFC 8656 §12.5 framing).
     Tcp,
 }
 
@@ -31,7 +33,9 @@ impl Transport {
 /// Address family of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 

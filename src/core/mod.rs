@@ -37,8 +37,11 @@ pub use stats::{AuthFailure, DropReason, Stats};
 /// A client's 5-tuple: transport, tern's address, the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
+    /// UDP or TCP.
     pub transport: Transport,
+    /// tern's address: the listener the client reached.
     pub local: SocketAddr,
+    /// The client's address.
     pub remote: SocketAddr,
 }
 
@@ -56,9 +59,11 @@ pub use slab::AllocId;
 /// Which relay port an Allocate asked for (RFC 8656 §14.6, §14.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortRequest {
+    /// Any port of the range.
     Any,
     /// EVEN-PORT: an even port, optionally reserving the next one.
     Even {
+        /// Also reserve the next port (the R bit).
         reserve_next: bool,
     },
     /// RESERVATION-TOKEN from an earlier EVEN-PORT allocation.
@@ -68,23 +73,30 @@ pub enum PortRequest {
 /// What the core asks of the I/O layer when it opens a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayRequest {
+    /// The relay's address family.
     pub family: Family,
+    /// Which port.
     pub port: PortRequest,
+    /// Set DF on the relay socket (DONT-FRAGMENT).
     pub dont_fragment: bool,
 }
 
 /// An opened relay: its bound address and any reservation token made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayGrant {
+    /// The relay's bound address.
     pub local: SocketAddr,
+    /// The RESERVATION-TOKEN for the next port, when one was reserved.
     pub token: Option<[u8; 8]>,
 }
 
 /// Why no relay could be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
+    /// Every port of the range is taken (508).
     #[error("no relay port left")]
     NoCapacity,
+    /// The family has no relay address (440).
     #[error("no relay address of that family")]
     FamilyUnavailable,
 }
@@ -104,12 +116,19 @@ pub trait Io {
 /// Everything the core reads from the configuration; swapped as a whole.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    /// Static users and REST secrets.
     pub credentials: Credentials,
+    /// Issues and checks stateless nonces.
     pub nonces: NonceIssuer,
+    /// Which peers may be relayed to.
     pub policy: PeerPolicy,
+    /// The SOFTWARE attribute, if any.
     pub software: Option<String>,
+    /// Lifetimes and limits.
     pub limits: Limits,
+    /// The IPv4 address advertised for relays, if not their own.
     pub external_v4: Option<Ipv4Addr>,
+    /// The IPv6 address advertised for relays, if not their own.
     pub external_v6: Option<Ipv6Addr>,
     /// Where to send clients (300 Try Alternate) while draining.
     pub alternate_server: Option<SocketAddr>,
@@ -119,11 +138,17 @@ pub struct CoreConfig {
 /// holds the same struct, so the two cannot drift apart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Lifetime when the client asks for none or less.
     pub default_lifetime: Duration,
+    /// The longest lifetime granted.
     pub max_lifetime: Duration,
+    /// Allocations server-wide.
     pub max_allocations: u32,
+    /// Allocations per user.
     pub max_allocations_per_user: u32,
+    /// Permissions (peer IPs) per allocation.
     pub max_permissions: usize,
+    /// Channel bindings per allocation.
     pub max_channels: usize,
     /// Accept RFC 5766 channel numbers 0x5000-0x7FFF too.
     pub legacy_channel_numbers: bool,
@@ -149,6 +174,7 @@ pub struct Core {
     /// Whether new allocations are refused (draining).
     refuse_allocations: bool,
     limiter: SourceLimiter,
+    /// This worker's counters.
     pub stats: Stats,
 }
 

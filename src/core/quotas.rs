@@ -20,7 +20,9 @@ struct QuotaCounts {
 /// Which allocation limit was hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaError {
+    /// The server-wide limit.
     Total,
+    /// The per-user limit.
     PerUser,
 }
 

@@ -18,19 +18,33 @@ use crate::wire::StunView;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum Code {
+    /// 300 Try Alternate.
     TryAlternate = 300,
+    /// 400 Bad Request.
     BadRequest = 400,
+    /// 401 Unauthenticated.
     Unauthorized = 401,
+    /// 403 Forbidden.
     Forbidden = 403,
+    /// 420 Unknown Attribute.
     UnknownAttribute = 420,
+    /// 437 Allocation Mismatch.
     AllocationMismatch = 437,
+    /// 438 Stale Nonce.
     StaleNonce = 438,
+    /// 440 Address Family not Supported.
     AddressFamilyNotSupported = 440,
+    /// 441 Wrong Credentials.
     WrongCredentials = 441,
+    /// 442 Unsupported Transport Protocol.
     UnsupportedTransport = 442,
+    /// 443 Peer Address Family Mismatch.
     PeerAddressFamilyMismatch = 443,
+    /// 486 Allocation Quota Reached.
     AllocationQuotaReached = 486,
+    /// 500 Server Error.
     ServerError = 500,
+    /// 508 Insufficient Capacity.
     InsufficientCapacity = 508,
 }
 
@@ -59,8 +73,11 @@ impl Code {
 /// FINGERPRINT (when the request had one), SOFTWARE, and a size cap.
 #[derive(Clone, Copy)]
 pub struct Seal<'a> {
+    /// MESSAGE-INTEGRITY with this key (authenticated requests).
     pub key: Option<&'a Key>,
+    /// Add FINGERPRINT.
     pub fingerprint: bool,
+    /// Add SOFTWARE with this text.
     pub software: Option<&'a str>,
     /// When set, the optional parts (SOFTWARE and an error's reason phrase)
     /// are left out if the answer would otherwise be longer than this.

@@ -110,6 +110,7 @@ impl<T> Slab<T> {
         self.len += 1;
     }
 
+    /// The value stored under `id`, if it is still there.
     pub fn get(&self, id: AllocId) -> Option<&T> {
         self.entries
             .get(id.slot())
@@ -117,6 +118,7 @@ impl<T> Slab<T> {
             .and_then(|e| e.value.as_ref())
     }
 
+    /// The value stored under `id`, to change.
     pub fn get_mut(&mut self, id: AllocId) -> Option<&mut T> {
         self.entries
             .get_mut(id.slot())
@@ -124,6 +126,7 @@ impl<T> Slab<T> {
             .and_then(|e| e.value.as_mut())
     }
 
+    /// Take the value stored under `id` out; its slot is reused later.
     pub fn remove(&mut self, id: AllocId) -> Option<T> {
         let e = self.entries.get_mut(id.slot()).filter(|e| e.id == id)?;
         let value = e.value.take()?;
@@ -132,18 +135,22 @@ impl<T> Slab<T> {
         Some(value)
     }
 
+    /// Values stored.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Every stored value.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().filter_map(|e| e.value.as_ref())
     }
 
+    /// Every stored value, to change.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.entries.iter_mut().filter_map(|e| e.value.as_mut())
     }

@@ -71,9 +71,13 @@ pub enum AuthFailure {
     Missing,
     /// MESSAGE-INTEGRITY without USERNAME, REALM or NONCE.
     Malformed,
+    /// NONCE expired or not tern's (438).
     StaleNonce,
+    /// USERNAME is no static user and no valid REST username.
     UnknownUser,
+    /// A REST credential past its expiry.
     Expired,
+    /// MESSAGE-INTEGRITY does not verify (wrong password or secret).
     BadIntegrity,
 }
 
@@ -104,10 +108,15 @@ impl AuthFailure {
 /// Why an Allocate was refused (after authentication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
+    /// Over the server-wide or per-user allocation quota (486).
     Quota,
+    /// No relay port or allocation slot left (508).
     Capacity,
+    /// Malformed or unsupported attributes (400, 442).
     BadRequest,
+    /// No relay address of the family asked for (440).
     Family,
+    /// The server is draining (508 or 300).
     Draining,
 }
 
@@ -141,23 +150,34 @@ pub const DURATION_BUCKETS: [f64; 8] = [1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3
 pub struct Stats {
     /// Indexed by [`Transport::index`].
     pub binding_requests: [u64; 2],
+    /// Allocations created, by transport.
     pub allocations_created: [u64; 2],
+    /// Allocations closed by lifetime or credential expiry.
     pub allocations_expired: u64,
+    /// Allocates refused, by [`Rejection`].
     pub rejections: [u64; Rejection::ALL.len()],
+    /// Retransmitted requests answered from the cache.
     pub retransmissions: u64,
     /// `[client_to_peer, peer_to_client][transport]`.
     pub relayed_bytes: [[u64; 2]; 2],
+    /// Packets relayed, indexed as `relayed_bytes`.
     pub relayed_packets: [[u64; 2]; 2],
+    /// Datagrams dropped, by [`DropReason`].
     pub dropped: [u64; DropReason::ALL.len()],
+    /// Failed authentications, by [`AuthFailure`].
     pub auth_failures: [u64; AuthFailure::ALL.len()],
+    /// CreatePermission/ChannelBind refused by the peer policy.
     pub peer_denied: u64,
     /// Cumulative histogram counts of allocation lifetimes, plus +Inf last.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// The sum of closed allocations' lifetimes.
     pub duration_sum_seconds: f64,
     /// Gauges, set by [`super::Core::refresh_gauges`]: live allocations by
     /// `[transport][family]`, permissions and live channels.
     pub allocations: [[u64; 2]; 2],
+    /// Live permissions.
     pub permissions: u64,
+    /// Live channel bindings.
     pub channels: u64,
 }
 

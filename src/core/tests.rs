@@ -148,8 +148,8 @@ impl Harness {
 
     fn peer_datagram(&mut self, id: AllocId, peer: &str, payload: &[u8]) -> Option<Vec<u8>> {
         let before = self.io.to_client.len();
-        let mut buf = vec![0u8; crate::wire::PEER_HEADROOM + payload.len() + 4];
-        let start = crate::wire::PEER_HEADROOM;
+        let mut buf = vec![0u8; wire::PEER_HEADROOM + payload.len() + 4];
+        let start = wire::PEER_HEADROOM;
         buf[start..start + payload.len()].copy_from_slice(payload);
         self.core.on_peer(
             self.clock.now(),

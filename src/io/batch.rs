@@ -45,6 +45,7 @@ pub struct RecvBatch {
 const CONTROL_WORDS: usize = 8;
 
 impl RecvBatch {
+    /// A batch of slots of `slot_len` bytes each.
     pub fn new(slot_len: usize) -> Self {
         // SAFETY: all zeros is a valid sockaddr_storage, iovec and mmsghdr.
         let (zero, iov, hdr) = unsafe {
@@ -298,6 +299,7 @@ pub struct SendQueue {
 }
 
 impl SendQueue {
+    /// Queue a datagram to `to` on socket number `socket`.
     pub fn push(&mut self, socket: usize, to: SocketAddr, bytes: &[u8]) {
         let start = self.arena.len();
         self.arena.extend_from_slice(bytes);
@@ -309,10 +311,12 @@ impl SendQueue {
         });
     }
 
+    /// Datagrams queued.
     pub fn len(&self) -> usize {
         self.queued.len()
     }
 
+    /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.queued.is_empty()
     }
@@ -404,10 +408,10 @@ mod tests {
 
     #[test]
     fn a_batch_goes_out_and_comes_back_with_sources() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
-        let rx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx6 = UdpSocket::bind("[::1]:0").unwrap();
+        let rx6 = UdpSocket::bind("[::1]:0").unwrap();
         let mut q = SendQueue::default();
         for i in 0..5u8 {
             q.push(0, rx.local_addr().unwrap(), &[i; 10]);
@@ -445,8 +449,8 @@ mod tests {
     #[test]
     fn destinations_are_reported_when_asked_for() {
         for (rx, tx) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
-            let rx = std::net::UdpSocket::bind(rx).unwrap();
-            let tx = std::net::UdpSocket::bind(tx).unwrap();
+            let rx = UdpSocket::bind(rx).unwrap();
+            let tx = UdpSocket::bind(tx).unwrap();
             receive_destinations(&rx).unwrap();
             let to = rx.local_addr().unwrap();
             tx.send_to(b"a", to).unwrap();

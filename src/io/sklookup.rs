@@ -109,14 +109,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, zero-padded `union bpf_attr` prefix of the
     // stated size; pointers inside it point at data the caller keeps alive
     // for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

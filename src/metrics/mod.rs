@@ -55,7 +55,7 @@ impl Collector for Group {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         self.0.iter().flat_map(|c| c.desc()).collect()
     }
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+    fn collect(&self) -> Vec<MetricFamily> {
         self.0.iter().flat_map(|c| c.collect()).collect()
     }
 }

@@ -282,15 +282,15 @@ proptest! {
     /// The wire parser never panics and accepts only what fits.
     #[test]
     fn the_wire_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        if let Ok(v) = crate::wire::StunView::parse(&bytes) {
+        if let Ok(v) = StunView::parse(&bytes) {
             prop_assert_eq!(v.bytes().len(), bytes.len());
             for (_, value) in v.attrs() {
                 prop_assert!(value.len() <= bytes.len());
             }
             let _ = v.integrity();
         }
-        let _ = crate::wire::parse_channel_data(&bytes);
-        let _ = crate::wire::stream_frame_len(&bytes);
+        let _ = wire::parse_channel_data(&bytes);
+        let _ = wire::stream_frame_len(&bytes);
     }
 }
 
