@@ -75,7 +75,7 @@ pub struct IoSettings {
     pub workers: usize,
     /// Receive and send buffer of the listeners and steered sockets.
     pub socket_buffer_bytes: usize,
-    /// Open TCP client connections, in total and per client IP.
+    /// Open TCP client connections, in total.
     pub max_tcp_connections: usize,
     /// Open TCP client connections per client IP.
     pub max_tcp_connections_per_ip: usize,
