@@ -63,7 +63,32 @@ pub fn unix_now() -> u64 {
 /// `tern check-config FILE`.
 pub fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
-        Ok(_) => {
+        Ok(config) => {
+            if let Some(t) = &config.tls {
+                let c = &t.certificate;
+                let left = c.not_after - i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                println!(
+                    "{}: tls certificate serial {}, expires {} ({} days left), names {:?}",
+                    t.certificate_file.display(),
+                    c.serial,
+                    c.expiry(),
+                    left / 86_400,
+                    c.names
+                );
+                if left < 14 * 86_400 {
+                    eprintln!(
+                        "warning: {}: the certificate expires within 14 days ({})",
+                        t.certificate_file.display(),
+                        c.expiry()
+                    );
+                }
+                if let Some(host) = config.host.as_deref().filter(|h| !c.matches_host(h)) {
+                    eprintln!(
+                        "warning: host {host:?} is not a name of the certificate ({:?})",
+                        c.names
+                    );
+                }
+            }
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
         }
@@ -83,7 +108,12 @@ pub fn print_credentials(config: &Config, user: &str, ttl: u64, json: bool) -> E
     let v4 = net::resolve_relay(config.relay_ipv4, true);
     let v6 = net::resolve_relay(config.relay_ipv6, false);
     let host = credentials::public_host(config, v4, v6);
-    let uris = credentials::turn_uris(&host, &config.listen_udp, &config.listen_tcp);
+    let tls: &[_] = if config.tls.is_some() {
+        &config.listen_tls
+    } else {
+        &[]
+    };
+    let uris = credentials::turn_uris(&host, &config.listen_udp, &config.listen_tcp, tls);
     let cred = credentials::mint(secret, user, ttl, unix_now(), uris);
     if json {
         match serde_json::to_string(&cred) {
@@ -166,7 +196,12 @@ pub fn print_startup_credentials(server: &crate::server::Server) {
     };
     let (v4, v6) = server.relay_addresses();
     let host = credentials::public_host(config, v4, v6);
-    let uris = credentials::turn_uris(&host, server.udp_addrs(), server.tcp_addrs());
+    let uris = credentials::turn_uris(
+        &host,
+        server.udp_addrs(),
+        server.tcp_addrs(),
+        server.tls_addrs(),
+    );
     let cred = credentials::mint(secret, "user", 3600, unix_now(), uris);
     let ice = credentials::ice_servers_json(&host, server.udp_addrs(), server.tcp_addrs(), &cred);
     println!(

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use crate::core::Limits;
 use crate::policy::PortRange;
+use crate::tls::Certificate;
 
 /// A configuration problem, printed as `FILE:LINE: key: problem`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +79,11 @@ pub struct Config {
     pub listen_udp: Vec<SocketAddr>,
     /// TCP listener addresses.
     pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listener addresses (one also in `listen_tcp` serves both on one
+    /// socket).
+    pub listen_tls: Vec<SocketAddr>,
+    /// The certificate and TLS limits, when `[tls]` names the files.
+    pub tls: Option<TlsSettings>,
     /// When true, a listener address that cannot be bound (e.g. `[::]` on a
     /// host without IPv6) is skipped with a warning instead of failing.
     pub listen_best_effort: bool,
@@ -127,6 +133,23 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// `[tls]`: the checked certificate and the handshake limits.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The PEM certificate chain file.
+    pub certificate_file: PathBuf,
+    /// The PEM private key file.
+    pub private_key_file: PathBuf,
+    /// The pair as loaded and checked.
+    pub certificate: Certificate,
+    /// How long a client may take to finish its handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress, in total.
+    pub max_handshakes: usize,
+    /// Handshakes in progress per client IP.
+    pub max_handshakes_per_ip: usize,
+}
+
 /// The file format, one struct per table; kebab-case keys carry their unit.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -153,6 +176,8 @@ pub struct RawConfig {
     #[serde(default)]
     tcp: RawTcp,
     #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     shutdown: RawShutdown,
@@ -167,6 +192,8 @@ struct RawListen {
     udp: Vec<SocketAddr>,
     #[serde(default = "default_listen")]
     tcp: Vec<SocketAddr>,
+    #[serde(default = "no_listeners")]
+    tls: Spanned<Vec<SocketAddr>>,
     #[serde(default = "default_socket_buffer")]
     socket_buffer_bytes: usize,
 }
@@ -260,6 +287,19 @@ struct RawTcp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTls {
+    certificate_file: Option<Spanned<PathBuf>>,
+    private_key_file: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout_seconds: Spanned<u64>,
+    #[serde(default = "default_max_handshakes")]
+    max_handshakes: usize,
+    #[serde(default = "default_max_handshakes_per_ip")]
+    max_handshakes_per_ip: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawAdmin {
     #[serde(default = "default_admin")]
     listen: SocketAddr,
@@ -296,6 +336,9 @@ fn default_listen() -> Vec<SocketAddr> {
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, 3478)),
     ]
+}
+fn no_listeners() -> Spanned<Vec<SocketAddr>> {
+    unspanned(Vec::new())
 }
 fn default_socket_buffer() -> usize {
     4 << 20
@@ -348,6 +391,15 @@ fn default_bandwidth() -> u64 {
 fn default_tcp_idle() -> Spanned<u64> {
     unspanned(30)
 }
+fn default_handshake_timeout() -> Spanned<u64> {
+    unspanned(10)
+}
+fn default_max_handshakes() -> usize {
+    1000
+}
+fn default_max_handshakes_per_ip() -> usize {
+    20
+}
 fn default_admin() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 9641))
 }
@@ -381,6 +433,7 @@ empty_default!(
     RawAllocations,
     RawLimits,
     RawTcp,
+    RawTls,
     RawAdmin,
     RawShutdown,
     RawLog
@@ -437,6 +490,7 @@ impl Config {
         let limits = validate::limits(&raw, &at)?;
         let auth = validate::auth(&raw.auth, embedded, &at)?;
         let tcp_idle_timeout = validate::tcp(&raw.tcp, &at)?;
+        let tls = validate::tls(&raw.tls, &raw.listen.tls, &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             let problem = format!("not a log filter: {:?}", raw.log.level);
             return Err(at.error(None, "log.level", &problem));
@@ -449,6 +503,8 @@ impl Config {
             workers: raw.workers,
             listen_udp: raw.listen.udp,
             listen_tcp: raw.listen.tcp,
+            listen_tls: raw.listen.tls.into_inner(),
+            tls,
             listen_best_effort: false,
             socket_buffer_bytes: raw.listen.socket_buffer_bytes,
             relay_ipv4: relay.ipv4,

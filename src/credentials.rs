@@ -62,14 +62,24 @@ pub fn public_host(config: &Config, relay_v4: Option<IpAddr>, relay_v6: Option<I
     }
 }
 
-/// `turn:` URIs (RFC 7065) for the configured listeners.
-pub fn turn_uris(host: &str, udp: &[SocketAddr], tcp: &[SocketAddr]) -> Vec<String> {
+/// `turn:` and `turns:` URIs (RFC 7065) for the configured listeners.
+/// A `turns:` URI says `transport=tcp` (TLS runs over TCP; browsers use
+/// TLS over TCP for `turns:` whatever it says).
+pub fn turn_uris(
+    host: &str,
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+    tls: &[SocketAddr],
+) -> Vec<String> {
     let mut uris = Vec::new();
     if let Some(a) = udp.first() {
         uris.push(format!("turn:{host}:{}?transport=udp", a.port()));
     }
     if let Some(a) = tcp.first() {
         uris.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+    }
+    if let Some(a) = tls.first() {
+        uris.push(format!("turns:{host}:{}?transport=tcp", a.port()));
     }
     uris
 }
@@ -112,9 +122,20 @@ mod tests {
         let udp = ["0.0.0.0:3478".parse().unwrap()];
         let tcp = ["0.0.0.0:3479".parse().unwrap()];
         assert_eq!(
-            turn_uris("h", &udp, &tcp),
+            turn_uris("h", &udp, &tcp, &[]),
             vec!["turn:h:3478?transport=udp", "turn:h:3479?transport=tcp"]
         );
-        assert_eq!(turn_uris("h", &[], &tcp), vec!["turn:h:3479?transport=tcp"]);
+        assert_eq!(
+            turn_uris("h", &[], &tcp, &[]),
+            vec!["turn:h:3479?transport=tcp"]
+        );
+        let tls = ["0.0.0.0:5349".parse().unwrap()];
+        assert_eq!(
+            turn_uris("turn.example.com", &udp, &[], &tls),
+            vec![
+                "turn:turn.example.com:3478?transport=udp",
+                "turns:turn.example.com:5349?transport=tcp"
+            ]
+        );
     }
 }

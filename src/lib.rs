@@ -70,4 +70,5 @@ pub mod server;
 pub mod shutdown;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 pub mod wire;

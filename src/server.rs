@@ -18,10 +18,11 @@ use crate::auth::{Credentials, NonceIssuer};
 use crate::config::{Config, Steering};
 use crate::core::{Core, CoreConfig, Quotas};
 use crate::io::ports::RelayPorts;
-use crate::io::{IoSettings, Phase, Shared, WorkerState, net};
+use crate::io::{IoSettings, Phase, Shared, StreamMode, TlsServer, WorkerState, net};
 use crate::metrics::Board;
 use crate::policy::PeerPolicy;
 pub use crate::shutdown::Control;
+use crate::tls::{Certificate, Tls};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,9 @@ pub enum ServerError {
         "relay.steering = \"on\" but BPF sk_lookup cannot be attached ({0}); it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN"
     )]
     Steering(std::io::Error),
+    /// The certificate could not be set up for TLS.
+    #[error("tls: {0}")]
+    Tls(rustls::Error),
     /// A worker thread could not start, failed or panicked.
     #[error("worker thread failed: {0}")]
     Worker(std::io::Error),
@@ -65,10 +69,13 @@ pub enum ServerError {
 /// A server whose sockets are bound, ready to [`Server::run`].
 pub struct Server {
     config: Config,
-    /// Per worker: its UDP and TCP listener sockets.
-    sockets: Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)>,
+    /// Per worker: its UDP and stream listener sockets.
+    sockets: WorkerSockets,
     udp_addrs: Vec<SocketAddr>,
+    /// Addresses serving plain TCP (alone or beside TLS).
     tcp_addrs: Vec<SocketAddr>,
+    /// Addresses serving TLS (alone or beside TCP).
+    tls_addrs: Vec<SocketAddr>,
     admin: std::net::TcpListener,
     relay: (Option<IpAddr>, Option<IpAddr>),
     own_ips: Vec<IpAddr>,
@@ -103,14 +110,28 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let (udp_addrs, tcp_addrs, sockets) = bind_listeners(&config, workers)?;
+        let (udp_addrs, streams, sockets) = bind_listeners(&config, workers)?;
+        let serving = |m: StreamMode| -> Vec<SocketAddr> {
+            streams
+                .iter()
+                .filter(|(_, mode)| *mode == m || *mode == StreamMode::Both)
+                .map(|(a, _)| *a)
+                .collect()
+        };
+        let (tcp_addrs, tls_addrs) = (serving(StreamMode::Tcp), serving(StreamMode::Tls));
         let v4 = net::resolve_relay(config.relay_ipv4, true);
         let v6 = net::resolve_relay(config.relay_ipv6, false);
         if v4.is_none() && v6.is_none() {
             return Err(ServerError::NoRelayAddress);
         }
         let mut own_ips: Vec<IpAddr> = net::interface_addresses();
-        own_ips.extend(udp_addrs.iter().chain(&tcp_addrs).map(SocketAddr::ip));
+        own_ips.extend(
+            udp_addrs
+                .iter()
+                .chain(&tcp_addrs)
+                .chain(&tls_addrs)
+                .map(SocketAddr::ip),
+        );
         let nonce_key: [u8; 32] = rand::random();
         let core_config = Arc::new(core_config(&config, v4, v6, own_ips.clone(), nonce_key));
         let admin = std::net::TcpListener::bind(config.admin_listen)
@@ -134,11 +155,24 @@ impl Server {
         if config.relay_steering != Steering::Off {
             steer(&mut shared, config.relay_steering)?;
         }
+        if let Some(t) = &config.tls {
+            let tls = Tls::new(&t.certificate).map_err(ServerError::Tls)?;
+            shared.set_tls(Arc::new(TlsServer::new(
+                Arc::new(tls),
+                t.handshake_timeout,
+                t.max_handshakes,
+                t.max_handshakes_per_ip,
+            )));
+            if !tls_addrs.is_empty() {
+                warn_tls(&config, &t.certificate);
+            }
+        }
         Ok(Self {
             config,
             sockets,
             udp_addrs,
             tcp_addrs,
+            tls_addrs,
             admin,
             relay: (v4, v6),
             own_ips,
@@ -158,6 +192,11 @@ impl Server {
     /// The bound TCP listener addresses.
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
         &self.tcp_addrs
+    }
+
+    /// The bound TLS listener addresses.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The relay IPs in use, per family.
@@ -219,6 +258,7 @@ impl Server {
             tracing::info!(
                 udp = ?self.udp_addrs,
                 tcp = ?self.tcp_addrs,
+                tls = ?self.tls_addrs,
                 admin = ?self.admin_addr(),
                 workers = workers.threads.len(),
                 "tern serving"
@@ -336,8 +376,11 @@ impl Server {
         let needs_restart = [
             (
                 "listen",
-                old.listen_udp != new.listen_udp || old.listen_tcp != new.listen_tcp,
+                old.listen_udp != new.listen_udp
+                    || old.listen_tcp != new.listen_tcp
+                    || old.listen_tls != new.listen_tls,
             ),
+            ("tls", old.tls.is_some() != new.tls.is_some()),
             (
                 "relay",
                 old.relay_ipv4 != new.relay_ipv4
@@ -365,6 +408,17 @@ impl Server {
         ));
         self.shared
             .set_tcp_limits(new.max_tcp_connections, new.max_tcp_connections_per_ip);
+        if let (Some(server), Some(t)) = (self.shared.tls(), &new.tls) {
+            server.tls().set(&t.certificate);
+            warn_tls(&new, &t.certificate);
+            server.set_limits(t.max_handshakes, t.max_handshakes_per_ip);
+            self.board.tls.set_not_after(t.certificate.not_after);
+            tracing::info!(
+                serial = %t.certificate.serial,
+                expires = %t.certificate.expiry(),
+                "tls certificate loaded"
+            );
+        }
         self.board.set_allocations_limit(new.limits.max_allocations);
         tx.send_modify(|s| s.config = Arc::clone(&cfg));
         self.core_config = cfg;
@@ -452,114 +506,32 @@ fn steer(shared: &mut Shared, mode: Steering) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Per worker: its UDP and TCP listener sockets.
-type WorkerSockets = Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)>;
+/// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
+type WorkerSockets = listeners::WorkerSockets;
 
-/// Bind every UDP and TCP listener of `config` once per worker; warn when
-/// the kernel caps the UDP buffers below what was asked.
-fn bind_listeners(
-    config: &Config,
-    workers: usize,
-) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>, WorkerSockets), ServerError> {
-    let best_effort = config.listen_best_effort;
-    let udp_bind = |a| net::udp_listener(a, config.socket_buffer_bytes);
-    let (udp_addrs, udp) = bind_all(&config.listen_udp, workers, best_effort, "udp", udp_bind)?;
-    let tcp_bind = net::tcp_listener;
-    let (tcp_addrs, tcp) = bind_all(&config.listen_tcp, workers, best_effort, "tcp", tcp_bind)?;
-    if let Some(s) = udp.first().and_then(|w| w.first()) {
-        let granted = net::recv_buffer(s);
-        if granted < config.socket_buffer_bytes {
-            tracing::warn!(
-                asked = config.socket_buffer_bytes,
-                granted,
-                "UDP listener buffers are capped by net.core.rmem_max/wmem_max, so \
-                 bursts drop packets: raise them (deploy/sysctl/90-tern.conf) or run \
-                 with CAP_NET_ADMIN"
-            );
-        }
+/// Warn when the certificate expires within 14 days, and when the host
+/// put in `turns:` URIs is one it does not name (clients that check it,
+/// as browsers do, will fail).
+fn warn_tls(config: &Config, cert: &Certificate) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if cert.not_after < i64::try_from(now).unwrap_or(i64::MAX) + 14 * 86_400 {
+        tracing::warn!(expires = %cert.expiry(), "the TLS certificate expires within 14 days");
     }
-    if udp_addrs.is_empty() && tcp_addrs.is_empty() {
-        return Err(ServerError::NoListener);
-    }
-    Ok((udp_addrs, tcp_addrs, udp.into_iter().zip(tcp).collect()))
-}
-
-/// Bind every address in `addrs` once per worker, after checking that no
-/// other process serves it. Returns the bound addresses and, per worker,
-/// its sockets. With `best_effort` an address that cannot be bound is
-/// skipped with a warning; one in use is an error all the same.
-fn bind_all<S: LocalAddr>(
-    addrs: &[SocketAddr],
-    workers: usize,
-    best_effort: bool,
-    transport: &'static str,
-    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
-) -> Result<(Vec<SocketAddr>, Vec<Vec<S>>), ServerError> {
-    let mut bound = Vec::new();
-    let mut per_worker: Vec<Vec<S>> = (0..workers).map(|_| Vec::new()).collect();
-    for addr in addrs {
-        let tcp = transport == "tcp";
-        let group = net::probe_unused(*addr, tcp)
-            .and_then(|probed| bind_for_workers(probed, workers, &bind));
-        match group {
-            Ok((actual, socks)) => {
-                bound.push(actual);
-                for (w, s) in socks.into_iter().enumerate() {
-                    per_worker[w].push(s);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(ServerError::InUse {
-                    transport,
-                    addr: *addr,
-                });
-            }
-            Err(e) if best_effort => {
-                tracing::warn!(%addr, error = %e, "{transport} listener skipped")
-            }
-            Err(source) => {
-                return Err(ServerError::Bind {
-                    transport,
-                    addr: *addr,
-                    source,
-                });
-            }
-        }
-    }
-    Ok((bound, per_worker))
-}
-
-/// Bind one socket per worker on `addr`; with port 0, the first socket's
-/// port is reused for the others.
-fn bind_for_workers<S>(
-    addr: SocketAddr,
-    workers: usize,
-    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
-) -> std::io::Result<(SocketAddr, Vec<S>)>
-where
-    S: LocalAddr,
-{
-    let first = bind(addr)?;
-    let actual = first.local()?;
-    let mut socks = vec![first];
-    for _ in 1..workers {
-        socks.push(bind(actual)?);
-    }
-    Ok((actual, socks))
-}
-
-/// Sockets that can tell their bound address.
-trait LocalAddr {
-    fn local(&self) -> std::io::Result<SocketAddr>;
-}
-impl LocalAddr for std::net::UdpSocket {
-    fn local(&self) -> std::io::Result<SocketAddr> {
-        self.local_addr()
-    }
-}
-impl LocalAddr for std::net::TcpListener {
-    fn local(&self) -> std::io::Result<SocketAddr> {
-        self.local_addr()
+    match &config.host {
+        Some(host) if cert.matches_host(host) => {}
+        Some(host) => tracing::warn!(
+            %host,
+            names = ?cert.names,
+            "the certificate does not name `host`: clients that verify it (browsers) will \
+             refuse turns: on this host; use a certificate for it or set host to one it names"
+        ),
+        None => tracing::warn!(
+            names = ?cert.names,
+            "TLS is on but `host` is unset: set it to a name the certificate holds so \
+             printed turns: URIs verify"
+        ),
     }
 }
 
@@ -596,3 +568,6 @@ pub fn core_config(
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     Server::bind(config)?.run(shutdown).await
 }
+
+mod listeners;
+use listeners::bind_listeners;

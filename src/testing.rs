@@ -175,3 +175,151 @@ pub fn core_config() -> CoreConfig {
         alternate_server: None,
     }
 }
+
+/// A throw-away certificate authority in a temporary directory, made
+/// with the `openssl` command, and the leaf certificates it issues
+/// (removed on drop).
+#[derive(Debug)]
+pub struct Pki {
+    /// The directory holding every file.
+    pub dir: std::path::PathBuf,
+    /// The CA certificate (PEM), for clients to trust.
+    pub ca: std::path::PathBuf,
+    issued: std::cell::Cell<u32>,
+}
+
+/// A leaf certificate's files.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The certificate (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key: std::path::PathBuf,
+    /// Its serial number, hex (as `openssl x509 -serial` prints it).
+    pub serial: String,
+}
+
+impl Pki {
+    /// A new CA (ECDSA P-256), valid for two days.
+    pub fn new() -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tern-pki-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let ca = dir.join("ca.pem");
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tern test CA",
+            ],
+        )?;
+        Ok(Self {
+            dir,
+            ca,
+            issued: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Issue a certificate for `localhost`, 127.0.0.1 and ::1, valid for
+    /// `days` from now (negative: already expired), with a key of `kind`
+    /// (`ec` or `rsa`).
+    pub fn issue(&self, days: i32, kind: &str) -> std::io::Result<Leaf> {
+        let n = self.issued.get() + 1;
+        self.issued.set(n);
+        let (cert, key, csr, ext) = (
+            format!("leaf{n}.pem"),
+            format!("leaf{n}.key"),
+            format!("leaf{n}.csr"),
+            format!("leaf{n}.ext"),
+        );
+        let newkey: &[&str] = match kind {
+            "rsa" => &["-newkey", "rsa:2048"],
+            _ => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        };
+        let mut args = vec!["req"];
+        args.extend_from_slice(newkey);
+        args.extend_from_slice(&[
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ]);
+        openssl(&self.dir, &args)?;
+        std::fs::write(
+            self.dir.join(&ext),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\n",
+        )?;
+        let serial = format!("{:04X}", 0x1000 + n);
+        let days = days.to_string();
+        let set_serial = format!("0x{serial}");
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &set_serial,
+                "-days",
+                &days,
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ],
+        )?;
+        Ok(Leaf {
+            cert: self.dir.join(cert),
+            key: self.dir.join(key),
+            serial,
+        })
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Run `openssl ARGS` in `dir`, failing unless it succeeds.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> std::io::Result<()> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    )))
+}

@@ -81,7 +81,7 @@ fn modules_form_a_dag_layered_as_documented() {
     }
     // The layers: each module may use only modules of lower layers.
     let layers: [&[&str]; 7] = [
-        &["wire", "policy", "ratelimit", "notify", "request"],
+        &["wire", "policy", "ratelimit", "notify", "request", "tls"],
         &["auth"],
         &["core"],
         &["config", "metrics", "testing"],

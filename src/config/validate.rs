@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{ConfigError, RawAuth, RawConfig, RawRelay, RawTcp, RelayAddress, line_of};
+use super::{
+    ConfigError, RawAuth, RawConfig, RawRelay, RawTcp, RawTls, RelayAddress, TlsSettings, line_of,
+};
 use crate::core::Limits;
 use crate::policy::PortRange;
+use crate::tls::{CertFile, Certificate};
 
 /// Makes errors for one file.
 pub(super) struct Errors<'a> {
@@ -189,4 +192,50 @@ fn read_secret_file(path: &Path) -> Result<Vec<String>, String> {
         return Err(format!("{}: holds no secret", path.display()));
     }
     Ok(secrets)
+}
+
+/// `[tls]` and `listen.tls`: TLS listeners need both files, which must
+/// hold a usable certificate chain and its key (see [`Certificate::load`]).
+pub(super) fn tls(
+    raw: &RawTls,
+    listen: &Spanned<Vec<std::net::SocketAddr>>,
+    e: &Errors<'_>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let (cert, key) = match (&raw.certificate_file, &raw.private_key_file) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) if listen.get_ref().is_empty() => return Ok(None),
+        (None, None) => {
+            let problem = "TLS listeners need tls.certificate-file and tls.private-key-file";
+            return Err(e.at(listen, "listen.tls", problem));
+        }
+        (Some(c), None) => {
+            let problem = "needs tls.private-key-file as well";
+            return Err(e.at(c, "tls.certificate-file", problem));
+        }
+        (None, Some(k)) => {
+            let problem = "needs tls.certificate-file as well";
+            return Err(e.at(k, "tls.private-key-file", problem));
+        }
+    };
+    let timeout = *raw.handshake_timeout_seconds.get_ref();
+    if timeout == 0 {
+        let key = "tls.handshake-timeout-seconds";
+        return Err(e.at(&raw.handshake_timeout_seconds, key, "must be at least 1"));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let certificate =
+        Certificate::load(cert.get_ref(), key.get_ref(), now).map_err(|err| match err.file {
+            CertFile::Certificate => e.at(cert, "tls.certificate-file", &err.problem),
+            CertFile::PrivateKey => e.at(key, "tls.private-key-file", &err.problem),
+        })?;
+    Ok(Some(TlsSettings {
+        certificate_file: cert.get_ref().clone(),
+        private_key_file: key.get_ref().clone(),
+        certificate,
+        handshake_timeout: Duration::from_secs(timeout),
+        max_handshakes: raw.max_handshakes,
+        max_handshakes_per_ip: raw.max_handshakes_per_ip,
+    }))
 }

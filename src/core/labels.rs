@@ -10,11 +10,13 @@ pub enum Transport {
     Udp,
     /// STUN/TURN over TCP (RFC 8656 §12.5 framing).
     Tcp,
+    /// STUN/TURN over TLS over TCP: framed as over TCP.
+    Tls,
 }
 
 impl Transport {
     /// Every transport, in the order of per-transport arrays.
-    pub const ALL: [Self; 2] = [Self::Udp, Self::Tcp];
+    pub const ALL: [Self; 3] = [Self::Udp, Self::Tcp, Self::Tls];
 
     /// Index in per-transport arrays.
     pub fn index(self) -> usize {
@@ -26,7 +28,14 @@ impl Transport {
         match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
         }
+    }
+
+    /// Whether it is a byte stream (TCP or TLS): ChannelData is padded to
+    /// 4 bytes and the allocation ends with the connection.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Self::Udp)
     }
 }
 

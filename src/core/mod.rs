@@ -234,7 +234,7 @@ impl Core {
 
     /// Recompute the gauges in [`Stats`] (once a tick, not per packet).
     pub fn refresh_gauges(&mut self, now: Now) {
-        let mut allocations = [[0u64; 2]; 2];
+        let mut allocations = [[0u64; 2]; Transport::ALL.len()];
         let (mut permissions, mut channels) = (0u64, 0u64);
         for a in self.allocs.values() {
             let t = a.client.transport.index();
@@ -352,7 +352,7 @@ impl Core {
             }
             Reject::Challenge(code, why) => {
                 self.stats.auth_failure(why);
-                let tcp = from.transport == Transport::Tcp;
+                let tcp = from.transport.is_stream();
                 let nonce = self.cfg.nonces.issue(now.unix, tcp, &from.remote);
                 response::challenge(msg, code, self.cfg.credentials.realm(), nonce)
             }
@@ -387,7 +387,7 @@ impl Core {
         ) else {
             return Err(Reject::BadRequest(AuthFailure::Malformed));
         };
-        let tcp = from.transport == Transport::Tcp;
+        let tcp = from.transport.is_stream();
         if self.cfg.nonces.check(nonce, now.unix, tcp, &from.remote) != NonceState::Valid {
             return Err(Reject::Challenge(Code::StaleNonce, AuthFailure::StaleNonce));
         }

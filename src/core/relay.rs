@@ -108,7 +108,7 @@ impl Core {
             return;
         }
         let client = a.client;
-        let tcp = client.transport == Transport::Tcp;
+        let tcp = client.transport.is_stream();
         let framed = match a.channel_for(&peer, now.instant) {
             Some(number) => wire::frame_channel_data(buf, start, len, number, tcp),
             // Only Data indications need a transaction ID.

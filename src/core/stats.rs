@@ -149,9 +149,9 @@ pub const DURATION_BUCKETS: [f64; 8] = [1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Indexed by [`Transport::index`].
-    pub binding_requests: [u64; 2],
+    pub binding_requests: [u64; Transport::ALL.len()],
     /// Allocations created, by transport.
-    pub allocations_created: [u64; 2],
+    pub allocations_created: [u64; Transport::ALL.len()],
     /// Allocations closed by lifetime or credential expiry.
     pub allocations_expired: u64,
     /// Allocates refused, by [`Rejection`].
@@ -159,9 +159,9 @@ pub struct Stats {
     /// Retransmitted requests answered from the cache.
     pub retransmissions: u64,
     /// `[client_to_peer, peer_to_client][transport]`.
-    pub relayed_bytes: [[u64; 2]; 2],
+    pub relayed_bytes: [[u64; Transport::ALL.len()]; 2],
     /// Packets relayed, indexed as `relayed_bytes`.
-    pub relayed_packets: [[u64; 2]; 2],
+    pub relayed_packets: [[u64; Transport::ALL.len()]; 2],
     /// Datagrams dropped, by [`DropReason`].
     pub dropped: [u64; DropReason::ALL.len()],
     /// Failed authentications, by [`AuthFailure`].
@@ -174,7 +174,7 @@ pub struct Stats {
     pub duration_sum_seconds: f64,
     /// Gauges, set by [`super::Core::refresh_gauges`]: live allocations by
     /// `[transport][family]`, permissions and live channels.
-    pub allocations: [[u64; 2]; 2],
+    pub allocations: [[u64; 2]; Transport::ALL.len()],
     /// Live permissions.
     pub permissions: u64,
     /// Live channel bindings.

@@ -33,6 +33,7 @@ pub mod ports;
 mod relay;
 pub mod sklookup;
 mod tcp;
+mod tls;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -46,6 +47,7 @@ use ports::RelayPorts;
 use relay::RelayTable;
 use sklookup::Steering;
 
+pub use tls::{StreamMode, TlsServer};
 pub use worker::run;
 
 /// The phase a server is in; every worker watches it.
@@ -95,6 +97,8 @@ pub struct Shared {
     /// Relay receive steering (IPv4, IPv6), when the kernel allows it.
     steering: [Option<Arc<Steering>>; 2],
     tcp: tcp::Admission,
+    /// The TLS server, when TLS listeners are configured.
+    tls: Option<Arc<TlsServer>>,
     socket_buffer_bytes: usize,
     /// Where the workers publish their counters and ticks.
     board: Arc<Board>,
@@ -116,6 +120,7 @@ impl Shared {
                 settings.max_tcp_connections_per_ip,
                 settings.tcp_idle_timeout,
             ),
+            tls: None,
             socket_buffer_bytes: settings.socket_buffer_bytes,
             board,
         }
@@ -157,6 +162,17 @@ impl Shared {
     /// if it is one of tern's (for diagnostics and tests).
     pub fn relay_worker(&self, relay: &SocketAddr) -> Option<usize> {
         self.relays.get(relay).map(AllocId::worker)
+    }
+
+    /// Serve TLS with `server` on the listeners in TLS or shared mode.
+    pub fn set_tls(&mut self, server: Arc<TlsServer>) {
+        self.board.tls.set_not_after(server.tls().not_after());
+        self.tls = Some(server);
+    }
+
+    /// The TLS server, if any (reload swaps its certificate).
+    pub fn tls(&self) -> Option<&Arc<TlsServer>> {
+        self.tls.as_ref()
     }
 
     /// Change the TCP connection limits (reload).

@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use std::io::Write;
+
+use rustls::ServerConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use super::tls::{self, StreamMode};
 use super::worker::Worker;
 use super::{Shared, now};
 use crate::core::{DropReason, FiveTuple, Transport};
@@ -108,13 +110,17 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP client's outgoing bytes and its socket's write half.
+/// A stream client's outgoing bytes and its socket (TCP, or TLS with
+/// the record layer in `tls`).
 pub(super) struct TcpOut {
     buf: RefCell<Vec<u8>>,
-    wr: OwnedWriteHalf,
+    stream: TcpStream,
+    tls: Option<RefCell<ServerConnection>>,
     /// Wakes the writer task: bytes are left over, or the connection ends.
     wake: Notify,
     closed: Cell<bool>,
+    /// A write failed: nothing more can be sent.
+    broken: Cell<bool>,
     /// Listed for the worker's next flush.
     dirty: Cell<bool>,
 }
@@ -132,30 +138,89 @@ impl TcpOut {
     }
 
     /// Write what is queued, as far as the kernel takes it now; what is
-    /// left waits for the writer task.
+    /// left waits for the writer task. Over TLS the bytes are sealed
+    /// into records first (as many as rustls buffers).
     pub(super) fn flush(&self) {
         self.dirty.set(false);
+        if self.broken.get() {
+            return;
+        }
+        let result = match &self.tls {
+            None => self.write_plain(),
+            Some(conn) => self.write_tls(&mut conn.borrow_mut()),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wake.notify_one(),
+            Err(_) => {
+                self.closed.set(true);
+                self.broken.set(true);
+                self.buf.borrow_mut().clear();
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn write_plain(&self) -> std::io::Result<()> {
         let mut buf = self.buf.borrow_mut();
         while !buf.is_empty() {
-            match self.wr.try_write(&buf) {
+            match self.stream.try_write(&buf) {
                 Ok(n) => drop(buf.drain(..n)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.wake.notify_one();
-                    return;
-                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closed.set(true);
-                    buf.clear();
-                    self.wake.notify_one();
-                    return;
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_tls(&self, conn: &mut ServerConnection) -> std::io::Result<()> {
+        let mut buf = self.buf.borrow_mut();
+        loop {
+            if !buf.is_empty() {
+                let n = conn.writer().write(&buf)?;
+                buf.drain(..n);
+            }
+            if !conn.wants_write() {
+                return Ok(());
+            }
+            match conn.write_tls(&mut tls::Sock(&self.stream)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether bytes wait to be written.
+    fn pending(&self) -> bool {
+        !self.broken.get()
+            && (!self.buf.borrow().is_empty()
+                || self.tls.as_ref().is_some_and(|c| c.borrow().wants_write()))
+    }
+
+    /// Read what the socket holds, appending the client's bytes to
+    /// `inbuf` (see [`tls::read`] for the meaning of the result).
+    fn read(&self, inbuf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match &self.tls {
+            None => {
+                inbuf.reserve(2048);
+                self.stream.try_read_buf(inbuf)
+            }
+            Some(conn) => {
+                let mut conn = conn.borrow_mut();
+                let r = tls::read(&self.stream, &mut conn, inbuf);
+                if conn.wants_write() {
+                    // Handshake messages, key updates or the alert.
+                    drop(conn);
+                    self.flush();
                 }
+                r
             }
         }
     }
 }
 
-pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, mode: StreamMode) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -169,45 +234,87 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
             tracing::debug!(%remote, "tcp connection limit reached; closing");
             continue;
         };
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let tuple = FiveTuple {
-            transport: Transport::Tcp,
-            local,
-            remote,
-        };
-        tokio::task::spawn_local(connection(Rc::clone(&w), stream, tuple, slot));
+        tokio::task::spawn_local(connection(Rc::clone(&w), stream, mode, slot));
     }
 }
 
-async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Slot) {
+/// Serve one accepted connection: find out whether it speaks TLS and
+/// run the handshake (TLS connections count against the TCP limits
+/// through `slot` all along), then [`serve`] it.
+async fn connection(w: Rc<Worker>, stream: TcpStream, mode: StreamMode, slot: Slot) {
+    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+    let tls_server = w.shared().tls.clone();
+    let (stream, tls) = match (mode, tls_server) {
+        (StreamMode::Tcp, _) | (_, None) => (stream, None),
+        (_, Some(server)) => match server.speaks_tls(&stream, mode).await {
+            None => return,
+            Some(false) => (stream, None),
+            Some(true) => {
+                let board = Arc::clone(&w.shared().board);
+                match server.handshake(stream, remote.ip(), &board).await {
+                    Some((stream, conn)) => (stream, Some(RefCell::new(conn))),
+                    None => return,
+                }
+            }
+        },
+    };
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let tuple = FiveTuple {
+        transport,
+        local,
+        remote,
+    };
     let out = Rc::new(TcpOut {
         buf: RefCell::default(),
-        wr,
+        stream,
+        tls,
         wake: Notify::new(),
         closed: Cell::new(false),
+        broken: Cell::new(false),
         dirty: Cell::new(false),
     });
-    w.add_tcp(tuple, Rc::clone(&out));
-    let writer = tokio::task::spawn_local(writer(Rc::clone(&out)));
+    serve(&w, &out, &tuple).await;
+    drop(slot);
+}
+
+/// Relay a connection's frames until it closes, idles out without an
+/// allocation, or breaks framing; its allocation goes with it.
+async fn serve(w: &Rc<Worker>, out: &Rc<TcpOut>, tuple: &FiveTuple) {
+    w.add_tcp(*tuple, Rc::clone(out));
+    let writer = tokio::task::spawn_local(writer(Rc::clone(out)));
     let idle = w.shared().tcp.idle_timeout;
     let mut inbuf: Vec<u8> = Vec::with_capacity(2048);
+    // Over TLS, bytes may have come with the handshake's last flight.
+    let mut ready = out.tls.is_some();
     loop {
-        match tokio::time::timeout(idle, rd.read_buf(&mut inbuf)).await {
-            Ok(Ok(0) | Err(_)) => break,
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                // Idle: keep connections that carry an allocation.
-                if !w.has_allocation(&tuple) {
-                    break;
+        if !ready {
+            match tokio::time::timeout(idle, out.stream.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    // Idle: keep connections that carry an allocation.
+                    if !w.has_allocation(tuple) {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
             }
         }
-        let Some(used) = frames(&w, &tuple, &inbuf) else {
+        ready = false;
+        match out.read(&mut inbuf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
+        let Some(used) = frames(w, tuple, &inbuf) else {
             break;
         };
         inbuf.drain(..used);
@@ -219,11 +326,13 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, tuple: FiveTuple, slot: Sl
             inbuf.shrink_to(2048);
         }
     }
-    w.remove_tcp(&tuple);
+    w.remove_tcp(tuple);
+    if let Some(conn) = &out.tls {
+        conn.borrow_mut().send_close_notify();
+    }
     out.closed.set(true);
     out.wake.notify_one();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
-    drop(slot);
 }
 
 /// Hand every whole frame in `inbuf` to the core, sending what they
@@ -258,14 +367,14 @@ fn frames(w: &Worker, tuple: &FiveTuple, inbuf: &[u8]) -> Option<usize> {
 /// ends when the connection closes and nothing is left.
 async fn writer(out: Rc<TcpOut>) {
     loop {
-        if out.buf.borrow().is_empty() {
+        if !out.pending() {
             if out.closed.get() {
                 break;
             }
             out.wake.notified().await;
             continue;
         }
-        if out.wr.writable().await.is_err() {
+        if out.stream.writable().await.is_err() {
             out.closed.set(true);
             break;
         }

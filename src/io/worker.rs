@@ -25,6 +25,7 @@ use super::batch::{self, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use super::handoff::Batch;
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
 use super::tcp::{self, TcpOut};
+use super::tls::StreamMode;
 use super::{Phase, Shared, WorkerState, net, now};
 use crate::core::{
     AllocId, Core, DropReason, Family, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest,
@@ -45,7 +46,7 @@ pub fn run(
     core: Core,
     shared: Arc<Shared>,
     udp: Vec<UdpSocket>,
-    tcp: Vec<std::net::TcpListener>,
+    tcp: Vec<(std::net::TcpListener, StreamMode)>,
     state: watch::Receiver<WorkerState>,
 ) -> std::io::Result<()> {
     let (park, unpark) = (Arc::clone(&shared), Arc::clone(&shared));
@@ -157,7 +158,7 @@ impl Io for WorkerIo {
                     }
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 if let Some(out) = self.tcp.get(client) {
                     if out.queue(bytes) {
                         self.tcp_dirty.push(Rc::clone(out));
@@ -270,7 +271,7 @@ impl Worker {
     async fn serve_all(
         self: Rc<Self>,
         udp: Vec<UdpSocket>,
-        tcp: Vec<std::net::TcpListener>,
+        tcp: Vec<(std::net::TcpListener, StreamMode)>,
         mut state: watch::Receiver<WorkerState>,
     ) -> std::io::Result<()> {
         self.start_sockets(udp, tcp)?;
@@ -309,7 +310,7 @@ impl Worker {
     fn start_sockets(
         self: &Rc<Self>,
         udp: Vec<UdpSocket>,
-        tcp: Vec<std::net::TcpListener>,
+        tcp: Vec<(std::net::TcpListener, StreamMode)>,
     ) -> std::io::Result<()> {
         for s in udp {
             let local = s.local_addr()?;
@@ -331,9 +332,9 @@ impl Worker {
             self.io.borrow_mut().steered[i] = Some(sock.get_ref().as_raw_fd());
             tokio::task::spawn_local(serve(Rc::clone(self), sock, Source::Steered));
         }
-        for l in tcp {
+        for (l, mode) in tcp {
             let listener = tokio::net::TcpListener::from_std(l)?;
-            tokio::task::spawn_local(tcp::accept_loop(Rc::clone(self), listener));
+            tokio::task::spawn_local(tcp::accept_loop(Rc::clone(self), listener, mode));
         }
         Ok(())
     }

@@ -57,6 +57,77 @@ impl IoStats {
     }
 }
 
+/// Why a TLS handshake did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client did not finish within the handshake timeout.
+    Timeout,
+    /// Too many handshakes in progress, in total or from its IP.
+    Limit,
+    /// The client offered only ALPN protocols tern does not serve.
+    Alpn,
+    /// Any other handshake error (not TLS, bad records, no common
+    /// version or cipher suite, the client's alert).
+    Error,
+}
+
+impl TlsFailure {
+    /// Every reason, in index order.
+    pub const ALL: [Self; 4] = [Self::Timeout, Self::Limit, Self::Alpn, Self::Error];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Limit => "limit",
+            Self::Alpn => "alpn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Server-wide TLS counters, written per handshake (never per packet).
+#[derive(Debug, Default)]
+pub struct TlsCounters {
+    handshakes: AtomicU64,
+    failures: [AtomicU64; TlsFailure::ALL.len()],
+    /// The presented certificate's notAfter, Unix seconds (0: no TLS).
+    not_after: AtomicU64,
+}
+
+impl TlsCounters {
+    /// Count a completed handshake.
+    pub fn handshake(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a handshake that failed.
+    pub fn failure(&self, why: TlsFailure) {
+        self.failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completed handshakes so far.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Failed handshakes so far, for one reason.
+    pub fn failures(&self, why: TlsFailure) -> u64 {
+        self.failures[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// Record the certificate now presented.
+    pub fn set_not_after(&self, unix: i64) {
+        self.not_after
+            .store(u64::try_from(unix).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The presented certificate's notAfter (0: TLS is off).
+    pub fn not_after(&self) -> u64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+}
+
 /// One worker's published row (or, from [`Board::total`], all of them
 /// summed).
 #[derive(Debug, Clone, Default)]
@@ -93,6 +164,8 @@ pub struct Board {
     allocations_limit: AtomicU32,
     /// Relay steering in force, per family.
     steering: [AtomicBool; 2],
+    /// TLS handshakes and the certificate's expiry.
+    pub tls: TlsCounters,
 }
 
 impl Board {
@@ -105,6 +178,7 @@ impl Board {
             reports: (0..workers).map(|_| Mutex::default()).collect(),
             allocations_limit: AtomicU32::new(0),
             steering: [AtomicBool::new(false), AtomicBool::new(false)],
+            tls: TlsCounters::default(),
         }
     }
 

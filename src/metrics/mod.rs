@@ -16,7 +16,7 @@ use prometheus::{
 
 pub mod board;
 
-pub use board::{Board, HandoffPath, IoStats, Report};
+pub use board::{Board, HandoffPath, IoStats, Report, TlsCounters, TlsFailure};
 
 use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, Rejection};
 use crate::core::{Family, Stats, Transport};
@@ -35,6 +35,7 @@ pub fn render(board: &Board) -> String {
     add(Box::new(relayed(stats, &report.io)));
     add(Box::new(reasons(stats, &report.io)));
     add(Box::new(gauges(&report, board)));
+    add(Box::new(tls(&board.tls)));
     add(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -260,6 +261,31 @@ fn gauges(r: &Report, board: &Board) -> Group {
             "tern_allocations_limit",
             "The configured server-wide allocation limit.",
             f64::from(board.allocations_limit()),
+        )),
+    ])
+}
+
+/// TLS handshakes and the certificate's expiry (only while TLS is on).
+fn tls(t: &TlsCounters) -> Group {
+    if t.not_after() == 0 {
+        return Group(Vec::new());
+    }
+    Group(vec![
+        Box::new(counter(
+            "tern_tls_handshakes_total",
+            "TLS handshakes completed.",
+            t.handshakes(),
+        )),
+        Box::new(labelled(
+            "tern_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason (timeout, limit, alpn, error).",
+            "reason",
+            TlsFailure::ALL.map(|r| (r.label(), t.failures(r))),
+        )),
+        Box::new(gauge(
+            "tern_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate presented to new TLS clients expires (notAfter, Unix seconds).",
+            t.not_after() as f64,
         )),
     ])
 }

@@ -1,0 +1,211 @@
+//! The TLS side of stream listeners: which accepted connections speak
+//! TLS (a `tls` listener, or the first byte on a shared `tcp`+`tls`
+//! port), the handshake under its timeout and concurrency limits, and the
+//! record layer of an established connection, driven straight on the
+//! connection's socket by [`super::tcp`] with no extra task or copy queue.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rustls::ServerConnection;
+use tokio::net::TcpStream;
+
+use crate::metrics::{Board, TlsFailure};
+use crate::tls::{HANDSHAKE_RECORD, Tls};
+
+/// What a stream listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    /// STUN/TURN over TCP.
+    Tcp,
+    /// STUN/TURN over TLS.
+    Tls,
+    /// Both, told apart by the connection's first byte.
+    Both,
+}
+
+/// The TLS server every worker's TLS listeners share.
+#[derive(Debug)]
+pub struct TlsServer {
+    tls: Arc<Tls>,
+    handshake_timeout: Duration,
+    open: AtomicUsize,
+    max: AtomicUsize,
+    max_per_ip: AtomicUsize,
+    /// Handshakes in progress per client IP (entries leave at zero, so
+    /// the map never holds more than `max` entries).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl TlsServer {
+    /// Serve `tls` with the given handshake timeout and limits.
+    pub fn new(tls: Arc<Tls>, timeout: Duration, max: usize, max_per_ip: usize) -> Self {
+        Self {
+            tls,
+            handshake_timeout: timeout,
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+            max_per_ip: AtomicUsize::new(max_per_ip),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The certificate store reload swaps pairs in.
+    pub fn tls(&self) -> &Arc<Tls> {
+        &self.tls
+    }
+
+    /// Change the handshake limits (reload).
+    pub fn set_limits(&self, max: usize, max_per_ip: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
+    }
+
+    /// Whether `stream` (accepted on a listener in `mode`) speaks TLS;
+    /// `None` when a shared port's client sent nothing in time or hung up.
+    pub(super) async fn speaks_tls(&self, stream: &TcpStream, mode: StreamMode) -> Option<bool> {
+        match mode {
+            StreamMode::Tcp => Some(false),
+            StreamMode::Tls => Some(true),
+            StreamMode::Both => {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(self.handshake_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(1)) => Some(first[0] == HANDSHAKE_RECORD),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Run the server side of the handshake on `stream` from `ip`, within
+    /// the timeout and limits, counting the outcome on `board`.
+    pub(super) async fn handshake(
+        &self,
+        stream: TcpStream,
+        ip: IpAddr,
+        board: &Board,
+    ) -> Option<(TcpStream, ServerConnection)> {
+        let Some(_slot) = self.take(ip) else {
+            board.tls.failure(TlsFailure::Limit);
+            return None;
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(self.tls.server_config()).accept(stream);
+        match tokio::time::timeout(self.handshake_timeout, accept).await {
+            Ok(Ok(s)) => {
+                board.tls.handshake();
+                Some(s.into_inner())
+            }
+            Ok(Err(e)) => {
+                let alpn = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .is_some_and(|e| matches!(e, rustls::Error::NoApplicationProtocol));
+                let why = if alpn {
+                    TlsFailure::Alpn
+                } else {
+                    TlsFailure::Error
+                };
+                tracing::debug!(%ip, error = %e, "tls handshake failed");
+                board.tls.failure(why);
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%ip, "tls handshake timed out");
+                board.tls.failure(TlsFailure::Timeout);
+                None
+            }
+        }
+    }
+
+    /// A handshake slot for `ip`, if the limits allow one.
+    fn take(&self, ip: IpAddr) -> Option<HandshakeSlot<'_>> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        if self.open.load(Ordering::Relaxed) >= self.max.load(Ordering::Relaxed)
+            || mine >= self.max_per_ip.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        per_ip.insert(ip, mine + 1);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(HandshakeSlot { server: self, ip })
+    }
+}
+
+/// One handshake's share of the limits, given back on drop.
+struct HandshakeSlot<'a> {
+    server: &'a TlsServer,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        let s = self.server;
+        let mut per_ip = s.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        s.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The non-blocking socket as `std::io` reader and writer for rustls
+/// (`WouldBlock` when the kernel has nothing, or takes nothing, now).
+pub(super) struct Sock<'a>(pub(super) &'a TcpStream);
+
+impl Read for Sock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for Sock<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Read what the socket holds into `conn` and append the plaintext to
+/// `inbuf`. `Ok(0)`: the client closed (TCP or `close_notify`);
+/// `WouldBlock`: nothing more now; another error ends the connection
+/// (after a TLS error the alert waits in `conn` to be written).
+pub(super) fn read(
+    stream: &TcpStream,
+    conn: &mut ServerConnection,
+    inbuf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let got = match conn.read_tls(&mut Sock(stream)) {
+        Ok(0) => return Ok(0),
+        Ok(n) => n,
+        // Plaintext may wait from an earlier read (e.g. sent with the
+        // handshake's last flight).
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    let state = conn
+        .process_new_packets()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let plain = state.plaintext_bytes_to_read();
+    let closed = state.peer_has_closed();
+    if plain > 0 {
+        let start = inbuf.len();
+        inbuf.resize(start + plain, 0);
+        conn.reader().read_exact(&mut inbuf[start..])?;
+    } else if closed {
+        return Ok(0);
+    }
+    if got == 0 && plain == 0 {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(got.max(plain))
+}

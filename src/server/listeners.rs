@@ -1,0 +1,170 @@
+//! Binding the listeners: every address once per worker (one SO_REUSEPORT
+//! group each), after checking that no other process serves it.
+
+use std::net::SocketAddr;
+
+use super::ServerError;
+use crate::config::Config;
+use crate::io::{StreamMode, net};
+
+/// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
+pub(super) type WorkerSockets = Vec<(
+    Vec<std::net::UdpSocket>,
+    Vec<(std::net::TcpListener, StreamMode)>,
+)>;
+
+/// The stream listener addresses and what each serves: TCP, TLS, or
+/// both on one socket when an address is listed under both.
+fn stream_listeners(config: &Config) -> Vec<(SocketAddr, StreamMode)> {
+    let mut out: Vec<(SocketAddr, StreamMode)> = config
+        .listen_tcp
+        .iter()
+        .map(|a| (*a, StreamMode::Tcp))
+        .collect();
+    for a in &config.listen_tls {
+        match out.iter_mut().find(|(b, _)| b == a) {
+            Some((_, mode)) => *mode = StreamMode::Both,
+            None => out.push((*a, StreamMode::Tls)),
+        }
+    }
+    out
+}
+
+/// The bound UDP addresses, the bound stream addresses with what each
+/// serves, and each worker's sockets.
+pub(super) type Bound = (
+    Vec<SocketAddr>,
+    Vec<(SocketAddr, StreamMode)>,
+    WorkerSockets,
+);
+
+/// Each address asked for with the one bound, and each worker's sockets.
+type Group<S> = (Vec<(SocketAddr, SocketAddr)>, Vec<Vec<S>>);
+
+/// Bind every UDP and TCP listener of `config` once per worker; warn when
+/// the kernel caps the UDP buffers below what was asked.
+pub(super) fn bind_listeners(config: &Config, workers: usize) -> Result<Bound, ServerError> {
+    let best_effort = config.listen_best_effort;
+    let udp_bind = |a| net::udp_listener(a, config.socket_buffer_bytes);
+    let (udp_addrs, udp) = bind_all(&config.listen_udp, workers, best_effort, "udp", udp_bind)?;
+    let streams = stream_listeners(config);
+    let addrs: Vec<SocketAddr> = streams.iter().map(|(a, _)| *a).collect();
+    let (tcp_addrs, tcp) = bind_all(&addrs, workers, best_effort, "tcp", net::tcp_listener)?;
+    // Best effort may have skipped some: each bound one's mode is that of
+    // the address it was asked for.
+    let modes: Vec<StreamMode> = tcp_addrs
+        .iter()
+        .map(|(asked, _)| {
+            streams
+                .iter()
+                .find(|(a, _)| a == asked)
+                .map_or(StreamMode::Tcp, |(_, m)| *m)
+        })
+        .collect();
+    let tcp: Vec<Vec<(std::net::TcpListener, StreamMode)>> = tcp
+        .into_iter()
+        .map(|socks| socks.into_iter().zip(modes.iter().copied()).collect())
+        .collect();
+    let tcp_addrs: Vec<(SocketAddr, StreamMode)> = tcp_addrs
+        .into_iter()
+        .map(|(_, bound)| bound)
+        .zip(modes)
+        .collect();
+    let udp_addrs: Vec<SocketAddr> = udp_addrs.into_iter().map(|(_, bound)| bound).collect();
+    if let Some(s) = udp.first().and_then(|w| w.first()) {
+        let granted = net::recv_buffer(s);
+        if granted < config.socket_buffer_bytes {
+            tracing::warn!(
+                asked = config.socket_buffer_bytes,
+                granted,
+                "UDP listener buffers are capped by net.core.rmem_max/wmem_max, so \
+                 bursts drop packets: raise them (deploy/sysctl/90-tern.conf) or run \
+                 with CAP_NET_ADMIN"
+            );
+        }
+    }
+    if udp_addrs.is_empty() && tcp_addrs.is_empty() {
+        return Err(ServerError::NoListener);
+    }
+    Ok((udp_addrs, tcp_addrs, udp.into_iter().zip(tcp).collect()))
+}
+
+/// Bind every address in `addrs` once per worker, after checking that no
+/// other process serves it. Returns each address asked for with the one
+/// bound (its real port) and, per worker,
+/// its sockets. With `best_effort` an address that cannot be bound is
+/// skipped with a warning; one in use is an error all the same.
+fn bind_all<S: LocalAddr>(
+    addrs: &[SocketAddr],
+    workers: usize,
+    best_effort: bool,
+    transport: &'static str,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> Result<Group<S>, ServerError> {
+    let mut bound = Vec::new();
+    let mut per_worker: Vec<Vec<S>> = (0..workers).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        let tcp = transport == "tcp";
+        let group = net::probe_unused(*addr, tcp)
+            .and_then(|probed| bind_for_workers(probed, workers, &bind));
+        match group {
+            Ok((actual, socks)) => {
+                bound.push((*addr, actual));
+                for (w, s) in socks.into_iter().enumerate() {
+                    per_worker[w].push(s);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(ServerError::InUse {
+                    transport,
+                    addr: *addr,
+                });
+            }
+            Err(e) if best_effort => {
+                tracing::warn!(%addr, error = %e, "{transport} listener skipped")
+            }
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    transport,
+                    addr: *addr,
+                    source,
+                });
+            }
+        }
+    }
+    Ok((bound, per_worker))
+}
+
+/// Bind one socket per worker on `addr`; with port 0, the first socket's
+/// port is reused for the others.
+fn bind_for_workers<S>(
+    addr: SocketAddr,
+    workers: usize,
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> std::io::Result<(SocketAddr, Vec<S>)>
+where
+    S: LocalAddr,
+{
+    let first = bind(addr)?;
+    let actual = first.local()?;
+    let mut socks = vec![first];
+    for _ in 1..workers {
+        socks.push(bind(actual)?);
+    }
+    Ok((actual, socks))
+}
+
+/// Sockets that can tell their bound address.
+trait LocalAddr {
+    fn local(&self) -> std::io::Result<SocketAddr>;
+}
+impl LocalAddr for std::net::UdpSocket {
+    fn local(&self) -> std::io::Result<SocketAddr> {
+        self.local_addr()
+    }
+}
+impl LocalAddr for std::net::TcpListener {
+    fn local(&self) -> std::io::Result<SocketAddr> {
+        self.local_addr()
+    }
+}
