@@ -112,3 +112,51 @@ fn secret_files_add_one_secret_per_line() {
     assert_eq!(cfg.secrets, vec!["zero", "one", "two"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn tls_needs_both_files_and_a_good_pair_with_errors_naming_key_and_line() {
+    let pki = crate::testing::Pki::new().unwrap();
+    let (a, b) = (pki.issue(30, "ec").unwrap(), pki.issue(30, "rsa").unwrap());
+    let text = |cert: &Path, key: &Path, extra: &str| {
+        format!(
+            "[listen]\ntls = [\"127.0.0.1:5349\"]\n[auth]\nsecrets = [\"s\"]\n[tls]\n\
+             certificate-file = {:?}\nprivate-key-file = {:?}\n{extra}",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    let cfg = Config::parse(&text(&a.cert, &a.key, ""), "t.toml").unwrap();
+    let tls = cfg.tls.unwrap();
+    assert_eq!(cfg.listen_tls, vec!["127.0.0.1:5349".parse().unwrap()]);
+    assert_eq!(tls.certificate.serial, a.serial);
+    // The defaults config/tern.toml documents.
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+    assert_eq!((tls.max_handshakes, tls.max_handshakes_per_ip), (1000, 20));
+
+    let e = Config::parse(&text(&a.cert, &b.key, ""), "t.toml").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (7, "tls.private-key-file"), "{e}");
+    assert!(
+        e.problem.contains("is not the key of the certificate"),
+        "{e}"
+    );
+    let missing = pki.dir.join("gone.pem");
+    let e = Config::parse(&text(&missing, &a.key, ""), "t.toml").unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (6, "tls.certificate-file"), "{e}");
+    let e = Config::parse(
+        &text(&a.cert, &a.key, "handshake-timeout-seconds = 0"),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "tls.handshake-timeout-seconds", "{e}");
+
+    let e = Config::parse(
+        "[auth]\nsecrets = [\"s\"]\n[listen]\ntls = [\"0.0.0.0:5349\"]\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "listen.tls"), "{e}");
+    // The example lists no TLS listener and no files: TLS is off.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml");
+    let ex = Config::load(Path::new(path)).unwrap();
+    assert!(ex.tls.is_none() && ex.listen_tls.is_empty());
+}

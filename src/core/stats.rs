@@ -237,8 +237,8 @@ impl Stats {
         self.peer_denied += o.peer_denied;
         sum(&mut self.duration_buckets, &o.duration_buckets);
         self.duration_sum_seconds += o.duration_sum_seconds;
-        for t in 0..2 {
-            sum(&mut self.allocations[t], &o.allocations[t]);
+        for t in Transport::ALL {
+            sum(&mut self.allocations[t.index()], &o.allocations[t.index()]);
         }
         self.permissions += o.permissions;
         self.channels += o.channels;

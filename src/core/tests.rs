@@ -736,3 +736,28 @@ fn draining_refuses_new_allocations() {
 }
 
 mod props;
+
+#[test]
+fn summed_stats_keep_every_transport() {
+    use crate::core::Stats;
+    let mut one = Stats::default();
+    for t in Transport::ALL {
+        let i = t.index();
+        one.allocations[i][1] = 1 + i as u64;
+        one.allocations_created[i] = 1;
+        one.binding_requests[i] = 1;
+        one.relayed(true, t, 10);
+        one.relayed(false, t, 20);
+    }
+    let mut total = Stats::default();
+    total.add(&one);
+    total.add(&one);
+    for t in Transport::ALL {
+        let i = t.index();
+        assert_eq!(total.allocations[i][1], 2 * (1 + i as u64), "{t:?}");
+        assert_eq!(total.allocations_created[i], 2, "{t:?}");
+        assert_eq!(total.binding_requests[i], 2, "{t:?}");
+        assert_eq!(total.relayed_packets[0][i], 2, "{t:?}");
+        assert_eq!(total.relayed_bytes[1][i], 40, "{t:?}");
+    }
+}
