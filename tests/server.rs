@@ -169,6 +169,30 @@ fn relaying_works_over_udp_and_tcp_for_ipv4_and_ipv6() {
     relay_round_trips(&mut RawClient::tcp(s.tcp6(), "bob", "builder"), true);
 }
 
+#[test]
+fn relaying_works_over_tls_as_over_tcp() {
+    let pki = tern::testing::Pki::new().unwrap();
+    let leaf = pki.issue(30, "ec").unwrap();
+    let s = TestServer::start_with(&tls_config(&leaf, ALLOW_LOOPBACK));
+    let tls = tls_client_config(&pki.ca);
+    let mut c = RawClient::tls(s.tls[0], Arc::clone(&tls), "alice", "wonderland");
+    relay_round_trips(&mut c, false);
+    let mut page = String::new();
+    let tls_packets = "tern_relayed_packets_total{direction=\"peer_to_client\",transport=\"tls\"}";
+    assert!(
+        wait_until(TIMEOUT, || {
+            page = s.http_get("/metrics").1;
+            metric(&page, tls_packets) >= 3.0
+                && metric(&page, "tern_allocations{family=\"ipv4\",transport=\"tls\"}") == 1.0
+        }),
+        "{page}"
+    );
+    assert_eq!(metric(&page, "tern_tls_handshakes_total"), 1.0, "{page}");
+    // The allocation ends with the connection.
+    drop(c);
+    assert!(wait_until(TIMEOUT, || s.allocations() == 0));
+}
+
 /// Whether this process may attach BPF sk_lookup programs (as root).
 fn can_steer() -> bool {
     tern::io::sklookup::Steering::attach("127.0.0.1".parse().unwrap(), 1, 1).is_ok()

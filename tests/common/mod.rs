@@ -30,6 +30,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TestServer {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub board: Arc<Board>,
     /// The workers' shared state, e.g. to see which worker owns a relay.
@@ -76,6 +77,7 @@ impl TestServer {
         let server = tern::server::Server::bind(config).expect("bind");
         let udp = server.udp_addrs().to_vec();
         let tcp = server.tcp_addrs().to_vec();
+        let tls = server.tls_addrs().to_vec();
         let board = server.board();
         let shared = server.shared();
         let admin = server.admin_addr().unwrap();
@@ -90,6 +92,7 @@ impl TestServer {
         let s = Self {
             udp,
             tcp,
+            tls,
             admin,
             board,
             shared,
@@ -158,6 +161,28 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 enum Wire {
     Udp(UdpSocket),
     Tcp(TcpStream, Vec<u8>),
+    Tls(
+        Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+        Vec<u8>,
+    ),
+}
+
+/// A TLS client configuration trusting only the CA in `ca` (PEM).
+pub fn tls_client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
+    Arc::new(cfg)
 }
 
 /// A raw STUN/TURN client with long-term credentials.
@@ -215,6 +240,21 @@ impl RawClient {
         Self::new(Wire::Tcp(s, Vec::new()), server, user, pass)
     }
 
+    /// A client over TLS to `server`, verifying its certificate for
+    /// `localhost` against `tls` (see [`tls_client_config`]).
+    pub fn tls(server: SocketAddr, tls: Arc<rustls::ClientConfig>, user: &str, pass: &str) -> Self {
+        let s = TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(tls, name).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, s);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).unwrap();
+        }
+        Self::new(Wire::Tls(Box::new(stream), Vec::new()), server, user, pass)
+    }
+
     fn new(wire: Wire, server: SocketAddr, user: &str, pass: &str) -> Self {
         Self {
             wire,
@@ -231,6 +271,7 @@ impl RawClient {
         let wire = match &self.wire {
             Wire::Udp(s) => Wire::Udp(s.try_clone().unwrap()),
             Wire::Tcp(s, _) => Wire::Tcp(s.try_clone().unwrap(), Vec::new()),
+            Wire::Tls(..) => panic!("a TLS client has one handle"),
         };
         Self {
             wire,
@@ -245,6 +286,7 @@ impl RawClient {
         match &self.wire {
             Wire::Udp(s) => s.local_addr().unwrap(),
             Wire::Tcp(s, _) => s.local_addr().unwrap(),
+            Wire::Tls(s, _) => s.sock.local_addr().unwrap(),
         }
     }
 
@@ -254,6 +296,10 @@ impl RawClient {
                 s.send_to(bytes, self.server).unwrap();
             }
             Wire::Tcp(s, _) => s.write_all(bytes).unwrap(),
+            Wire::Tls(s, _) => {
+                s.write_all(bytes).unwrap();
+                s.flush().unwrap();
+            }
         }
     }
 
@@ -267,6 +313,18 @@ impl RawClient {
                 Some(buf)
             }
             Wire::Tcp(s, pending) => loop {
+                if let Some(n) = tern::wire::stream_frame_len(pending) {
+                    if pending.len() >= n {
+                        return Some(pending.drain(..n).collect());
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                }
+            },
+            Wire::Tls(s, pending) => loop {
                 if let Some(n) = tern::wire::stream_frame_len(pending) {
                     if pending.len() >= n {
                         return Some(pending.drain(..n).collect());
@@ -400,4 +458,19 @@ pub fn family(v6: bool) -> fn() -> Vec<Box<dyn Setter>> {
     } else {
         none
     }
+}
+
+/// The base test configuration plus a TLS listener on 127.0.0.1 port 0
+/// serving `leaf`, then `extra`.
+pub fn tls_config(leaf: &tern::testing::Leaf, extra: &str) -> String {
+    let tls = format!(
+        "[tls]\ncertificate-file = {:?}\nprivate-key-file = {:?}\n{extra}",
+        leaf.cert.display().to_string(),
+        leaf.key.display().to_string()
+    );
+    base_config(&tls).replacen(
+        "tcp = [\"127.0.0.1:0\", \"[::1]:0\"]\n",
+        "tcp = [\"127.0.0.1:0\", \"[::1]:0\"]\ntls = [\"127.0.0.1:0\"]\n",
+        1,
+    )
 }

@@ -1,0 +1,105 @@
+//! TLS handshake limits: a flood of half-open TLS connections from many
+//! addresses is bounded by the handshake caps and timeout, new clients are
+//! served meanwhile, and every flood connection is gone afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use socket2::{Domain, Socket, Type};
+
+/// The first bytes of a ClientHello record, never finished.
+const HALF_HELLO: [u8; 6] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+
+/// A TCP connection to `server` from `ip`, which sends `HALF_HELLO`.
+fn half_open(server: SocketAddr, ip: IpAddr) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+    s.connect_timeout(&server.into(), TIMEOUT).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(&HALF_HELLO).unwrap();
+    s
+}
+
+/// Let this process hold `n` more descriptors (the flood's both ends).
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(lim.rlim_cur.max(n));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+#[test]
+fn a_half_open_tls_flood_is_bounded_and_new_clients_are_served() {
+    raise_fd_limit(8192);
+    let pki = tern::testing::Pki::new().unwrap();
+    let leaf = pki.issue(30, "ec").unwrap();
+    // The default caps (1,000 handshakes, 20 per IP), a short timeout.
+    let extra = "handshake-timeout-seconds = 2\n";
+    let s = TestServer::start_with(&tls_config(&leaf, extra));
+    let server = s.tls[0];
+    // 2,000 connections from 20 loopback addresses, 100 each (the default
+    // per-IP TCP limit): 20 per IP get to handshake, 400 in all, below
+    // the total cap; the rest are closed at once.
+    let flood: Vec<TcpStream> = (0..2000)
+        .map(|i| {
+            half_open(
+                server,
+                IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1 + (i % 20) as u8)),
+            )
+        })
+        .collect();
+    let page = || s.http_get("/metrics").1;
+    let failures = |p: &str, why: &str| {
+        metric(
+            p,
+            &format!("tern_tls_handshake_failures_total{{reason=\"{why}\"}}"),
+        )
+    };
+    assert!(
+        wait_until(TIMEOUT, || failures(&page(), "limit") >= 1600.0),
+        "{}",
+        page()
+    );
+    // A client from another address is served meanwhile.
+    let tls = tls_client_config(&pki.ca);
+    let mut c = RawClient::tls(server, tls, "alice", "wonderland");
+    let relayed = allocate(&mut c, none);
+    assert!(relayed.ip().is_loopback());
+    // Past the handshake timeout every flood connection is closed by tern.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let p = page();
+            failures(&p, "limit") + failures(&p, "timeout") == 2000.0
+        }),
+        "{}",
+        page()
+    );
+    for mut f in flood {
+        f.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = [0u8; 64];
+        // EOF or a reset: either way the server let go.
+        assert!(matches!(f.read(&mut buf), Ok(0) | Err(_)));
+    }
+    let p = page();
+    assert_eq!(metric(&p, "tern_tls_handshakes_total"), 1.0, "{p}");
+    assert!(
+        wait_until(TIMEOUT, || metric(&page(), "tern_tcp_connections") == 1.0),
+        "{}",
+        page()
+    );
+    // The client still relays after the flood.
+    let m = c.request(tern::wire::method::REFRESH, none);
+    assert_eq!(m.typ.class, stun::message::CLASS_SUCCESS_RESPONSE, "{m}");
+}
