@@ -1,8 +1,11 @@
 """aiortc / aioice interop cases against a running tern.
 
 Usage:
-  aiortc_case.py pc  HOST PORT udp|tcp USERNAME PASSWORD
-  aiortc_case.py turn HOST PORT udp|tcp USERNAME PASSWORD PEER_PORT
+  aiortc_case.py pc  HOST PORT udp|tcp|tls USERNAME PASSWORD
+  aiortc_case.py turn HOST PORT udp|tcp|tls USERNAME PASSWORD PEER_PORT
+
+`tls` is TURN over TLS (`turns:`), verifying tern's certificate for HOST
+against the CA file in $SSL_CERT_FILE.
 
 `pc`: two relay-only RTCPeerConnections connect through tern, exchange 1,000
 DataChannel messages (checked intact and in order) and a fake video track
@@ -23,8 +26,10 @@ async def peer_connections(host, port, transport, username, password):
                         VideoStreamTrack)
     from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+    url = (f"turns:{host}:{port}?transport=tcp" if transport == "tls"
+           else f"turn:{host}:{port}?transport={transport}")
     config = RTCConfiguration(
-        iceServers=[RTCIceServer(urls=f"turn:{host}:{port}?transport={transport}",
+        iceServers=[RTCIceServer(urls=url,
                                  username=username, credential=password)],
         iceTransportPolicy=RTCIceTransportPolicy.RELAY)
     a, b = RTCPeerConnection(config), RTCPeerConnection(config)
@@ -91,9 +96,15 @@ async def turn_client(host, port, transport, username, password, peer_port):
         def datagram_received(self, data, addr):
             self.queue.put_nowait((data, addr))
 
+    ssl_context = None
+    if transport == "tls":
+        import os
+        import ssl
+        ssl_context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        transport = "tcp"
     relay, proto = await turn.create_turn_endpoint(
         Collect, server_addr=(host, port), username=username, password=password,
-        transport=transport)
+        transport=transport, ssl=ssl_context)
     try:
         peer = ("127.0.0.1", peer_port)
         for i in range(20):

@@ -110,7 +110,7 @@ case_tls_reload() {
   uc=$!
   # Swap once its allocations are live.
   local deadline=$((SECONDS + 20))
-  until curl -fsS "http://127.0.0.1:$TLS_ADMIN/metrics" | grep -qE '^tern_allocations\{family="ipv4",transport="tls"\} [1-9]'; do
+  until curl -fsS "http://127.0.0.1:$TLS_ADMIN/metrics" 2>/dev/null | grep -qE '^tern_allocations\{family="ipv4",transport="tls"\} [1-9]'; do
     [ $SECONDS -ge $deadline ] && { REASON="uclient allocated nothing: $(curl -fsS "http://127.0.0.1:$TLS_ADMIN/metrics" | grep '^tern_allocations{' | tr '\n' ' ')"; kill $uc; return 1; }
     sleep 0.1
   done
@@ -145,6 +145,31 @@ case_tls_reload() {
   cp "$WORK/tls/leaf2.key" "$WORK/tls/key.pem"
 }
 
+# aioice's TURN client and two relay-only aiortc peer connections over
+# turns:, verifying the certificate for localhost against the test CA.
+tls_aio() { # MODE [PEER_PORT]
+  mint_credential tls aiortc
+  local out rc
+  out=$(SSL_CERT_FILE="${TRUST:-$WORK/tls/ca.pem}" timeout 120 "$ROOT/.venv/bin/python" "$ROOT/tests/interop/aiortc_case.py" \
+        "$1" localhost "$TLS_PORT" tls "$CRED_USER" "$CRED_PASS" ${2:+"$2"} 2>&1)
+  rc=$?
+  [ $rc -eq 0 ] && return 0
+  REASON="$(tail -1 <<<"$out")"
+  return 1
+}
+case_tls_aioice() { tls_aio turn "$TLS_PEER"; }
+case_tls_aiortc_pc() { tls_aio pc; }
+# Trusting something else than the test CA, the handshake must fail.
+case_tls_aioice_untrusted() {
+  if TRUST="$WORK/tls/leaf2.pem" tls_aio turn "$TLS_PEER"; then
+    REASON="relayed without trusting the certificate"; return 1
+  fi
+  if ! grep -qi "certificate.verify.failed" <<<"$REASON"; then
+    REASON="failed, but not on verification: $REASON"; return 1
+  fi
+  REASON=""
+}
+
 tls_cases() {
   selected tls || return 0
   if ! command -v turnutils_uclient >/dev/null || ! command -v openssl >/dev/null; then
@@ -152,7 +177,8 @@ tls_cases() {
   fi
   tls_setup || { FAILED=$((FAILED + 1)); echo "FAIL tls: tern did not start"; return; }
   local c
-  for c in tls_channel_rest tls_send_static tls_shared_port_tls tls_shared_port_tcp tls_alpn tls_reload; do
+  for c in tls_channel_rest tls_send_static tls_shared_port_tls tls_shared_port_tcp tls_alpn \
+           tls_aioice tls_aioice_untrusted tls_aiortc_pc tls_reload; do
     selected "${c//_/-}" && run_case "${c//_/-}" "case_$c"
   done
   stop_tern
