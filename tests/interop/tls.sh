@@ -170,6 +170,34 @@ case_tls_aioice_untrusted() {
   REASON=""
 }
 
+# Headless Chromium, relay-only, over turns:localhost: with the
+# certificate's SPKI pinned it relays (relayProtocol "tls"); without the
+# pin it gets no relay candidate.
+chromium_tls() { # MODE [SPKI]
+  local dir="$ROOT/tests/interop/browser" out rc
+  if [ -z "${TLS_WEB:-}" ]; then
+    TLS_WEB=$(free_port)
+    python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$TLS_WEB" >"$WORK/tls-web.log" 2>&1 &
+    PIDS+=("$!")
+    local deadline=$((SECONDS + 10))
+    until curl -fs "http://127.0.0.1:$TLS_WEB/index.html" >/dev/null || [ $SECONDS -ge $deadline ]; do sleep 0.1; done
+  fi
+  mint_credential tls browser
+  out=$(cd "$dir" && CHROMIUM_SPKI="${2:-}" timeout 120 node run.mjs "http://localhost:$TLS_WEB/index.html" \
+        "turns:localhost:$TLS_PORT?transport=tcp" "$CRED_USER" "$CRED_PASS" "$1" 2>&1)
+  rc=$?
+  echo "  $(tail -1 <<<"$out")"
+  [ $rc -eq 0 ] && return 0
+  REASON="$(tail -1 <<<"$out")"
+  return 1
+}
+spki() {
+  openssl x509 -in "$WORK/tls/cert.pem" -pubkey -noout | openssl pkey -pubin -outform der |
+    openssl dgst -sha256 -binary | base64
+}
+case_tls_chromium() { chromium_tls tls "$(spki)"; }
+case_tls_chromium_unpinned() { chromium_tls no-relay; }
+
 tls_cases() {
   selected tls || return 0
   if ! command -v turnutils_uclient >/dev/null || ! command -v openssl >/dev/null; then
@@ -178,7 +206,7 @@ tls_cases() {
   tls_setup || { FAILED=$((FAILED + 1)); echo "FAIL tls: tern did not start"; return; }
   local c
   for c in tls_channel_rest tls_send_static tls_shared_port_tls tls_shared_port_tcp tls_alpn \
-           tls_aioice tls_aioice_untrusted tls_aiortc_pc tls_reload; do
+           tls_aioice tls_aioice_untrusted tls_aiortc_pc tls_chromium tls_chromium_unpinned tls_reload; do
     selected "${c//_/-}" && run_case "${c//_/-}" "case_$c"
   done
   stop_tern

@@ -1,5 +1,7 @@
 // Drive Debian's Chromium through one case of index.html and print the result.
-// Usage: node run.mjs PAGE_URL TURN_URL USERNAME CREDENTIAL [normal|wrong]
+// Usage: node run.mjs PAGE_URL TURN_URL USERNAME CREDENTIAL [normal|wrong|tls|no-relay]
+// With CHROMIUM_SPKI set, Chromium accepts a certificate with that public key
+// (base64 SHA-256 of its SubjectPublicKeyInfo) whoever signed it.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +18,7 @@ const context = await chromium.launchPersistentContext(profile, {
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
     // tern and its relays are on loopback in this test.
     "--allow-loopback-in-peer-connection",
+    ...(process.env.CHROMIUM_SPKI ? [`--ignore-certificate-errors-spki-list=${process.env.CHROMIUM_SPKI}`] : []),
   ],
 });
 let result;
