@@ -28,6 +28,7 @@
 
 pub mod batch;
 mod handoff;
+mod limit;
 pub mod net;
 pub mod ports;
 mod relay;

@@ -10,11 +10,9 @@
 //! task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::io::Write;
@@ -23,6 +21,7 @@ use rustls::ServerConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use super::limit::PerIpLimit;
 use super::tls::{self, StreamMode};
 use super::worker::Worker;
 use super::{Shared, now};
@@ -43,12 +42,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// per connection, never per packet).
 #[derive(Debug)]
 pub(crate) struct Admission {
-    open: AtomicUsize,
-    max: AtomicUsize,
-    max_per_ip: AtomicUsize,
-    /// Open connections per client IP (entries leave at zero, so the map
-    /// never holds more than `max` entries).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    limit: PerIpLimit,
     /// Close a connection idle this long without an allocation.
     pub(crate) idle_timeout: Duration,
 }
@@ -56,18 +50,14 @@ pub(crate) struct Admission {
 impl Admission {
     pub(crate) fn new(max: usize, max_per_ip: usize, idle_timeout: Duration) -> Self {
         Self {
-            open: AtomicUsize::new(0),
-            max: AtomicUsize::new(max),
-            max_per_ip: AtomicUsize::new(max_per_ip),
-            per_ip: Mutex::new(HashMap::new()),
+            limit: PerIpLimit::new(max, max_per_ip),
             idle_timeout,
         }
     }
 
     /// Change the limits (reload); open connections are kept.
     pub(crate) fn set_limits(&self, max: usize, max_per_ip: usize) {
-        self.max.store(max, Ordering::Relaxed);
-        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
+        self.limit.set(max, max_per_ip);
     }
 }
 
@@ -79,17 +69,7 @@ struct Slot {
 
 impl Slot {
     fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
-        let a = &shared.tcp;
-        let mut per_ip = a.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = per_ip.get(&ip).copied().unwrap_or(0);
-        if a.open.load(Ordering::Relaxed) >= a.max.load(Ordering::Relaxed)
-            || mine >= a.max_per_ip.load(Ordering::Relaxed)
-        {
-            return None;
-        }
-        per_ip.insert(ip, mine + 1);
-        a.open.fetch_add(1, Ordering::Relaxed);
-        Some(Self {
+        shared.tcp.limit.acquire(ip).then(|| Self {
             shared: Arc::clone(shared),
             ip,
         })
@@ -98,15 +78,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let a = &self.shared.tcp;
-        let mut per_ip = a.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        a.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.tcp.limit.release(self.ip);
     }
 }
 

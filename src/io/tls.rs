@@ -4,16 +4,15 @@
 //! record layer of an established connection, driven straight on the
 //! connection's socket by [`super::tcp`] with no extra task or copy queue.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
 
+use super::limit::PerIpLimit;
 use crate::metrics::{Board, TlsFailure};
 use crate::tls::{HANDSHAKE_RECORD, Tls};
 
@@ -33,12 +32,8 @@ pub enum StreamMode {
 pub struct TlsServer {
     tls: Arc<Tls>,
     handshake_timeout: Duration,
-    open: AtomicUsize,
-    max: AtomicUsize,
-    max_per_ip: AtomicUsize,
-    /// Handshakes in progress per client IP (entries leave at zero, so
-    /// the map never holds more than `max` entries).
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Handshakes in progress, in total and per client IP.
+    handshakes: PerIpLimit,
 }
 
 impl TlsServer {
@@ -47,10 +42,7 @@ impl TlsServer {
         Self {
             tls,
             handshake_timeout: timeout,
-            open: AtomicUsize::new(0),
-            max: AtomicUsize::new(max),
-            max_per_ip: AtomicUsize::new(max_per_ip),
-            per_ip: Mutex::new(HashMap::new()),
+            handshakes: PerIpLimit::new(max, max_per_ip),
         }
     }
 
@@ -61,8 +53,7 @@ impl TlsServer {
 
     /// Change the handshake limits (reload).
     pub fn set_limits(&self, max: usize, max_per_ip: usize) {
-        self.max.store(max, Ordering::Relaxed);
-        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
+        self.handshakes.set(max, max_per_ip);
     }
 
     /// Whether `stream` (accepted on a listener in `mode`) speaks TLS;
@@ -89,7 +80,7 @@ impl TlsServer {
         ip: IpAddr,
         board: &Board,
     ) -> Option<(TcpStream, ServerConnection)> {
-        let Some(_slot) = self.take(ip) else {
+        let Some(_slot) = self.take(ip, board) else {
             board.tls.failure(TlsFailure::Limit);
             return None;
         };
@@ -122,37 +113,30 @@ impl TlsServer {
     }
 
     /// A handshake slot for `ip`, if the limits allow one.
-    fn take(&self, ip: IpAddr) -> Option<HandshakeSlot<'_>> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = per_ip.get(&ip).copied().unwrap_or(0);
-        if self.open.load(Ordering::Relaxed) >= self.max.load(Ordering::Relaxed)
-            || mine >= self.max_per_ip.load(Ordering::Relaxed)
-        {
+    fn take<'a>(&'a self, ip: IpAddr, board: &'a Board) -> Option<HandshakeSlot<'a>> {
+        if !self.handshakes.acquire(ip) {
             return None;
         }
-        per_ip.insert(ip, mine + 1);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Some(HandshakeSlot { server: self, ip })
+        board.tls.started();
+        Some(HandshakeSlot {
+            server: self,
+            board,
+            ip,
+        })
     }
 }
 
 /// One handshake's share of the limits, given back on drop.
 struct HandshakeSlot<'a> {
     server: &'a TlsServer,
+    board: &'a Board,
     ip: IpAddr,
 }
 
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
-        let s = self.server;
-        let mut per_ip = s.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        s.open.fetch_sub(1, Ordering::Relaxed);
+        self.server.handshakes.release(self.ip);
+        self.board.tls.ended();
     }
 }
 

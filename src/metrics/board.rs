@@ -90,12 +90,28 @@ impl TlsFailure {
 #[derive(Debug, Default)]
 pub struct TlsCounters {
     handshakes: AtomicU64,
+    in_progress: AtomicU64,
     failures: [AtomicU64; TlsFailure::ALL.len()],
     /// The presented certificate's notAfter, Unix seconds (0: no TLS).
     not_after: AtomicU64,
 }
 
 impl TlsCounters {
+    /// A handshake started (it holds a slot of the handshake caps).
+    pub fn started(&self) {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A started handshake ended, whatever its outcome.
+    pub fn ended(&self) {
+        self.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Handshakes in progress now.
+    pub fn in_progress(&self) -> u64 {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
     /// Count a completed handshake.
     pub fn handshake(&self) {
         self.handshakes.fetch_add(1, Ordering::Relaxed);

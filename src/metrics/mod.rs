@@ -283,6 +283,11 @@ fn tls(t: &TlsCounters) -> Group {
             TlsFailure::ALL.map(|r| (r.label(), t.failures(r))),
         )),
         Box::new(gauge(
+            "tern_tls_handshakes_in_progress",
+            "TLS handshakes in progress (bounded by [tls] max-handshakes and max-handshakes-per-ip).",
+            t.in_progress() as f64,
+        )),
+        Box::new(gauge(
             "tern_tls_certificate_expiry_timestamp_seconds",
             "When the certificate presented to new TLS clients expires (notAfter, Unix seconds).",
             t.not_after() as f64,

@@ -167,6 +167,23 @@ enum Wire {
     ),
 }
 
+/// The next whole frame from a stream, reading into `pending` as needed;
+/// `None` on timeout or close.
+fn next_frame(s: &mut impl Read, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(n) = tern::wire::stream_frame_len(pending) {
+            if pending.len() >= n {
+                return Some(pending.drain(..n).collect());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A TLS client configuration trusting only the CA in `ca` (PEM).
 pub fn tls_client_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
@@ -312,30 +329,8 @@ impl RawClient {
                 buf.truncate(n);
                 Some(buf)
             }
-            Wire::Tcp(s, pending) => loop {
-                if let Some(n) = tern::wire::stream_frame_len(pending) {
-                    if pending.len() >= n {
-                        return Some(pending.drain(..n).collect());
-                    }
-                }
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
-                }
-            },
-            Wire::Tls(s, pending) => loop {
-                if let Some(n) = tern::wire::stream_frame_len(pending) {
-                    if pending.len() >= n {
-                        return Some(pending.drain(..n).collect());
-                    }
-                }
-                let mut chunk = [0u8; 4096];
-                match s.read(&mut chunk) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => pending.extend_from_slice(&chunk[..n]),
-                }
-            },
+            Wire::Tcp(s, pending) => next_frame(s, pending),
+            Wire::Tls(s, pending) => next_frame(s, pending),
         }
     }
 
