@@ -155,18 +155,7 @@ impl Server {
         if config.relay_steering != Steering::Off {
             steer(&mut shared, config.relay_steering)?;
         }
-        if let Some(t) = &config.tls {
-            let tls = Tls::new(&t.certificate).map_err(ServerError::Tls)?;
-            shared.set_tls(Arc::new(TlsServer::new(
-                Arc::new(tls),
-                t.handshake_timeout,
-                t.max_handshakes,
-                t.max_handshakes_per_ip,
-            )));
-            if !tls_addrs.is_empty() {
-                warn_tls(&config, &t.certificate);
-            }
-        }
+        serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
         Ok(Self {
             config,
             sockets,
@@ -508,6 +497,25 @@ fn steer(shared: &mut Shared, mode: Steering) -> Result<(), ServerError> {
 
 /// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
 type WorkerSockets = listeners::WorkerSockets;
+
+/// Give the workers the TLS server for `config`'s certificate, if it has
+/// one; warn about the certificate when TLS listeners are `listening`.
+fn serve_tls(config: &Config, shared: &mut Shared, listening: bool) -> Result<(), ServerError> {
+    let Some(t) = &config.tls else {
+        return Ok(());
+    };
+    let tls = Tls::new(&t.certificate).map_err(ServerError::Tls)?;
+    shared.set_tls(Arc::new(TlsServer::new(
+        Arc::new(tls),
+        t.handshake_timeout,
+        t.max_handshakes,
+        t.max_handshakes_per_ip,
+    )));
+    if listening {
+        warn_tls(config, &t.certificate);
+    }
+    Ok(())
+}
 
 /// Warn when the certificate expires within 14 days, and when the host
 /// put in `turns:` URIs is one it does not name (clients that check it,
