@@ -167,6 +167,30 @@ enum Wire {
     ),
 }
 
+/// A 4 MiB receive buffer (forced past net.core.rmem_max as root), so a
+/// test thread the scheduler leaves waiting on a loaded machine does not
+/// lose datagrams in its own socket.
+fn big_receive_buffer(s: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads `size` (an int, as both options take)
+        // for the duration of the call; the descriptor is open.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
 /// The next whole frame from a stream, reading into `pending` as needed;
 /// `None` on timeout or close.
 fn next_frame(s: &mut impl Read, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
@@ -241,6 +265,7 @@ impl RawClient {
         .unwrap();
         let s = UdpSocket::bind(bind).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        big_receive_buffer(&s);
         // Hold the port for the rest of the test process: an allocation
         // outlives its client here, and a later client given the same
         // port by the kernel would present the same 5-tuple and get 437
