@@ -12,7 +12,7 @@
 //! core                                  the sans-IO protocol core
 //! auth                                  credentials and nonces
 //! wire · policy · ratelimit · notify    codec; peer filter; limits; sd_notify
-//! request                               client requests (tools and tests)
+//! request · tls                         client requests; certificates, rustls
 //! ```
 //!
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
@@ -24,13 +24,17 @@
 //!   state; all output goes through the `core::Io` trait. TURN methods are
 //!   in `core/methods.rs`, the per-packet path in `core/relay.rs`,
 //!   allocation state in `core/alloc.rs`, answers in `core/response.rs`.
+//! - [`tls`]: the certificate and key (checked as loaded, swapped by
+//!   reload for new handshakes) and the rustls server configuration.
 //! - [`config`]: the validated configuration; [`metrics`]: the
 //!   [`metrics::Board`] that workers publish to and the Prometheus text
 //!   rendered from it.
 //! - [`io`]: one worker thread per core, each owning its core, its
 //!   listener sockets (SO_REUSEPORT), its relay sockets and its clients'
 //!   send queue; relay-to-relay datagrams between workers go through
-//!   bounded per-pair queues (`io/handoff.rs`).
+//!   bounded per-pair queues (`io/handoff.rs`). Stream clients (TCP, and
+//!   TLS after a handshake under its limits, `io/tls.rs`) are read and
+//!   written by the worker on their socket (`io/tcp.rs`).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` over HTTP, from the
 //!   board; [`shutdown`]: signals as [`shutdown::Control`]s;
 //!   [`credentials`]: minting REST credentials; `notify`: systemd's
