@@ -66,27 +66,17 @@ pub fn check_config(file: &std::path::Path) -> ExitCode {
         Ok(config) => {
             if let Some(t) = &config.tls {
                 let c = &t.certificate;
-                let left = c.not_after - i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                let now = crate::tls::now_unix();
                 println!(
                     "{}: tls certificate serial {}, expires {} ({} days left), names {:?}",
                     t.certificate_file.display(),
                     c.serial,
                     c.expiry(),
-                    left / 86_400,
+                    (c.not_after - now) / 86_400,
                     c.names
                 );
-                if left < 14 * 86_400 {
-                    eprintln!(
-                        "warning: {}: the certificate expires within 14 days ({})",
-                        t.certificate_file.display(),
-                        c.expiry()
-                    );
-                }
-                if let Some(host) = config.host.as_deref().filter(|h| !c.matches_host(h)) {
-                    eprintln!(
-                        "warning: host {host:?} is not a name of the certificate ({:?})",
-                        c.names
-                    );
+                for warning in c.warnings(config.host.as_deref(), now) {
+                    eprintln!("warning: {}: {warning}", t.certificate_file.display());
                 }
             }
             println!("{}: ok", file.display());

@@ -521,25 +521,15 @@ fn serve_tls(config: &Config, shared: &mut Shared, listening: bool) -> Result<()
 /// put in `turns:` URIs is one it does not name (clients that check it,
 /// as browsers do, will fail).
 fn warn_tls(config: &Config, cert: &Certificate) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if cert.not_after < i64::try_from(now).unwrap_or(i64::MAX) + 14 * 86_400 {
-        tracing::warn!(expires = %cert.expiry(), "the TLS certificate expires within 14 days");
+    for warning in cert.warnings(config.host.as_deref(), crate::tls::now_unix()) {
+        tracing::warn!("{warning}");
     }
-    match &config.host {
-        Some(host) if cert.matches_host(host) => {}
-        Some(host) => tracing::warn!(
-            %host,
-            names = ?cert.names,
-            "the certificate does not name `host`: clients that verify it (browsers) will \
-             refuse turns: on this host; use a certificate for it or set host to one it names"
-        ),
-        None => tracing::warn!(
+    if config.host.is_none() {
+        tracing::warn!(
             names = ?cert.names,
             "TLS is on but `host` is unset: set it to a name the certificate holds so \
              printed turns: URIs verify"
-        ),
+        );
     }
 }
 

@@ -133,6 +133,28 @@ impl Certificate {
         })
     }
 
+    /// What an operator should hear about it at `now_unix`: that it
+    /// expires within 14 days, and that `host` (the name put in `turns:`
+    /// URIs), when set, is not one of its names (clients that verify it,
+    /// as browsers do, will refuse it).
+    pub fn warnings(&self, host: Option<&str>, now_unix: i64) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.not_after < now_unix.saturating_add(14 * 86_400) {
+            out.push(format!(
+                "the TLS certificate expires within 14 days ({})",
+                self.expiry()
+            ));
+        }
+        if let Some(host) = host.filter(|h| !self.matches_host(h)) {
+            out.push(format!(
+                "host {host:?} is not a name of the certificate ({:?}): clients that verify it \
+                 (browsers) will refuse turns: on this host",
+                self.names
+            ));
+        }
+        out
+    }
+
     /// When it expires, as `YYYY-MM-DD HH:MM:SS UTC`.
     pub fn expiry(&self) -> String {
         utc(self.not_after)
@@ -191,6 +213,13 @@ fn utc(unix: i64) -> String {
     x509_parser::time::ASN1Time::from_timestamp(unix)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("unix time {unix}"))
+}
+
+/// The current Unix time in seconds, as certificate times are kept.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// ring, the one crypto provider tern builds with.

@@ -222,11 +222,8 @@ pub(super) fn tls(
         let key = "tls.handshake-timeout-seconds";
         return Err(e.at(&raw.handshake_timeout_seconds, key, "must be at least 1"));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let certificate =
-        Certificate::load(cert.get_ref(), key.get_ref(), now).map_err(|err| match err.file {
+    let certificate = Certificate::load(cert.get_ref(), key.get_ref(), crate::tls::now_unix())
+        .map_err(|err| match err.file {
             CertFile::Certificate => e.at(cert, "tls.certificate-file", &err.problem),
             CertFile::PrivateKey => e.at(key, "tls.private-key-file", &err.problem),
         })?;

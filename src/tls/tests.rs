@@ -1,13 +1,5 @@
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use super::{CertFile, Certificate, Tls};
+use super::{CertFile, Certificate, Tls, now_unix as now};
 use crate::testing::Pki;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 #[test]
 fn loads_ec_and_rsa_pairs_with_their_names_and_expiry() {
@@ -79,4 +71,24 @@ fn a_swapped_pair_is_what_new_handshakes_get() {
     assert_eq!(tls.not_after(), b.not_after);
     let current = tls.resolver.current.read().unwrap();
     assert_eq!(current.cert, b.key.cert);
+}
+
+#[test]
+fn warns_of_near_expiry_and_of_a_host_it_does_not_name() {
+    let pki = Pki::new().unwrap();
+    let (soon, later) = (pki.issue(5, "ec").unwrap(), pki.issue(30, "ec").unwrap());
+    let soon = Certificate::load(&soon.cert, &soon.key, now()).unwrap();
+    let later = Certificate::load(&later.cert, &later.key, now()).unwrap();
+    assert!(later.warnings(Some("localhost"), now()).is_empty());
+    assert!(later.warnings(None, now()).is_empty());
+    let w = soon.warnings(Some("localhost"), now());
+    assert!(
+        w.len() == 1 && w[0].contains("expires within 14 days"),
+        "{w:?}"
+    );
+    let w = later.warnings(Some("turn.example.com"), now());
+    assert!(
+        w.len() == 1 && w[0].contains("\"turn.example.com\" is not a name"),
+        "{w:?}"
+    );
 }
