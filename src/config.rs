@@ -82,6 +82,9 @@ pub struct Config {
     /// TLS listener addresses (one also in `listen_tcp` serves both on one
     /// socket).
     pub listen_tls: Vec<SocketAddr>,
+    /// Sources (L4 load balancers) whose TCP and TLS connections must
+    /// begin with a PROXY protocol header naming the client.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// The certificate and TLS limits, when `[tls]` names the files.
     pub tls: Option<TlsSettings>,
     /// When true, a listener address that cannot be bound (e.g. `[::]` on a
@@ -196,6 +199,8 @@ struct RawListen {
     tls: Spanned<Vec<SocketAddr>>,
     #[serde(default = "default_socket_buffer")]
     socket_buffer_bytes: usize,
+    #[serde(default)]
+    proxy_protocol_from: Vec<IpNet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -504,6 +509,7 @@ impl Config {
             listen_udp: raw.listen.udp,
             listen_tcp: raw.listen.tcp,
             listen_tls: raw.listen.tls.into_inner(),
+            proxy_protocol_from: raw.listen.proxy_protocol_from,
             tls,
             listen_best_effort: false,
             socket_buffer_bytes: raw.listen.socket_buffer_bytes,

@@ -12,7 +12,8 @@
 //! core                                  the sans-IO protocol core
 //! auth                                  credentials and nonces
 //! wire · policy · ratelimit · notify    codec; peer filter; limits; sd_notify
-//! request · tls                         client requests; certificates, rustls
+//! request · tls · proxy                 client requests; certificates, rustls;
+//!                                       PROXY protocol headers
 //! ```
 //!
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
@@ -26,6 +27,8 @@
 //!   allocation state in `core/alloc.rs`, answers in `core/response.rs`.
 //! - [`tls`]: the certificate and key (checked as loaded, swapped by
 //!   reload for new handshakes) and the rustls server configuration.
+//! - [`proxy`]: PROXY protocol v1/v2 headers from a trusted L4 load
+//!   balancer: whose connection it is, and how many bytes the header takes.
 //! - [`config`]: the validated configuration; [`metrics`]: the
 //!   [`metrics::Board`] that workers publish to and the Prometheus text
 //!   rendered from it.
@@ -68,6 +71,7 @@ pub mod io;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod policy;
+pub mod proxy;
 pub(crate) mod ratelimit;
 pub mod request;
 pub mod server;

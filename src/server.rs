@@ -152,6 +152,7 @@ impl Server {
         };
         let ports = RelayPorts::new(v4, v6, config.relay_ports);
         let mut shared = Shared::new(ports, settings, Arc::clone(&board));
+        shared.set_proxy_protocol_from(config.proxy_protocol_from.clone());
         if config.relay_steering != Steering::Off {
             steer(&mut shared, config.relay_steering)?;
         }
@@ -357,8 +358,8 @@ impl Server {
         Ok(Workers { threads, ended })
     }
 
-    /// Apply a new configuration: credentials, peer policy, limits and
-    /// lifetimes change at once; listeners, relay addresses and workers need
+    /// Apply a new configuration: credentials, peer policy, limits,
+    /// trusted proxies and lifetimes change at once; listeners, relay addresses and workers need
     /// a restart.
     fn reload(&mut self, new: Config, tx: &watch::Sender<WorkerState>) {
         let old = &self.config;
@@ -397,6 +398,8 @@ impl Server {
         ));
         self.shared
             .set_tcp_limits(new.max_tcp_connections, new.max_tcp_connections_per_ip);
+        self.shared
+            .set_proxy_protocol_from(new.proxy_protocol_from.clone());
         if let (Some(server), Some(t)) = (self.shared.tls(), &new.tls) {
             server.tls().set(&t.certificate);
             warn_tls(&new, &t.certificate);

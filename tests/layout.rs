@@ -81,7 +81,15 @@ fn modules_form_a_dag_layered_as_documented() {
     }
     // The layers: each module may use only modules of lower layers.
     let layers: [&[&str]; 7] = [
-        &["wire", "policy", "ratelimit", "notify", "request", "tls"],
+        &[
+            "wire",
+            "policy",
+            "ratelimit",
+            "notify",
+            "request",
+            "tls",
+            "proxy",
+        ],
         &["auth"],
         &["core"],
         &["config", "metrics", "testing"],

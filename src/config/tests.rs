@@ -48,6 +48,7 @@ fn example_defaults_match_the_code_defaults() {
     assert_eq!(ex.admin_listen, min.admin_listen);
     assert_eq!(ex.limits.strict_expiry, min.limits.strict_expiry);
     assert_eq!(ex.software, min.software);
+    assert_eq!(ex.proxy_protocol_from, min.proxy_protocol_from);
 }
 
 #[test]
@@ -90,6 +91,26 @@ fn bad_values_name_their_key_and_line() {
     assert_eq!((e.line, e.key.as_str()), (2, "auth.secret-files"));
     let e = error_of("realm = 5\n");
     assert_eq!((e.line, e.key.as_str()), (1, "realm"));
+    let e = error_of(
+        "[auth]\nsecrets = [\"x\"]\n[listen]\nproxy-protocol-from = [\"10.0.0.0/8\", \"lb\"]\n",
+    );
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (4, "listen.proxy-protocol-from[1]")
+    );
+}
+
+#[test]
+fn proxy_protocol_sources_are_ranges_and_none_by_default() {
+    let min = Config::parse("[auth]\nsecrets = [\"x\"]\n", "t").unwrap();
+    assert!(min.proxy_protocol_from.is_empty());
+    let text = "[auth]\nsecrets = [\"x\"]\n[listen]\nproxy-protocol-from = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n";
+    let cfg = Config::parse(text, "t").unwrap();
+    let want: Vec<IpNet> = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
+    assert_eq!(cfg.proxy_protocol_from, want);
 }
 
 #[test]

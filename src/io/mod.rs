@@ -21,6 +21,9 @@
 //! - `handoff`: relay-to-relay datagrams, in order, between workers.
 //! - `tcp`: RFC 8656 stream framing for TCP clients and their admission
 //!   limits.
+//! - `tls`: the first-byte sniff, the handshake under its limits and the
+//!   record layer; `limit`: total and per-IP caps.
+//! - `proxy`: trusted proxies' PROXY headers, read before anything else.
 //! - `batch`: `recvmmsg` into slots, `sendmmsg` from a queue.
 //! - `net`: socket creation, relay address discovery.
 //! - `ports`: the shared relay port allocator.
@@ -31,6 +34,7 @@ mod handoff;
 mod limit;
 pub mod net;
 pub mod ports;
+mod proxy;
 mod relay;
 pub mod sklookup;
 mod tcp;
@@ -174,6 +178,12 @@ impl Shared {
     /// The TLS server, if any (reload swaps its certificate).
     pub fn tls(&self) -> Option<&Arc<TlsServer>> {
         self.tls.as_ref()
+    }
+
+    /// Expect a PROXY header on stream connections from `nets` (start-up,
+    /// reload).
+    pub fn set_proxy_protocol_from(&self, nets: Vec<ipnet::IpNet>) {
+        self.tcp.proxies.set(nets);
     }
 
     /// Change the TCP connection limits (reload).

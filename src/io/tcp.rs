@@ -10,7 +10,7 @@
 //! task.
 
 use std::cell::{Cell, RefCell};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::limit::PerIpLimit;
+use super::proxy::{self, Outcome, Proxies};
 use super::tls::{self, StreamMode};
 use super::worker::Worker;
 use super::{Shared, now};
@@ -45,6 +46,8 @@ pub(crate) struct Admission {
     limit: PerIpLimit,
     /// Close a connection idle this long without an allocation.
     pub(crate) idle_timeout: Duration,
+    /// Sources whose connections begin with a PROXY header.
+    pub(crate) proxies: Proxies,
 }
 
 impl Admission {
@@ -52,6 +55,7 @@ impl Admission {
         Self {
             limit: PerIpLimit::new(max, max_per_ip),
             idle_timeout,
+            proxies: Proxies::default(),
         }
     }
 
@@ -202,7 +206,13 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, mode: Stre
                 continue;
             }
         };
-        let Some(slot) = Slot::take(w.shared(), remote.ip()) else {
+        // A trusted proxy's connection counts against the limits of the
+        // client its header names, once it has been read.
+        let slot = if w.shared().tcp.proxies.trusts(remote.ip()) {
+            None
+        } else if let Some(slot) = Slot::take(w.shared(), remote.ip()) {
+            Some(slot)
+        } else {
             tracing::debug!(%remote, "tcp connection limit reached; closing");
             continue;
         };
@@ -210,14 +220,21 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, mode: Stre
     }
 }
 
-/// Serve one accepted connection: find out whether it speaks TLS and
-/// run the handshake (TLS connections count against the TCP limits
-/// through `slot` all along), then [`serve`] it.
-async fn connection(w: Rc<Worker>, stream: TcpStream, mode: StreamMode, slot: Slot) {
+/// Serve one accepted connection: read a trusted proxy's header, find out
+/// whether it speaks TLS and run the handshake (TLS connections count
+/// against the TCP limits through the slot all along), then [`serve`] it.
+async fn connection(w: Rc<Worker>, stream: TcpStream, mode: StreamMode, slot: Option<Slot>) {
     let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
         return;
     };
     let _ = stream.set_nodelay(true);
+    let (remote, slot) = match slot {
+        Some(slot) => (remote, slot),
+        None => match proxied(&w, &stream, remote).await {
+            Some(x) => x,
+            None => return,
+        },
+    };
     let tls_server = w.shared().tls.clone();
     let (stream, tls) = match (mode, tls_server) {
         (StreamMode::Tcp, _) | (_, None) => (stream, None),
@@ -254,6 +271,28 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, mode: StreamMode, slot: Sl
     });
     serve(&w, &out, &tuple).await;
     drop(slot);
+}
+
+/// The client behind a trusted proxy's connection from `proxy`, from the
+/// PROXY header that must begin it, and its slot of the limits; `None`
+/// when the header is missing or bad (counted) or the limits are reached.
+async fn proxied(w: &Worker, stream: &TcpStream, proxy: SocketAddr) -> Option<(SocketAddr, Slot)> {
+    let board = &w.shared().board;
+    let client = match proxy::read_header(stream).await {
+        Outcome::Client(client) => client.unwrap_or(proxy),
+        Outcome::Refused(why) => {
+            tracing::debug!(%proxy, reason = why.label(), "no usable PROXY header; closing");
+            board.proxy.refused(why);
+            return None;
+        }
+        Outcome::Closed => return None,
+    };
+    board.proxy.accepted();
+    let Some(slot) = Slot::take(w.shared(), client.ip()) else {
+        tracing::debug!(%client, %proxy, "tcp connection limit reached; closing");
+        return None;
+    };
+    Some((client, slot))
 }
 
 /// Relay a connection's frames until it closes, idles out without an

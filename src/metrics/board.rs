@@ -9,6 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::core::{Family, Stats};
+use crate::proxy::Refusal;
 
 /// How a relay-to-relay datagram reached the receiving allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +145,36 @@ impl TlsCounters {
     }
 }
 
+/// Server-wide PROXY protocol counters, written per connection from a
+/// trusted proxy (never per packet).
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    accepted: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl ProxyCounters {
+    /// Count a header read.
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a connection closed for want of a usable header.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Headers read so far.
+    pub fn accepted_count(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused so far, for one reason.
+    pub fn refused_count(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Ordering::Relaxed)
+    }
+}
+
 /// One worker's published row (or, from [`Board::total`], all of them
 /// summed).
 #[derive(Debug, Clone, Default)]
@@ -182,6 +213,8 @@ pub struct Board {
     steering: [AtomicBool; 2],
     /// TLS handshakes and the certificate's expiry.
     pub tls: TlsCounters,
+    /// PROXY protocol headers from trusted proxies.
+    pub proxy: ProxyCounters,
 }
 
 impl Board {
@@ -195,6 +228,7 @@ impl Board {
             allocations_limit: AtomicU32::new(0),
             steering: [AtomicBool::new(false), AtomicBool::new(false)],
             tls: TlsCounters::default(),
+            proxy: ProxyCounters::default(),
         }
     }
 

@@ -16,10 +16,11 @@ use prometheus::{
 
 pub mod board;
 
-pub use board::{Board, HandoffPath, IoStats, Report, TlsCounters, TlsFailure};
+pub use board::{Board, HandoffPath, IoStats, ProxyCounters, Report, TlsCounters, TlsFailure};
 
 use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, Rejection};
 use crate::core::{Family, Stats, Transport};
+use crate::proxy::Refusal;
 
 const DIRECTIONS: [&str; 2] = ["client_to_peer", "peer_to_client"];
 
@@ -36,6 +37,7 @@ pub fn render(board: &Board) -> String {
     add(Box::new(reasons(stats, &report.io)));
     add(Box::new(gauges(&report, board)));
     add(Box::new(tls(&board.tls)));
+    add(Box::new(proxy(&board.proxy)));
     add(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -291,6 +293,23 @@ fn tls(t: &TlsCounters) -> Group {
             "tern_tls_certificate_expiry_timestamp_seconds",
             "When the certificate presented to new TLS clients expires (notAfter, Unix seconds).",
             t.not_after() as f64,
+        )),
+    ])
+}
+
+/// PROXY protocol headers from trusted proxies.
+fn proxy(p: &ProxyCounters) -> Group {
+    Group(vec![
+        Box::new(counter(
+            "tern_proxy_protocol_headers_total",
+            "PROXY protocol headers read from trusted proxies ([listen] proxy-protocol-from).",
+            p.accepted_count(),
+        )),
+        Box::new(labelled(
+            "tern_proxy_protocol_refused_total",
+            "Connections from trusted proxies closed for want of a usable PROXY header, by reason (missing, invalid, timeout).",
+            "reason",
+            Refusal::ALL.map(|r| (r.label(), p.refused_count(r))),
         )),
     ])
 }

@@ -277,6 +277,12 @@ impl RawClient {
 
     pub fn tcp(server: SocketAddr, user: &str, pass: &str) -> Self {
         let s = TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
+        Self::over_tcp(s, user, pass)
+    }
+
+    /// A client on a connected stream (e.g. one that sent a PROXY header).
+    pub fn over_tcp(s: TcpStream, user: &str, pass: &str) -> Self {
+        let server = s.peer_addr().unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
         Self::new(Wire::Tcp(s, Vec::new()), server, user, pass)
@@ -286,6 +292,12 @@ impl RawClient {
     /// `localhost` against `tls` (see [`tls_client_config`]).
     pub fn tls(server: SocketAddr, tls: Arc<rustls::ClientConfig>, user: &str, pass: &str) -> Self {
         let s = TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
+        Self::over_tls(s, tls, user, pass)
+    }
+
+    /// A TLS client on a connected stream, as [`RawClient::tls`].
+    pub fn over_tls(s: TcpStream, tls: Arc<rustls::ClientConfig>, user: &str, pass: &str) -> Self {
+        let server = s.peer_addr().unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
