@@ -144,7 +144,13 @@ pub fn init_logging(cli: &Cli, config: Option<&Config>) -> Option<LogHandle> {
         .or(config.map(|c| c.log_format))
         .unwrap_or(LogFormat::Text);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    // Colour only on a terminal: under systemd, in files and pipes, escape
+    // codes would be stored as text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(colour);
     let done = match format {
         LogFormat::Json => registry.with(fmt.json()).try_init(),
         LogFormat::Text => registry.with(fmt).try_init(),

@@ -155,6 +155,34 @@ fn serves_until_sigterm_then_exits_zero() {
     assert_eq!(status.code(), Some(0));
 }
 
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    // As under systemd or with output to a file: escape codes would be
+    // stored as text.
+    let cfg = temp_file(
+        "text-logs",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n",
+    );
+    let mut child = Command::new(TERN)
+        .args(["--log-format", "text", "--config"])
+        .arg(&cfg)
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = lines
+        .map(Result::unwrap)
+        .find(|l| l.contains("tern serving"))
+        .expect("a start-up line");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait().unwrap();
+    assert!(serving.contains(" INFO "), "{serving}");
+    assert!(!serving.contains('\x1b'), "{serving:?}");
+}
+
 /// A tern child process whose stdout (JSON logs) is read line by line.
 struct Child {
     child: std::process::Child,
