@@ -14,12 +14,18 @@ make_leaf() {
     -days "$2" -out "$d/leaf$1.pem" -extfile "$d/san.ext" >/dev/null 2>&1
 }
 
-tls_setup() {
+# make_pki: the test CA and two leaves in $WORK/tls, once.
+make_pki() {
+  [ -f "$WORK/tls/leaf2.pem" ] && return 0
   mkdir -p "$WORK/tls"
   printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$WORK/tls/san.ext"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/tls/ca.key" \
     -out "$WORK/tls/ca.pem" -days 2 -subj "/CN=tern interop CA" >/dev/null 2>&1 || return 1
-  make_leaf 1 30 && make_leaf 2 60 || return 1
+  make_leaf 1 30 && make_leaf 2 60
+}
+
+tls_setup() {
+  make_pki || return 1
   cp "$WORK/tls/leaf1.pem" "$WORK/tls/cert.pem" && cp "$WORK/tls/leaf1.key" "$WORK/tls/key.pem"
   TLS_PORT=$(free_port)
   SHARED_PORT=$(free_port)
