@@ -118,3 +118,50 @@ fn tcp_connections_are_limited_per_source_ip() {
         d.recv_raw().is_some()
     }));
 }
+
+#[test]
+fn a_tcp_client_that_does_not_read_has_its_backlog_bounded_and_counted() {
+    let s = TestServer::start(
+        "[peers]\nallow = [\"127.0.0.1/32\"]\n[limits]\nmax-bandwidth-bytes-per-second = 1000000000\n",
+    );
+    // A small receive window, so the kernel holds little for the client.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect_timeout(&s.tcp4().into(), TIMEOUT).unwrap();
+    let mut c = RawClient::over_tcp(sock.into(), "alice", "wonderland");
+    let relayed = allocate(&mut c, none);
+    let p = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let m = c.request(method::CREATE_PERMISSION, || {
+        vec![peer(p.local_addr().unwrap())]
+    });
+    assert_eq!(m.typ.class, stun::message::CLASS_SUCCESS_RESPONSE, "{m}");
+    // The peer sends while the client reads nothing: past 1 MiB waiting
+    // for the client, tern drops and counts (bounded: at most 20,000
+    // datagrams of 1,200 bytes).
+    let backlog = || {
+        metric(
+            &s.http_get("/metrics").1,
+            "tern_dropped_packets_total{reason=\"stream_backlog\"}",
+        )
+    };
+    let payload = [7u8; 1200];
+    let mut sent = 0;
+    while sent < 20_000 && backlog() == 0.0 {
+        for _ in 0..1000 {
+            let _ = p.send_to(&payload, relayed);
+        }
+        sent += 1000;
+        // Publishing is once a second; give the counter a moment.
+        wait_until(Duration::from_millis(1200), || backlog() > 0.0);
+    }
+    assert!(backlog() > 0.0, "nothing dropped after {sent} datagrams");
+    // The client reads again: the backlog (1 MiB and what the kernel
+    // holds) arrives and
+    // the connection still serves it.
+    let mut read = 0;
+    while read < 1 << 20 {
+        read += c.recv_raw().expect("the backlog").len();
+    }
+    let raw = c.build(method::BINDING, vec![], false);
+    c.transact(&raw);
+}

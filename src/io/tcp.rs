@@ -86,6 +86,18 @@ impl Drop for Slot {
     }
 }
 
+/// What [`TcpOut::queue`] did with a client's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Queued; list the client for the next flush.
+    ToList,
+    /// Queued, and already listed (or the connection is closing and
+    /// nothing more will be written).
+    Listed,
+    /// Dropped: too much is queued already.
+    Dropped,
+}
+
 /// A stream client's outgoing bytes and its socket (TCP, or TLS with
 /// the record layer in `tls`).
 pub(super) struct TcpOut {
@@ -102,15 +114,22 @@ pub(super) struct TcpOut {
 }
 
 impl TcpOut {
-    /// Queue bytes for the client; true when it needs listing for the
-    /// next flush. Beyond [`OUT_LIMIT`] queued, bytes are dropped.
-    pub(super) fn queue(&self, bytes: &[u8]) -> bool {
+    /// Queue bytes for the client. Beyond [`OUT_LIMIT`] queued (a client
+    /// that reads slower than its peers send), they are dropped.
+    pub(super) fn queue(&self, bytes: &[u8]) -> Queued {
         let mut buf = self.buf.borrow_mut();
-        if self.closed.get() || buf.len() + bytes.len() > OUT_LIMIT {
-            return false;
+        if self.closed.get() {
+            return Queued::Listed;
+        }
+        if buf.len() + bytes.len() > OUT_LIMIT {
+            return Queued::Dropped;
         }
         buf.extend_from_slice(bytes);
-        !self.dirty.replace(true)
+        if self.dirty.replace(true) {
+            Queued::Listed
+        } else {
+            Queued::ToList
+        }
     }
 
     /// Write what is queued, as far as the kernel takes it now; what is

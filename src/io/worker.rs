@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use super::batch::{self, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use super::handoff::Batch;
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
-use super::tcp::{self, TcpOut};
+use super::tcp::{self, Queued, TcpOut};
 use super::tls::StreamMode;
 use super::{Phase, Shared, WorkerState, net, now};
 use crate::core::{
@@ -160,8 +160,10 @@ impl Io for WorkerIo {
             }
             Transport::Tcp | Transport::Tls => {
                 if let Some(out) = self.tcp.get(client) {
-                    if out.queue(bytes) {
-                        self.tcp_dirty.push(Rc::clone(out));
+                    match out.queue(bytes) {
+                        Queued::ToList => self.tcp_dirty.push(Rc::clone(out)),
+                        Queued::Listed => {}
+                        Queued::Dropped => self.stats.stream_backlog_dropped += 1,
                     }
                 }
             }

@@ -45,6 +45,10 @@ pub struct IoStats {
     pub handoffs_dropped: u64,
     /// Peer datagrams received through relay steering.
     pub steered: u64,
+    /// Messages for a TCP or TLS client dropped because more than its
+    /// send backlog (1 MiB) was waiting: it reads slower than its peers
+    /// send.
+    pub stream_backlog_dropped: u64,
 }
 
 impl IoStats {
@@ -55,6 +59,7 @@ impl IoStats {
         }
         self.handoffs_dropped += o.handoffs_dropped;
         self.steered += o.steered;
+        self.stream_backlog_dropped += o.stream_backlog_dropped;
     }
 }
 

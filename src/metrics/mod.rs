@@ -197,7 +197,10 @@ fn reasons(s: &Stats, io: &IoStats) -> Group {
         DropReason::ALL
             .map(|r| (r.label(), s.dropped[r as usize]))
             .into_iter()
-            .chain([("handoff_queue_full", io.handoffs_dropped)]),
+            .chain([
+                ("handoff_queue_full", io.handoffs_dropped),
+                ("stream_backlog", io.stream_backlog_dropped),
+            ]),
     );
     let auth = labelled(
         "tern_auth_failures_total",
