@@ -62,7 +62,8 @@ pub fn public_host(config: &Config, relay_v4: Option<IpAddr>, relay_v6: Option<I
     }
 }
 
-/// `turn:` and `turns:` URIs (RFC 7065) for the configured listeners.
+/// `turn:` and `turns:` URIs (RFC 7065) for the configured listeners, one
+/// per listener port and transport (e.g. `turns:` on both 443 and 5349).
 /// A `turns:` URI says `transport=tcp` (TLS runs over TCP; browsers use
 /// TLS over TCP for `turns:` whatever it says).
 pub fn turn_uris(
@@ -72,14 +73,22 @@ pub fn turn_uris(
     tls: &[SocketAddr],
 ) -> Vec<String> {
     let mut uris = Vec::new();
-    if let Some(a) = udp.first() {
-        uris.push(format!("turn:{host}:{}?transport=udp", a.port()));
-    }
-    if let Some(a) = tcp.first() {
-        uris.push(format!("turn:{host}:{}?transport=tcp", a.port()));
-    }
-    if let Some(a) = tls.first() {
-        uris.push(format!("turns:{host}:{}?transport=tcp", a.port()));
+    for (scheme, transport, addrs) in [
+        ("turn", "udp", udp),
+        ("turn", "tcp", tcp),
+        ("turns", "tcp", tls),
+    ] {
+        // Each port once (a dual-stack pair shares one), in listed order.
+        let mut ports: Vec<u16> = Vec::new();
+        for a in addrs {
+            if !ports.contains(&a.port()) {
+                ports.push(a.port());
+                uris.push(format!(
+                    "{scheme}:{host}:{}?transport={transport}",
+                    a.port()
+                ));
+            }
+        }
     }
     uris
 }

@@ -156,6 +156,37 @@ fn serves_until_sigterm_then_exits_zero() {
 }
 
 #[test]
+fn credentials_json_lists_turns_when_tls_is_configured() {
+    let pki = tern::testing::Pki::new().unwrap();
+    let leaf = pki.issue(30, "ec").unwrap();
+    // localhost: the name the test certificate holds.
+    let cfg = temp_file(
+        "cred-tls",
+        &format!(
+            "host = \"localhost\"\n[listen]\nudp = [\"0.0.0.0:3478\"]\ntcp = [\"0.0.0.0:443\"]\ntls = [\"0.0.0.0:443\", \"0.0.0.0:5349\"]\n[tls]\ncertificate-file = {:?}\nprivate-key-file = {:?}\n[auth]\nsecrets = [\"s1\"]\n",
+            leaf.cert.display().to_string(),
+            leaf.key.display().to_string()
+        ),
+    );
+    let out = Command::new(TERN)
+        .args(["credentials", "--user", "alice", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["uris"],
+        serde_json::json!([
+            "turn:localhost:3478?transport=udp",
+            "turn:localhost:443?transport=tcp",
+            "turns:localhost:443?transport=tcp",
+            "turns:localhost:5349?transport=tcp"
+        ])
+    );
+}
+
+#[test]
 fn text_logs_to_a_pipe_carry_no_colour_codes() {
     // As under systemd or with output to a file: escape codes would be
     // stored as text.
