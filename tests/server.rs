@@ -193,6 +193,32 @@ fn relaying_works_over_tls_as_over_tcp() {
     assert!(wait_until(TIMEOUT, || s.allocations() == 0));
 }
 
+#[test]
+fn relaying_works_over_tls_on_ipv6_with_both_relay_families() {
+    let pki = tern::testing::Pki::new().unwrap();
+    let leaf = pki.issue(30, "rsa").unwrap();
+    let toml = tls_config(&leaf, ALLOW_LOOPBACK).replace(
+        "tls = [\"127.0.0.1:0\"]",
+        "tls = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    let s = TestServer::start_with(&toml);
+    assert!(s.tls[1].is_ipv6());
+    let tls = tls_client_config(&pki.ca);
+    for v6 in [true, false] {
+        let mut c = RawClient::tls(s.tls[1], Arc::clone(&tls), "alice", "wonderland");
+        assert_eq!(
+            c.local_addr().ip(),
+            "::1".parse::<std::net::IpAddr>().unwrap()
+        );
+        relay_round_trips(&mut c, v6);
+    }
+    let created = "tern_allocations_created_total{transport=\"tls\"}";
+    assert!(wait_until(TIMEOUT, || metric(
+        &s.http_get("/metrics").1,
+        created
+    ) == 2.0));
+}
+
 /// Whether this process may attach BPF sk_lookup programs (as root).
 fn can_steer() -> bool {
     tern::io::sklookup::Steering::attach("127.0.0.1".parse().unwrap(), 1, 1).is_ok()
