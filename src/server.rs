@@ -401,10 +401,9 @@ impl Server {
         self.shared
             .set_proxy_protocol_from(new.proxy_protocol_from.clone());
         if let (Some(server), Some(t)) = (self.shared.tls(), &new.tls) {
-            server.tls().set(&t.certificate);
+            self.shared.present(&t.certificate);
             warn_tls(&new, &t.certificate);
             server.set_limits(t.max_handshakes, t.max_handshakes_per_ip);
-            self.board.tls.set_not_after(t.certificate.not_after);
             tracing::info!(
                 serial = %t.certificate.serial,
                 expires = %t.certificate.expiry(),
@@ -508,12 +507,13 @@ fn serve_tls(config: &Config, shared: &mut Shared, listening: bool) -> Result<()
         return Ok(());
     };
     let tls = Tls::new(&t.certificate).map_err(ServerError::Tls)?;
-    shared.set_tls(Arc::new(TlsServer::new(
+    let server = TlsServer::new(
         Arc::new(tls),
         t.handshake_timeout,
         t.max_handshakes,
         t.max_handshakes_per_ip,
-    )));
+    );
+    shared.set_tls(Arc::new(server), &t.certificate);
     if listening {
         warn_tls(config, &t.certificate);
     }

@@ -246,7 +246,6 @@ impl ResolvesServerCert for Resolver {
 pub struct Tls {
     resolver: Arc<Resolver>,
     config: Arc<rustls::ServerConfig>,
-    not_after: std::sync::atomic::AtomicI64,
 }
 
 impl Tls {
@@ -263,7 +262,6 @@ impl Tls {
         Ok(Self {
             resolver,
             config: Arc::new(config),
-            not_after: std::sync::atomic::AtomicI64::new(cert.not_after),
         })
     }
 
@@ -275,13 +273,6 @@ impl Tls {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         *current = Arc::clone(&cert.key);
-        self.not_after
-            .store(cert.not_after, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The notAfter of the certificate presented, in Unix seconds.
-    pub fn not_after(&self) -> i64 {
-        self.not_after.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The rustls configuration for accepting connections.

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::core::{AllocId, CoreConfig, Family, Now};
 use crate::metrics::Board;
+use crate::tls::Certificate;
 use handoff::Handoffs;
 use ports::RelayPorts;
 use relay::RelayTable;
@@ -169,10 +170,20 @@ impl Shared {
         self.relays.get(relay).map(AllocId::worker)
     }
 
-    /// Serve TLS with `server` on the listeners in TLS or shared mode.
-    pub fn set_tls(&mut self, server: Arc<TlsServer>) {
-        self.board.tls.set_not_after(server.tls().not_after());
+    /// Serve TLS with `server`, presenting `cert`, on the listeners in
+    /// TLS or shared mode.
+    pub fn set_tls(&mut self, server: Arc<TlsServer>, cert: &Certificate) {
         self.tls = Some(server);
+        self.present(cert);
+    }
+
+    /// Present `cert` to new TLS handshakes (reload) and publish its
+    /// expiry; live connections keep theirs.
+    pub fn present(&self, cert: &Certificate) {
+        if let Some(server) = &self.tls {
+            server.tls().set(cert);
+            self.board.tls.set_not_after(cert.not_after);
+        }
     }
 
     /// The TLS server, if any (reload swaps its certificate).
