@@ -51,6 +51,81 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnose a TURN server stage by stage, as a client sees it: exit 0
+    /// only when every stage passes.
+    Probe(ProbeArgs),
+}
+
+/// `tern probe` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// turn:HOST[:PORT][?transport=udp|tcp]; without a transport both are
+    /// checked.
+    pub url: String,
+    /// A TURN REST API secret: the probe mints a one-hour credential.
+    #[arg(long, conflicts_with_all = ["password", "secret_file"])]
+    pub secret: Option<String>,
+    /// Read the REST secret from the first line of this file (keeps it out
+    /// of the process list).
+    #[arg(long, conflicts_with = "password")]
+    pub secret_file: Option<PathBuf>,
+    /// The user: with a secret, the REST user part; with --password, the
+    /// static user name or a ready REST username.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The password for --user.
+    #[arg(long, requires = "user")]
+    pub password: Option<String>,
+    /// The realm the server should announce.
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// The public IP relayed addresses should carry.
+    #[arg(long)]
+    pub expect_ip: Option<std::net::IpAddr>,
+    /// How long each exchange may take, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_seconds: u64,
+    /// Print {"ok": bool, "stages": [{"name", "ok", "detail"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tern probe`.
+pub fn probe(args: &ProbeArgs) -> ExitCode {
+    let secret = match &args.secret_file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_owned),
+            Err(e) => {
+                eprintln!("{}: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => args.secret.clone(),
+    };
+    let opts = crate::probe::Options {
+        url: args.url.clone(),
+        secret,
+        user: args.user.clone(),
+        password: args.password.clone(),
+        realm: args.realm.clone(),
+        expect_ip: args.expect_ip,
+        timeout: std::time::Duration::from_secs(args.timeout_seconds.max(1)),
+    };
+    let report = crate::probe::run(&opts);
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print!("{}", report.text());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -91,6 +166,13 @@ pub fn check_config(file: &std::path::Path) -> ExitCode {
 
 /// `tern credentials`.
 pub fn print_credentials(config: &Config, user: &str, ttl: u64, json: bool) -> ExitCode {
+    if config.stun_only {
+        eprintln!(
+            "{}: stun-only: this server relays nothing; STUN needs no credential",
+            config.source
+        );
+        return ExitCode::FAILURE;
+    }
     let Some(secret) = config.secrets.first() else {
         eprintln!("{}: auth.secrets: no REST secret configured", config.source);
         return ExitCode::FAILURE;

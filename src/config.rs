@@ -75,6 +75,8 @@ pub struct Config {
     pub host: Option<String>,
     /// Worker threads; 0 = one per CPU.
     pub workers: usize,
+    /// Serve STUN Binding only (no TURN; no credentials needed).
+    pub stun_only: bool,
     /// UDP listener addresses.
     pub listen_udp: Vec<SocketAddr>,
     /// TCP listener addresses.
@@ -162,6 +164,8 @@ pub struct RawConfig {
     #[serde(default = "default_software")]
     software: String,
     host: Option<String>,
+    #[serde(default)]
+    stun_only: bool,
     #[serde(default)]
     workers: usize,
     #[serde(default)]
@@ -493,7 +497,7 @@ impl Config {
         let realm = validate::realm(&raw.realm, &at)?;
         let relay = validate::relay(&raw.relay, &at)?;
         let limits = validate::limits(&raw, &at)?;
-        let auth = validate::auth(&raw.auth, embedded, &at)?;
+        let auth = validate::auth(&raw.auth, embedded || raw.stun_only, &at)?;
         let tcp_idle_timeout = validate::tcp(&raw.tcp, &at)?;
         let tls = validate::tls(&raw.tls, &raw.listen.tls, &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
@@ -506,6 +510,7 @@ impl Config {
             software: (!raw.software.is_empty()).then_some(raw.software),
             host: raw.host,
             workers: raw.workers,
+            stun_only: raw.stun_only,
             listen_udp: raw.listen.udp,
             listen_tcp: raw.listen.tcp,
             listen_tls: raw.listen.tls.into_inner(),

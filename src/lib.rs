@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cli                                   the binary's commands
-//! server                                start-up, reload, drain, stop
+//! server · probe                        start-up, reload, drain, stop; diagnosis
 //! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting
 //! config · metrics                      validated config; the board
 //! core                                  the sans-IO protocol core
@@ -47,6 +47,8 @@
 //! - [`request`]: STUN/TURN requests as clients build them, for the load
 //!   generator, benchmarks and tests; `testing` (the `testing` feature,
 //!   on in `cargo test`): a recording `Io`, a fake clock, a test config.
+//! - [`probe`]: `tern probe`, a stage-by-stage diagnosis of a TURN server
+//!   from the client's side (blocking sockets; never on the server's path).
 //! - [`server`]: binds listeners, starts the workers, obeys controls
 //!   (`run(config, shutdown)`); [`cli`]: what `main.rs` calls.
 //!
@@ -71,6 +73,7 @@ pub mod io;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 pub(crate) mod ratelimit;
 pub mod request;

@@ -9,8 +9,10 @@ use tern::config::Config;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &args.command {
-        return cli::check_config(file);
+    match &args.command {
+        Some(Command::CheckConfig { file }) => return cli::check_config(file),
+        Some(Command::Probe(probe)) => return cli::probe(probe),
+        _ => {}
     }
     let config = match &args.config {
         Some(path) => match Config::load(path) {

@@ -153,7 +153,8 @@ impl Server {
         let ports = RelayPorts::new(v4, v6, config.relay_ports);
         let mut shared = Shared::new(ports, settings, Arc::clone(&board));
         shared.set_proxy_protocol_from(config.proxy_protocol_from.clone());
-        if config.relay_steering != Steering::Off {
+        // Relay steering serves relays, which a STUN-only server has none of.
+        if config.relay_steering != Steering::Off && !config.stun_only {
             steer(&mut shared, config.relay_steering)?;
         }
         serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
@@ -251,6 +252,7 @@ impl Server {
                 tls = ?self.tls_addrs,
                 admin = ?self.admin_addr(),
                 workers = workers.threads.len(),
+                stun_only = self.config.stun_only,
                 "tern serving"
             );
             crate::notify::notify("READY=1");
@@ -562,6 +564,7 @@ pub fn core_config(
         external_v4: config.external_ipv4,
         external_v6: config.external_ipv6,
         alternate_server: config.alternate_server,
+        stun_only: config.stun_only,
     }
 }
 

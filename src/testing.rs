@@ -173,6 +173,7 @@ pub fn core_config() -> CoreConfig {
         external_v4: None,
         external_v6: None,
         alternate_server: None,
+        stun_only: false,
     }
 }
 

@@ -49,6 +49,7 @@ fn example_defaults_match_the_code_defaults() {
     assert_eq!(ex.limits.strict_expiry, min.limits.strict_expiry);
     assert_eq!(ex.software, min.software);
     assert_eq!(ex.proxy_protocol_from, min.proxy_protocol_from);
+    assert_eq!(ex.stun_only, min.stun_only);
 }
 
 #[test]
@@ -117,6 +118,16 @@ fn proxy_protocol_sources_are_ranges_and_none_by_default() {
 fn a_config_without_credentials_is_refused() {
     let e = error_of("realm = \"x\"\n");
     assert_eq!(e.key, "auth");
+    assert!(e.problem.contains("stun-only"), "{e}");
+}
+
+#[test]
+fn a_stun_only_server_needs_no_credentials() {
+    let cfg = Config::parse("stun-only = true\n", "t").unwrap();
+    assert!(cfg.stun_only);
+    assert!(cfg.secrets.is_empty() && cfg.users.is_empty());
+    let min = Config::parse("[auth]\nsecrets = [\"x\"]\n", "t").unwrap();
+    assert!(!min.stun_only);
 }
 
 #[test]

@@ -112,8 +112,9 @@ pub(super) struct Auth {
 }
 
 /// `[auth]`: secrets (listed and from files), users and the nonce
-/// lifetime; a file (not the embedded default) must let somebody in.
-pub(super) fn auth(raw: &RawAuth, embedded: bool, e: &Errors<'_>) -> Result<Auth, ConfigError> {
+/// lifetime; a file that serves TURN must let somebody in (`optional`:
+/// the embedded default, which makes its own secret, and stun-only).
+pub(super) fn auth(raw: &RawAuth, optional: bool, e: &Errors<'_>) -> Result<Auth, ConfigError> {
     let nonce = &raw.nonce_lifetime_seconds;
     if *nonce.get_ref() < 10 {
         return Err(e.at(nonce, "auth.nonce-lifetime-seconds", "must be at least 10"));
@@ -141,11 +142,11 @@ pub(super) fn auth(raw: &RawAuth, embedded: bool, e: &Errors<'_>) -> Result<Auth
         }
         users.push((name.clone(), password.clone()));
     }
-    if !embedded && secrets.is_empty() && users.is_empty() {
+    if !optional && secrets.is_empty() && users.is_empty() {
         return Err(e.error(
             None,
             "auth",
-            "no secrets and no users: nobody could authenticate",
+            "no secrets and no users: nobody could authenticate (for a STUN-only server, set stun-only = true)",
         ));
     }
     Ok(Auth {

@@ -132,6 +132,8 @@ pub struct CoreConfig {
     pub external_v6: Option<Ipv6Addr>,
     /// Where to send clients (300 Try Alternate) while draining.
     pub alternate_server: Option<SocketAddr>,
+    /// Answer Binding only: every other request gets 400 "STUN only".
+    pub stun_only: bool,
 }
 
 /// Lifetimes and limits the core enforces; the validated configuration
@@ -283,6 +285,12 @@ impl Core {
         match (msg.class(), msg.method()) {
             (Class::Indication, method::SEND) => self.send_indication(now, from, msg, io),
             (Class::Request, method::BINDING) => self.binding(now, from, msg, io),
+            (Class::Request, _) if self.cfg.stun_only => {
+                // Answered, not dropped, so a client stops retrying at once.
+                let seal = Seal::unauthenticated(msg, None);
+                let answer = response::error_saying(msg, Code::BadRequest, "STUN only", seal);
+                self.unauthenticated(now, from, &answer, io);
+            }
             (Class::Request, m) => self.turn_request(now, from, msg, m, io),
             // Responses and other indications: nothing to do.
             _ => self.stats.drop(DropReason::Unexpected),

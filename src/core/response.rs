@@ -120,14 +120,24 @@ fn build(
     attrs: Vec<Box<dyn Setter>>,
     seal: Seal<'_>,
 ) -> Vec<u8> {
-    let full = assemble(req, class, error.map(|c| (c, c.reason())), &attrs, seal);
+    build_saying(req, class, error.map(|c| (c, c.reason())), attrs, seal)
+}
+
+fn build_saying(
+    req: &StunView<'_>,
+    class: stun::message::MessageClass,
+    error: Option<(Code, &str)>,
+    attrs: Vec<Box<dyn Setter>>,
+    seal: Seal<'_>,
+) -> Vec<u8> {
+    let full = assemble(req, class, error, &attrs, seal);
     match seal.max_len {
         Some(max) if full.len() > max => {
             let bare = Seal {
                 software: None,
                 ..seal
             };
-            assemble(req, class, error.map(|c| (c, "")), &attrs, bare)
+            assemble(req, class, error.map(|(c, _)| (c, "")), &attrs, bare)
         }
         _ => full,
     }
@@ -185,6 +195,18 @@ pub fn error(
     seal: Seal<'_>,
 ) -> Vec<u8> {
     build(req, CLASS_ERROR_RESPONSE, Some(code), attrs, seal)
+}
+
+/// An error response with `code` and its own reason phrase (dropped, as
+/// every reason phrase, beyond the seal's size bound).
+pub fn error_saying(req: &StunView<'_>, code: Code, reason: &str, seal: Seal<'_>) -> Vec<u8> {
+    build_saying(
+        req,
+        CLASS_ERROR_RESPONSE,
+        Some((code, reason)),
+        vec![],
+        seal,
+    )
 }
 
 /// A 401 or 438 challenge: ERROR-CODE, REALM, NONCE; no SOFTWARE, and the

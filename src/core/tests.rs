@@ -736,6 +736,7 @@ fn draining_refuses_new_allocations() {
 }
 
 mod props;
+mod stun_only;
 
 #[test]
 fn summed_stats_keep_every_transport() {

@@ -133,9 +133,9 @@ case_proxy_haproxy_v1_tls() {
 # HAProxy's health checks (check-send-proxy: a v2 LOCAL header) are read
 # as headers and served as the proxy's own connections, not refused.
 case_proxy_haproxy_health_check() {
-  local before deadline=$((SECONDS + 10))
+  local before deadline=$((SECONDS + 30))
   before=$(px_metric tern_proxy_protocol_headers_total)
-  until [ "$(px_metric tern_proxy_protocol_headers_total)" -ge $((before + 3)) ]; do
+  until [ "$(px_metric tern_proxy_protocol_headers_total)" -ge $((before + 2)) ]; do
     [ $SECONDS -ge $deadline ] && { REASON="no health-check headers read"; return 1; }
     sleep 0.2
   done

@@ -51,11 +51,53 @@ PY
   [ -z "$REASON" ]
 }
 
+# stun-only = true with no [auth]: coturn's STUN client gets its mapped
+# address over UDP and TCP; its TURN client is refused at once (400 "STUN
+# only", not a timeout) and nothing is allocated.
+stun_only_start() {
+  STUN_ONLY_PORT=$(free_port)
+  STUN_ONLY_ADMIN=$(free_port)
+  start_tern stun-only "stun-only = true
+[listen]
+udp = [\"127.0.0.1:$STUN_ONLY_PORT\"]
+tcp = [\"127.0.0.1:$STUN_ONLY_PORT\"]
+[relay]
+address-ipv4 = \"127.0.0.1\"
+address-ipv6 = \"none\"
+[admin]
+listen = \"127.0.0.1:$STUN_ONLY_ADMIN\""
+}
+
+case_stun_only_stunclient() {
+  local out
+  out=$(timeout 10 turnutils_stunclient -p "$STUN_ONLY_PORT" 127.0.0.1 2>&1)
+  grep -q "UDP reflexive addr: 127.0.0.1:" <<<"$out" ||
+    { REASON="no mapped address: $(tail -2 <<<"$out" | tr '\n' ' ')"; return 1; }
+  out=$(timeout 10 "$ROOT/.venv/bin/python" "$ROOT/tests/interop/proxy_binding.py" 127.0.0.1 127.0.0.1 "$STUN_ONLY_PORT" 2>&1)
+  [[ $out == mapped=127.0.0.1:* ]] || { REASON="no mapped address over TCP: $out"; return 1; }
+}
+
+case_stun_only_uclient() {
+  local out started=$SECONDS
+  out=$(timeout 30 turnutils_uclient -n 5 -m 1 -l 170 -e 127.0.0.1 -r 9 -p "$STUN_ONLY_PORT" \
+        -u alice -w wonderland 127.0.0.1 2>&1)
+  grep -q "error 400 (STUN only)" <<<"$out" ||
+    { REASON="no 400 STUN only: $(grep -i error <<<"$out" | tail -2 | tr '\n' ' ')"; return 1; }
+  [ $((SECONDS - started)) -lt 10 ] || { REASON="uclient took $((SECONDS - started)) s to give up"; return 1; }
+  curl -fsS "http://127.0.0.1:$STUN_ONLY_ADMIN/metrics" | grep -qE '^tern_allocations_created_total\{transport="udp"\} 0$' ||
+    { REASON="an allocation was created"; return 1; }
+}
+
 stun_cases() {
   selected stun || return 0
   stun_start || { FAILED=$((FAILED + 1)); echo "FAIL stun: tern did not start"; return; }
   selected stun-debian && run_case stun-debian case_stun_debian
   selected stun-pystun3 && run_case stun-pystun3 case_stun_pystun3
   selected stun-aioice && run_case stun-aioice case_stun_aioice
+  stop_tern
+  selected stun-only || return 0
+  stun_only_start || { FAILED=$((FAILED + 1)); echo "FAIL stun-only: tern did not start"; return; }
+  selected stun-only-stunclient && run_case stun-only-stunclient case_stun_only_stunclient
+  selected stun-only-uclient && run_case stun-only-uclient case_stun_only_uclient
   stop_tern
 }
