@@ -64,6 +64,23 @@ pub struct Authenticated {
     pub expires_unix: Option<u64>,
 }
 
+impl Authenticated {
+    /// The user part: the name after `<expiry>:` of a REST credential, or
+    /// the static user's name.
+    pub fn user(&self) -> &str {
+        user_part(&self.username, self.expires_unix.is_some())
+    }
+}
+
+/// The user part of `username`: after `<expiry>:` when `rest`, else all.
+pub fn user_part(username: &str, rest: bool) -> &str {
+    if rest {
+        username.split_once(':').map_or("", |(_, u)| u)
+    } else {
+        username
+    }
+}
+
 impl Credentials {
     /// Build from a realm, static `(name, password)` pairs and REST secrets.
     pub fn new(realm: &str, users: &[(String, String)], secrets: &[String]) -> Self {

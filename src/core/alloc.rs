@@ -61,6 +61,10 @@ pub struct Allocation {
     pub bytes_to_peer: u64,
     /// Payload bytes relayed to the client.
     pub bytes_to_client: u64,
+    /// Datagrams relayed to peers.
+    pub packets_to_peer: u64,
+    /// Datagrams relayed to the client.
+    pub packets_to_client: u64,
     /// The bandwidth limit towards peers.
     pub bandwidth_to_peer: Bandwidth,
     /// The bandwidth limit towards the client.
@@ -94,6 +98,8 @@ impl Allocation {
             answers: VecDeque::with_capacity(ANSWER_CACHE_LEN),
             bytes_to_peer: 0,
             bytes_to_client: 0,
+            packets_to_peer: 0,
+            packets_to_client: 0,
             bandwidth_to_peer: Bandwidth::new(now, u64::MAX),
             bandwidth_to_client: Bandwidth::new(now, u64::MAX),
         }
@@ -114,6 +120,17 @@ impl Allocation {
     /// Installed permissions.
     pub fn permission_count(&self) -> usize {
         self.permissions.len()
+    }
+
+    /// Channel bindings (live or not yet swept).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The user part of the username: the name after `<expiry>:` for a
+    /// REST credential, else the whole static user name.
+    pub fn user(&self) -> &str {
+        crate::auth::user_part(&self.username, self.credential_expires_unix.is_some())
     }
 
     /// Install or refresh a permission.

@@ -85,6 +85,9 @@ impl Core {
         if self.refuse_allocations {
             return Err(Refusal::Draining);
         }
+        if self.quotas.blocks.blocked(auth.user(), now.unix) {
+            return Err(Refusal::Error(Code::Forbidden, Some(Rejection::Blocked)));
+        }
         match self.granted_lifetime(msg, auth.expires_unix, now) {
             Some(l) if !l.is_zero() => Ok((req, l)),
             _ => Err(Refusal::Error(Code::BadRequest, None)),

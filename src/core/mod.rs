@@ -15,6 +15,7 @@ mod methods;
 mod quotas;
 mod relay;
 pub mod response;
+mod sessions;
 pub mod slab;
 pub mod stats;
 
@@ -32,6 +33,7 @@ use alloc::Allocation;
 pub use labels::{Family, Transport};
 pub use quotas::{QuotaError, Quotas};
 use response::{Code, Seal};
+pub use sessions::{Blocks, MAX_BLOCKS, SessionInfo};
 pub use stats::{AuthFailure, DropReason, Stats};
 
 /// A client's 5-tuple: transport, tern's address, the client's address.

@@ -9,6 +9,8 @@ use std::sync::{Mutex, PoisonError};
 #[derive(Debug, Default)]
 pub struct Quotas {
     counts: Mutex<QuotaCounts>,
+    /// Users an operator has blocked (checked per Allocate).
+    pub blocks: super::sessions::Blocks,
 }
 
 #[derive(Debug, Default)]

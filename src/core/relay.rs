@@ -77,6 +77,7 @@ impl Core {
             return;
         }
         a.bytes_to_peer += payload.len() as u64;
+        a.packets_to_peer += 1;
         self.stats.relayed(true, transport, payload.len());
         io.to_peer(id, peer, payload);
     }
@@ -122,6 +123,7 @@ impl Core {
             return;
         };
         a.bytes_to_client += len as u64;
+        a.packets_to_client += 1;
         self.stats.relayed(false, client.transport, len);
         io.to_client(&client, &buf[range]);
     }

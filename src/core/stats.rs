@@ -118,16 +118,19 @@ pub enum Rejection {
     Family,
     /// The server is draining (508 or 300).
     Draining,
+    /// An operator blocked the user (403).
+    Blocked,
 }
 
 impl Rejection {
     /// Every reason, in index order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Quota,
         Self::Capacity,
         Self::BadRequest,
         Self::Family,
         Self::Draining,
+        Self::Blocked,
     ];
 
     /// The metric label.
@@ -138,6 +141,7 @@ impl Rejection {
             Self::BadRequest => "bad_request",
             Self::Family => "family",
             Self::Draining => "draining",
+            Self::Blocked => "blocked",
         }
     }
 }

@@ -736,6 +736,7 @@ fn draining_refuses_new_allocations() {
 }
 
 mod props;
+mod sessions;
 mod stun_only;
 
 #[test]
