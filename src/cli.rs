@@ -1,6 +1,7 @@
 //! The command line: `tern [--config FILE]` serves, `tern check-config FILE`
 //! validates, `tern credentials` mints a REST credential.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -54,6 +55,117 @@ pub enum Command {
     /// Diagnose a TURN server stage by stage, as a client sees it: exit 0
     /// only when every stage passes.
     Probe(ProbeArgs),
+    /// Ask a running tern through its admin API (needs [admin] token-file).
+    Ctl(CtlArgs),
+}
+
+/// `tern ctl` arguments.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The admin listener, HOST:PORT (default: the config's [admin] listen,
+    /// else 127.0.0.1:9641).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// A file whose first line is a token of [admin] token-file (default:
+    /// the config's token file).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub what: CtlCommand,
+}
+
+/// `tern ctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Version, uptime, listeners, relays, allocations.
+    Info,
+    /// Live allocations.
+    Sessions {
+        /// Only this user's (a REST credential's name part, or a static user).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// End every allocation of a user at once, optionally refusing it for a
+    /// while.
+    Disconnect {
+        /// The user.
+        user: String,
+        /// Refuse the user's Allocates (403) for this many seconds.
+        #[arg(long, default_value_t = 0)]
+        block_seconds: u64,
+    },
+    /// Lift a user's block.
+    Unblock {
+        /// The user.
+        user: String,
+    },
+    /// The blocks in force.
+    Blocks,
+}
+
+/// `tern ctl`.
+pub fn ctl(args: &CtlArgs, config: Option<&Config>) -> ExitCode {
+    let admin = args
+        .admin
+        .or(config.map(|c| c.admin_listen))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9641)));
+    let token = match &args.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| format!("{}: {e}", f.display()))
+            .and_then(|t| {
+                let first = t.lines().map(str::trim).find(|l| !l.is_empty());
+                first
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{}: no token", f.display()))
+            }),
+        None => config
+            .and_then(|c| c.admin_tokens.first().cloned())
+            .ok_or_else(|| {
+                "no token: pass --token-file, or --config with [admin] token-file".into()
+            }),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tern ctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let call = match &args.what {
+        CtlCommand::Info => crate::ctl::Call::Info,
+        CtlCommand::Sessions { user } => crate::ctl::Call::Sessions(user.clone()),
+        CtlCommand::Disconnect {
+            user,
+            block_seconds,
+        } => crate::ctl::Call::Disconnect(user.clone(), *block_seconds),
+        CtlCommand::Unblock { user } => crate::ctl::Call::Unblock(user.clone()),
+        CtlCommand::Blocks => crate::ctl::Call::Blocks,
+    };
+    match crate::ctl::call(admin, &token, &call) {
+        Ok((status, v)) if status.is_success() => {
+            if args.json {
+                println!("{v}");
+            } else {
+                print!("{}", crate::ctl::table(&call, &v));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, v)) => {
+            eprintln!(
+                "tern ctl: {status}: {}",
+                v["error"].as_str().unwrap_or("(no message)")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tern ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `tern probe` arguments.

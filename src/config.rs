@@ -128,6 +128,9 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// The admin HTTP listener.
     pub admin_listen: SocketAddr,
+    /// Bearer tokens of the admin API (`[admin] token-file`; none: the
+    /// API is off).
+    pub admin_tokens: Vec<String>,
     /// The longest SIGTERM drain.
     pub drain_timeout: Duration,
     /// Where draining sends new allocations (300 Try Alternate).
@@ -312,6 +315,7 @@ struct RawTls {
 struct RawAdmin {
     #[serde(default = "default_admin")]
     listen: SocketAddr,
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -500,6 +504,7 @@ impl Config {
         let auth = validate::auth(&raw.auth, embedded || raw.stun_only, &at)?;
         let tcp_idle_timeout = validate::tcp(&raw.tcp, &at)?;
         let tls = validate::tls(&raw.tls, &raw.listen.tls, &at)?;
+        let admin_tokens = validate::admin_tokens(raw.admin.token_file.as_ref(), &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             let problem = format!("not a log filter: {:?}", raw.log.level);
             return Err(at.error(None, "log.level", &problem));
@@ -535,6 +540,7 @@ impl Config {
             max_tcp_connections_per_ip: raw.limits.max_tcp_connections_per_ip,
             tcp_idle_timeout,
             admin_listen: raw.admin.listen,
+            admin_tokens,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
             alternate_server: raw.shutdown.alternate_server,
             log_level: raw.log.level,

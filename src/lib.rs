@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cli                                   the binary's commands
-//! server · probe                        start-up, reload, drain, stop; diagnosis
+//! server · probe · ctl                  start-up, reload, drain, stop; clients
 //! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting
 //! config · metrics                      validated config; the board
 //! core                                  the sans-IO protocol core
@@ -47,6 +47,7 @@
 //! - [`request`]: STUN/TURN requests as clients build them, for the load
 //!   generator, benchmarks and tests; `testing` (the `testing` feature,
 //!   on in `cargo test`): a recording `Io`, a fake clock, a test config.
+//! - [`ctl`]: `tern ctl`, the admin API from the command line.
 //! - [`probe`]: `tern probe`, a stage-by-stage diagnosis of a TURN server
 //!   from the client's side (blocking sockets; never on the server's path).
 //! - [`server`]: binds listeners, starts the workers, obeys controls
@@ -69,6 +70,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod credentials;
+pub mod ctl;
 pub mod io;
 pub mod metrics;
 pub(crate) mod notify;

@@ -24,6 +24,19 @@ fn main() -> ExitCode {
         },
         None => Config::embedded_default(),
     };
+    if let Some(Command::Ctl(ctl)) = &args.command {
+        let config = match &args.config {
+            Some(path) => match Config::load(path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        return cli::ctl(ctl, config.as_ref());
+    }
     if let Some(Command::Credentials { user, ttl, json }) = &args.command {
         return cli::print_credentials(&config, user, *ttl, *json);
     }

@@ -84,6 +84,8 @@ pub struct Server {
     quotas: Arc<Quotas>,
     shared: Arc<Shared>,
     board: Arc<Board>,
+    /// The admin API's bearer tokens (reload swaps them).
+    tokens: Arc<crate::admin::Tokens>,
 }
 
 /// The worker threads of a running server, and word of each one ending.
@@ -158,6 +160,8 @@ impl Server {
             steer(&mut shared, config.relay_steering)?;
         }
         serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
+        let tokens = crate::admin::Tokens::default();
+        tokens.set(&config.admin_tokens);
         Ok(Self {
             config,
             sockets,
@@ -172,6 +176,7 @@ impl Server {
             quotas: Arc::new(Quotas::default()),
             shared: Arc::new(shared),
             board,
+            tokens: Arc::new(tokens),
         })
     }
 
@@ -241,7 +246,10 @@ impl Server {
         let admin =
             tokio::net::TcpListener::from_std(self.admin.try_clone().map_err(ServerError::Worker)?)
                 .map_err(ServerError::Worker)?;
-        let admin_task = tokio::spawn(crate::admin::serve(admin, Arc::clone(&self.board)));
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            self.admin(workers.threads.len()),
+        ));
         let start = self
             .wait_until_serving(&mut workers, &mut control, &tx)
             .await;
@@ -360,6 +368,29 @@ impl Server {
         Ok(Workers { threads, ended })
     }
 
+    /// What the admin listener serves from.
+    fn admin(&self, workers: usize) -> Arc<crate::admin::Admin> {
+        let fixed = operator::Fixed {
+            udp: self.udp_addrs.clone(),
+            tcp: self.tcp_addrs.clone(),
+            tls: self.tls_addrs.clone(),
+            relay: self.relay,
+            ports: self.config.relay_ports,
+            workers,
+            stun_only: self.config.stun_only,
+        };
+        Arc::new(crate::admin::Admin {
+            board: Arc::clone(&self.board),
+            tokens: Arc::clone(&self.tokens),
+            quotas: Arc::clone(&self.quotas),
+            operator: Arc::new(operator::ServerOperator {
+                fixed,
+                shared: Arc::clone(&self.shared),
+                board: Arc::clone(&self.board),
+            }),
+        })
+    }
+
     /// Apply a new configuration: credentials, peer policy, limits,
     /// trusted proxies and lifetimes change at once; listeners, relay addresses and workers need
     /// a restart.
@@ -413,6 +444,7 @@ impl Server {
             );
         }
         self.board.set_allocations_limit(new.limits.max_allocations);
+        self.tokens.set(&new.admin_tokens);
         tx.send_modify(|s| s.config = Arc::clone(&cfg));
         self.core_config = cfg;
         tracing::info!(source = %new.source, "configuration reloaded");
@@ -574,4 +606,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 mod listeners;
+mod operator;
 use listeners::bind_listeners;

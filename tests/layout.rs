@@ -94,7 +94,7 @@ fn modules_form_a_dag_layered_as_documented() {
         &["core"],
         &["config", "metrics", "testing"],
         &["io", "admin", "shutdown", "credentials"],
-        &["server", "probe"],
+        &["server", "probe", "ctl"],
         &["cli"],
     ];
     let layer = |m: &str| {

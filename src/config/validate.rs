@@ -2,7 +2,7 @@
 //! values or an error naming the file, line and key.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -236,4 +236,29 @@ pub(super) fn tls(
         max_handshakes: raw.max_handshakes,
         max_handshakes_per_ip: raw.max_handshakes_per_ip,
     }))
+}
+
+/// The shortest admin token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// `[admin] token-file`: one bearer token per non-empty line, each at
+/// least 16 characters.
+pub(super) fn admin_tokens(
+    file: Option<&Spanned<PathBuf>>,
+    e: &Errors<'_>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(f) = file else {
+        return Ok(Vec::new());
+    };
+    let key = "admin.token-file";
+    let tokens = read_secret_file(f.get_ref()).map_err(|p| e.at(f, key, &p))?;
+    if let Some(n) = tokens.iter().position(|t| t.len() < MIN_TOKEN_LEN) {
+        let problem = format!(
+            "{}: token {} is shorter than {MIN_TOKEN_LEN} characters (make one with: openssl rand -hex 32)",
+            f.get_ref().display(),
+            n + 1
+        );
+        return Err(e.at(f, key, &problem));
+    }
+    Ok(tokens)
 }

@@ -24,6 +24,7 @@
 //! - `tls`: the first-byte sniff, the handshake under its limits and the
 //!   record layer; `limit`: total and per-IP caps.
 //! - `proxy`: trusted proxies' PROXY headers, read before anything else.
+//! - `mailbox`: operators' orders (list, close) to the workers.
 //! - `batch`: `recvmmsg` into slots, `sendmmsg` from a queue.
 //! - `net`: socket creation, relay address discovery.
 //! - `ports`: the shared relay port allocator.
@@ -32,6 +33,7 @@
 pub mod batch;
 mod handoff;
 mod limit;
+mod mailbox;
 pub mod net;
 pub mod ports;
 mod proxy;
@@ -53,6 +55,7 @@ use ports::RelayPorts;
 use relay::RelayTable;
 use sklookup::Steering;
 
+pub use mailbox::{Mailboxes, Target};
 pub use tls::{StreamMode, TlsServer};
 pub use worker::run;
 
@@ -108,6 +111,8 @@ pub struct Shared {
     socket_buffer_bytes: usize,
     /// Where the workers publish their counters and ticks.
     board: Arc<Board>,
+    /// Operators' orders to each worker.
+    mailboxes: Mailboxes,
 }
 
 impl Shared {
@@ -129,6 +134,7 @@ impl Shared {
             tls: None,
             socket_buffer_bytes: settings.socket_buffer_bytes,
             board,
+            mailboxes: Mailboxes::new(settings.workers),
         }
     }
 
@@ -189,6 +195,11 @@ impl Shared {
     /// The TLS server, if any (reload swaps its certificate).
     pub fn tls(&self) -> Option<&Arc<TlsServer>> {
         self.tls.as_ref()
+    }
+
+    /// The workers' mailboxes, for an operator's orders.
+    pub fn mailboxes(&self) -> &Mailboxes {
+        &self.mailboxes
     }
 
     /// Expect a PROXY header on stream connections from `nets` (start-up,

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use super::batch::{self, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use super::handoff::Batch;
+use super::mailbox::{Order, Target};
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
 use super::tcp::{self, Queued, TcpOut};
 use super::tls::StreamMode;
@@ -278,11 +279,13 @@ impl Worker {
     ) -> std::io::Result<()> {
         self.start_sockets(udp, tcp)?;
         tokio::task::spawn_local(inbox_loop(Rc::clone(&self)));
+        let mut orders = self.shared.mailboxes.take(self.index);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.tick(),
+                Some(order) = recv(&mut orders) => self.obey(order),
                 r = state.changed() => {
                     if r.is_err() {
                         break;
@@ -339,6 +342,27 @@ impl Worker {
             tokio::task::spawn_local(tcp::accept_loop(Rc::clone(self), listener, mode));
         }
         Ok(())
+    }
+
+    /// An operator's order, between batches.
+    fn obey(&self, order: Order) {
+        let now = now();
+        match order {
+            Order::Sessions { user, reply } => {
+                let _ = reply.send(self.core.borrow().sessions(now, user.as_deref()));
+            }
+            Order::Close { target, reply } => {
+                let closed =
+                    self.core
+                        .borrow_mut()
+                        .close_where(now, &mut *self.io.borrow_mut(), |a| match &target {
+                            Target::Id(id) => a.id.to_bits() == *id,
+                            Target::User(u) => a.user() == u,
+                        });
+                self.settle(now);
+                let _ = reply.send(closed);
+            }
+        }
     }
 
     fn tick(&self) {
@@ -532,5 +556,13 @@ fn deliver(
         let payload = PEER_HEADROOM..PEER_HEADROOM + bytes.len();
         scratch[payload.clone()].copy_from_slice(bytes);
         core.on_peer(now, alloc, from, scratch, payload, io);
+    }
+}
+
+/// The next order, or never when this worker has no mailbox.
+async fn recv(orders: &mut Option<tokio::sync::mpsc::Receiver<Order>>) -> Option<Order> {
+    match orders {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
