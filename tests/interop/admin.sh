@@ -1,0 +1,86 @@
+# The admin API as an operator drives it: curl (401 without or with a wrong
+# token), and a relaying turnutils_uclient of user alice that is listed,
+# stops relaying within a second of `tern ctl disconnect`, and whose next
+# run is refused (403) until the block is lifted.
+
+admin_setup() {
+  AD_PORT=$(free_port); AD_ADMIN=$(free_port); AD_PEER=$(free_port)
+  openssl rand -hex 32 >"$WORK/admin-tokens"
+  AD_TOKEN=$(cat "$WORK/admin-tokens")
+  turnutils_peer -L 127.0.0.1 -p "$AD_PEER" >"$WORK/admin-peer.log" 2>&1 &
+  PIDS+=("$!")
+  start_tern admin "$(loopback_config "$AD_PORT" admin-secret "$AD_ADMIN" "token-file = \"$WORK/admin-tokens\"
+[[auth.users]]
+name = \"alice\"
+password = \"wonderland\"
+[allocations]
+legacy-channel-numbers = true
+[peers]
+allow = [\"127.0.0.1/32\"]")"
+}
+
+ad_curl() { curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$AD_ADMIN/v1/info"; }
+
+case_admin_curl_auth() {
+  local c
+  c=$(ad_curl) && [ "$c" = 401 ] || { REASON="no token: HTTP $c"; return 1; }
+  c=$(ad_curl -H "Authorization: Bearer not-the-token-at-all") && [ "$c" = 401 ] || { REASON="wrong token: HTTP $c"; return 1; }
+  c=$(ad_curl -H "Authorization: Bearer $AD_TOKEN") && [ "$c" = 200 ] || { REASON="right token: HTTP $c"; return 1; }
+  curl -fsS "http://127.0.0.1:$AD_ADMIN/metrics" >/dev/null || { REASON="/metrics needs no token"; return 1; }
+}
+
+ad_ctl() { "$TERN_BIN" ctl --admin "127.0.0.1:$AD_ADMIN" --token-file "$WORK/admin-tokens" "$@"; }
+
+case_admin_disconnect() {
+  # A long run: 1 client, 600 packets 50 ms apart (30 s).
+  timeout 60 turnutils_uclient -n 600 -m 1 -l 120 -z 50 -e 127.0.0.1 -r "$AD_PEER" -u alice -w wonderland \
+    -p "$AD_PORT" 127.0.0.1 >"$WORK/admin-uc.log" 2>&1 &
+  local uc=$! deadline=$((SECONDS + 15)) json relayed before after
+  until json=$(ad_ctl --json sessions --user alice) && [ "$(jq_len "$json")" -ge 1 ]; do
+    [ $SECONDS -ge $deadline ] && { REASON="alice's allocation was never listed"; kill $uc; return 1; }
+    sleep 0.2
+  done
+  # Relaying, by the session's own counter.
+  deadline=$((SECONDS + 10))
+  until [ "$(ad_sum "$(ad_ctl --json sessions --user alice)" packets_to_client)" -gt 5 ]; do
+    [ $SECONDS -ge $deadline ] && { REASON="alice's session relays nothing: $(ad_ctl sessions)"; kill $uc; return 1; }
+    sleep 0.2
+  done
+  relayed=$(ad_field "$json" relay)
+  ad_ctl disconnect alice --block-seconds 120 >/dev/null || { REASON="disconnect failed"; kill $uc; return 1; }
+  # At once no session is left; once the counters are published (every
+  # second), tern's relayed-packet count stands still while uclient sends on.
+  [ "$(jq_len "$(ad_ctl --json sessions --user alice)")" = 0 ] || { REASON="alice still listed"; kill $uc; return 1; }
+  sleep 1.5
+  before=$(relayed_total)
+  sleep 1.5
+  after=$(relayed_total)
+  kill $uc 2>/dev/null; wait $uc 2>/dev/null
+  [ "$before" = "$after" ] || { REASON="relayed packets went on after disconnect: $before -> $after (relay $relayed)"; return 1; }
+  # Blocked: a new run cannot allocate.
+  local out
+  out=$(timeout 20 turnutils_uclient -n 5 -m 1 -l 120 -e 127.0.0.1 -r "$AD_PEER" -u alice -w wonderland -p "$AD_PORT" 127.0.0.1 2>&1)
+  grep -q "error 403" <<<"$out" || { REASON="a blocked alice was not refused with 403: $(grep -i error <<<"$out" | tail -1)"; return 1; }
+  ad_ctl blocks | grep -q "^alice " || { REASON="the block is not listed"; return 1; }
+  ad_ctl unblock alice >/dev/null || { REASON="unblock failed"; return 1; }
+  out=$(timeout 30 turnutils_uclient -n 20 -m 1 -l 120 -e 127.0.0.1 -r "$AD_PEER" -u alice -w wonderland -p "$AD_PORT" 127.0.0.1 2>&1)
+  grep -qE 'tot_recv_msgs=[1-9]' <<<"$out" || { REASON="after unblock alice does not relay: $(tail -2 <<<"$out" | tr '\n' ' ')"; return 1; }
+}
+
+jq_len() { python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$1"; }
+ad_sum() { python3 -c 'import json,sys; print(sum(x[sys.argv[2]] for x in json.loads(sys.argv[1])))' "$1" "$2"; }
+ad_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v[0][sys.argv[2]] if v else 0)' "$1" "$2"; }
+relayed_total() {
+  curl -fsS "http://127.0.0.1:$AD_ADMIN/metrics" |
+    awk 'index($0, "tern_relayed_packets_total{") == 1 {s += $2} END {print s + 0}'
+}
+
+admin_cases() {
+  selected admin || return 0
+  admin_setup || { FAILED=$((FAILED + 1)); echo "FAIL admin: tern did not start"; return; }
+  local c
+  for c in admin_curl_auth admin_disconnect; do
+    selected "${c//_/-}" && run_case "${c//_/-}" "case_$c"
+  done
+  stop_tern
+}
