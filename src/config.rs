@@ -128,6 +128,8 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// The admin HTTP listener.
     pub admin_listen: SocketAddr,
+    /// Allocation records, when `[records] file` is set.
+    pub records: Option<RecordsSettings>,
     /// Bearer tokens of the admin API (`[admin] token-file`; none: the
     /// API is off).
     pub admin_tokens: Vec<String>,
@@ -139,6 +141,17 @@ pub struct Config {
     pub log_level: String,
     /// The log format.
     pub log_format: LogFormat,
+}
+
+/// `[records]`: where allocation records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsSettings {
+    /// The JSON-lines file, appended to.
+    pub file: PathBuf,
+    /// The `node` field of every record (default: the host name).
+    pub node: String,
+    /// Interim records for allocations living longer than this.
+    pub interim: Duration,
 }
 
 /// `[tls]`: the checked certificate and the handshake limits.
@@ -189,6 +202,8 @@ pub struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    records: RawRecords,
     #[serde(default)]
     shutdown: RawShutdown,
     #[serde(default)]
@@ -316,6 +331,19 @@ struct RawAdmin {
     #[serde(default = "default_admin")]
     listen: SocketAddr,
     token_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRecords {
+    file: Option<PathBuf>,
+    node: Option<String>,
+    #[serde(default = "default_interim")]
+    interim_seconds: Spanned<u64>,
+}
+
+fn default_interim() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,6 +476,7 @@ empty_default!(
     RawTcp,
     RawTls,
     RawAdmin,
+    RawRecords,
     RawShutdown,
     RawLog
 );
@@ -505,6 +534,7 @@ impl Config {
         let tcp_idle_timeout = validate::tcp(&raw.tcp, &at)?;
         let tls = validate::tls(&raw.tls, &raw.listen.tls, &at)?;
         let admin_tokens = validate::admin_tokens(raw.admin.token_file.as_ref(), &at)?;
+        let records = validate::records(&raw.records, &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             let problem = format!("not a log filter: {:?}", raw.log.level);
             return Err(at.error(None, "log.level", &problem));
@@ -541,6 +571,7 @@ impl Config {
             tcp_idle_timeout,
             admin_listen: raw.admin.listen,
             admin_tokens,
+            records,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
             alternate_server: raw.shutdown.alternate_server,
             log_level: raw.log.level,

@@ -7,7 +7,8 @@
 //! ```text
 //! cli                                   the binary's commands
 //! server · probe · ctl                  start-up, reload, drain, stop; clients
-//! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting
+//! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting;
+//! · records                             the allocation records file
 //! config · metrics                      validated config; the board
 //! core                                  the sans-IO protocol core
 //! auth                                  credentials and nonces
@@ -50,6 +51,8 @@
 //! - [`ctl`]: `tern ctl`, the admin API from the command line.
 //! - [`probe`]: `tern probe`, a stage-by-stage diagnosis of a TURN server
 //!   from the client's side (blocking sockets; never on the server's path).
+//! - [`records`]: allocation records as JSON lines, written by their own
+//!   thread from a bounded queue the workers push to.
 //! - [`server`]: binds listeners, starts the workers, obeys controls
 //!   (`run(config, shutdown)`); [`cli`]: what `main.rs` calls.
 //!
@@ -78,6 +81,7 @@ pub mod policy;
 pub mod probe;
 pub mod proxy;
 pub(crate) mod ratelimit;
+pub mod records;
 pub mod request;
 pub mod server;
 pub mod shutdown;

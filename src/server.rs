@@ -58,6 +58,9 @@ pub enum ServerError {
         "relay.steering = \"on\" but BPF sk_lookup cannot be attached ({0}); it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN"
     )]
     Steering(std::io::Error),
+    /// The allocation records file could not be opened.
+    #[error("records file {0}: {1}")]
+    Records(std::path::PathBuf, std::io::Error),
     /// The certificate could not be set up for TLS.
     #[error("tls: {0}")]
     Tls(rustls::Error),
@@ -86,6 +89,8 @@ pub struct Server {
     board: Arc<Board>,
     /// The admin API's bearer tokens (reload swaps them).
     tokens: Arc<crate::admin::Tokens>,
+    /// The allocation records writer, when records are on.
+    records: Option<crate::records::Writer>,
 }
 
 /// The worker threads of a running server, and word of each one ending.
@@ -162,6 +167,15 @@ impl Server {
         serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
         let tokens = crate::admin::Tokens::default();
         tokens.set(&config.admin_tokens);
+        let records = match &config.records {
+            Some(r) => {
+                let (writer, sink) = crate::records::Writer::start(r)
+                    .map_err(|e| ServerError::Records(r.file.clone(), e))?;
+                shared.set_records(sink);
+                Some(writer)
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             sockets,
@@ -177,6 +191,7 @@ impl Server {
             shared: Arc::new(shared),
             board,
             tokens: Arc::new(tokens),
+            records,
         })
     }
 
@@ -276,7 +291,12 @@ impl Server {
         self.board.set_ready(false);
         tx.send_modify(|s| s.phase = Phase::Stopping);
         admin_task.abort();
-        workers.join().await
+        let ended = workers.join().await;
+        // The workers' last records (shutdown) are queued: write them.
+        if let Some(w) = self.records.take() {
+            w.finish();
+        }
+        ended
     }
 
     /// Obey `control` until told to stop, a drain finishes or a worker
@@ -413,6 +433,7 @@ impl Server {
             ),
             ("workers", old.workers != new.workers),
             ("admin.listen", old.admin_listen != new.admin_listen),
+            ("records", old.records.is_some() != new.records.is_some()),
         ];
         for (key, changed) in needs_restart {
             if changed {
@@ -445,6 +466,9 @@ impl Server {
         }
         self.board.set_allocations_limit(new.limits.max_allocations);
         self.tokens.set(&new.admin_tokens);
+        if let (Some(w), Some(r)) = (&self.records, &new.records) {
+            w.reopen(r);
+        }
         tx.send_modify(|s| s.config = Arc::clone(&cfg));
         self.core_config = cfg;
         tracing::info!(source = %new.source, "configuration reloaded");
@@ -597,6 +621,7 @@ pub fn core_config(
         external_v6: config.external_ipv6,
         alternate_server: config.alternate_server,
         stun_only: config.stun_only,
+        records: config.records.as_ref().map(|r| r.interim),
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Recorder {
     pub last_answer: Vec<u8>,
     /// Refuse every relay with this error.
     pub fail: Option<RelayError>,
+    /// Allocation records written.
+    pub records: Vec<crate::core::Record>,
     counting: bool,
 }
 
@@ -97,6 +99,10 @@ impl Io for Recorder {
 
     fn close_relay(&mut self, alloc: AllocId) {
         self.closed.push(alloc);
+    }
+
+    fn record(&mut self, record: crate::core::Record) {
+        self.records.push(record);
     }
 }
 
@@ -174,6 +180,7 @@ pub fn core_config() -> CoreConfig {
         external_v6: None,
         alternate_server: None,
         stun_only: false,
+        records: None,
     }
 }
 

@@ -93,7 +93,7 @@ fn modules_form_a_dag_layered_as_documented() {
         &["auth"],
         &["core"],
         &["config", "metrics", "testing"],
-        &["io", "admin", "shutdown", "credentials"],
+        &["io", "admin", "shutdown", "credentials", "records"],
         &["server", "probe", "ctl"],
         &["cli"],
     ];

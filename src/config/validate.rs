@@ -262,3 +262,33 @@ pub(super) fn admin_tokens(
     }
     Ok(tokens)
 }
+
+/// `[records]`: off without a file; an interval of at least 1 s; the
+/// node name defaults to the host name.
+pub(super) fn records(
+    raw: &super::RawRecords,
+    e: &Errors<'_>,
+) -> Result<Option<super::RecordsSettings>, ConfigError> {
+    let interim = &raw.interim_seconds;
+    if *interim.get_ref() == 0 {
+        return Err(e.at(interim, "records.interim-seconds", "must be at least 1"));
+    }
+    let Some(file) = &raw.file else {
+        return Ok(None);
+    };
+    let node = raw.node.clone().unwrap_or_else(host_name);
+    Ok(Some(super::RecordsSettings {
+        file: file.clone(),
+        node,
+        interim: Duration::from_secs(*interim.get_ref()),
+    }))
+}
+
+/// This machine's host name ("localhost" if it has none).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -65,6 +65,10 @@ pub struct Allocation {
     pub packets_to_peer: u64,
     /// Datagrams relayed to the client.
     pub packets_to_client: u64,
+    /// The four counters above as of the last record.
+    pub recorded: [u64; 4],
+    /// When the last record (or the allocation) was made.
+    pub recorded_at: Instant,
     /// The bandwidth limit towards peers.
     pub bandwidth_to_peer: Bandwidth,
     /// The bandwidth limit towards the client.
@@ -100,6 +104,8 @@ impl Allocation {
             bytes_to_client: 0,
             packets_to_peer: 0,
             packets_to_client: 0,
+            recorded: [0; 4],
+            recorded_at: now,
             bandwidth_to_peer: Bandwidth::new(now, u64::MAX),
             bandwidth_to_client: Bandwidth::new(now, u64::MAX),
         }

@@ -279,7 +279,7 @@ impl Core {
         };
         let answer = response::success(msg, vec![Box::new(Lifetime(lifetime))], seal);
         if lifetime.is_zero() {
-            self.remove(id, now, io);
+            self.remove(id, now, io, super::EndReason::Client);
         } else if let Some(a) = self.allocs.get_mut(id) {
             a.expires = now.instant + lifetime;
             a.cache_answer(msg.transaction_id(), &answer, now.instant);

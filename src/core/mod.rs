@@ -13,6 +13,7 @@ pub mod alloc;
 mod labels;
 mod methods;
 mod quotas;
+mod records;
 mod relay;
 pub mod response;
 mod sessions;
@@ -32,6 +33,7 @@ use crate::wire::{self, Class, Kind, StunView, attr, method};
 use alloc::Allocation;
 pub use labels::{Family, Transport};
 pub use quotas::{QuotaError, Quotas};
+pub use records::{EndReason, Record};
 use response::{Code, Seal};
 pub use sessions::{Blocks, MAX_BLOCKS, SessionInfo};
 pub use stats::{AuthFailure, DropReason, Stats};
@@ -113,6 +115,8 @@ pub trait Io {
     fn open_relay(&mut self, alloc: AllocId, req: &RelayRequest) -> Result<RelayGrant, RelayError>;
     /// Close allocation `alloc`'s relay socket.
     fn close_relay(&mut self, alloc: AllocId);
+    /// Write an allocation record (only when records are on).
+    fn record(&mut self, _record: Record) {}
 }
 
 /// Everything the core reads from the configuration; swapped as a whole.
@@ -136,6 +140,8 @@ pub struct CoreConfig {
     pub alternate_server: Option<SocketAddr>,
     /// Answer Binding only: every other request gets 400 "STUN only".
     pub stun_only: bool,
+    /// Allocation records on, with interim records this often.
+    pub records: Option<Duration>,
 }
 
 /// Lifetimes and limits the core enforces; the validated configuration
@@ -505,8 +511,13 @@ impl Core {
             .collect();
         for id in expired {
             self.stats.allocations_expired += 1;
-            self.remove(id, now, io);
+            let why = match self.allocs.get(id) {
+                Some(a) if self.credential_expired(a, now) => EndReason::CredentialExpired,
+                _ => EndReason::Expired,
+            };
+            self.remove(id, now, io, why);
         }
+        self.interim_records(now, io);
         for a in self.allocs.values_mut() {
             a.sweep(now.instant);
         }
@@ -520,7 +531,7 @@ impl Core {
     /// (RFC 8656 §3.1).
     pub fn on_client_closed(&mut self, now: Now, client: &FiveTuple, io: &mut impl Io) {
         if let Some(&id) = self.by_client.get(client) {
-            self.remove(id, now, io);
+            self.remove(id, now, io, EndReason::ConnectionClosed);
         }
     }
 
@@ -528,14 +539,17 @@ impl Core {
     pub fn close_all(&mut self, now: Now, io: &mut impl Io) {
         let ids: Vec<AllocId> = self.allocs.ids().collect();
         for id in ids {
-            self.remove(id, now, io);
+            self.remove(id, now, io, EndReason::Shutdown);
         }
     }
 
-    fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io) {
-        let Some(a) = self.allocs.remove(id) else {
+    fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io, why: EndReason) {
+        let Some(mut a) = self.allocs.remove(id) else {
             return;
         };
+        if self.cfg.records.is_some() {
+            io.record(Record::take(&mut a, now, Some(why)));
+        }
         self.by_client.remove(&a.client);
         self.quotas.release(&a.username);
         io.close_relay(id);

@@ -91,7 +91,7 @@ impl Core {
             .map(|a| a.id)
             .collect();
         for &id in &ids {
-            self.remove(id, now, io);
+            self.remove(id, now, io, super::EndReason::Admin);
         }
         ids.len()
     }

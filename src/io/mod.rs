@@ -113,6 +113,8 @@ pub struct Shared {
     board: Arc<Board>,
     /// Operators' orders to each worker.
     mailboxes: Mailboxes,
+    /// Where allocation records go, when they are on.
+    records: Option<std::sync::mpsc::SyncSender<crate::core::Record>>,
 }
 
 impl Shared {
@@ -135,6 +137,7 @@ impl Shared {
             socket_buffer_bytes: settings.socket_buffer_bytes,
             board,
             mailboxes: Mailboxes::new(settings.workers),
+            records: None,
         }
     }
 
@@ -195,6 +198,11 @@ impl Shared {
     /// The TLS server, if any (reload swaps its certificate).
     pub fn tls(&self) -> Option<&Arc<TlsServer>> {
         self.tls.as_ref()
+    }
+
+    /// Send allocation records to `sink` (the records writer).
+    pub fn set_records(&mut self, sink: std::sync::mpsc::SyncSender<crate::core::Record>) {
+        self.records = Some(sink);
     }
 
     /// The workers' mailboxes, for an operator's orders.

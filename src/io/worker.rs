@@ -171,6 +171,14 @@ impl Io for WorkerIo {
         }
     }
 
+    fn record(&mut self, record: crate::core::Record) {
+        if let Some(sink) = &self.shared.records {
+            if sink.try_send(record).is_err() {
+                self.stats.records_dropped += 1;
+            }
+        }
+    }
+
     fn to_peer(&mut self, alloc: AllocId, peer: SocketAddr, bytes: &[u8]) {
         let Some(r) = self.relays.get(alloc) else {
             return;

@@ -49,6 +49,8 @@ pub struct IoStats {
     /// send backlog (1 MiB) was waiting: it reads slower than its peers
     /// send.
     pub stream_backlog_dropped: u64,
+    /// Allocation records dropped because the writer's queue was full.
+    pub records_dropped: u64,
 }
 
 impl IoStats {
@@ -60,6 +62,7 @@ impl IoStats {
         self.handoffs_dropped += o.handoffs_dropped;
         self.steered += o.steered;
         self.stream_backlog_dropped += o.stream_backlog_dropped;
+        self.records_dropped += o.records_dropped;
     }
 }
 

@@ -142,6 +142,11 @@ fn counters(s: &Stats, io: &IoStats) -> Group {
             io.steered,
         )),
         Box::new(counter(
+            "tern_records_dropped_total",
+            "Allocation records dropped because the records writer fell behind ([records] file).",
+            io.records_dropped,
+        )),
+        Box::new(counter(
             "tern_retransmissions_total",
             "Retransmitted requests answered from the transaction cache.",
             s.retransmissions,
