@@ -197,6 +197,10 @@ pub struct ProbeArgs {
     /// How long each exchange may take, in seconds.
     #[arg(long, default_value_t = 5)]
     pub timeout_seconds: u64,
+    /// The server's admin listener (HOST:PORT), if reachable from here: its
+    /// metrics tell a server clock ahead from a wrong secret or password.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
     /// Print {"ok": bool, "stages": [{"name", "ok", "detail"}]}.
     #[arg(long)]
     pub json: bool,
@@ -226,6 +230,7 @@ pub fn probe(args: &ProbeArgs) -> ExitCode {
         realm: args.realm.clone(),
         expect_ip: args.expect_ip,
         timeout: std::time::Duration::from_secs(args.timeout_seconds.max(1)),
+        admin: args.admin,
     };
     let report = crate::probe::run(&opts);
     if args.json {

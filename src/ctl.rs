@@ -58,6 +58,23 @@ impl Call {
 /// Make `call` to the admin listener at `admin` with `token`: the status
 /// and the JSON answer.
 pub fn call(admin: SocketAddr, token: &str, call: &Call) -> anyhow::Result<(StatusCode, Value)> {
+    let (method, path, body) = call.request();
+    let (status, bytes) = request(admin, method, &path, Some(token), body)?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// One HTTP/1.1 request to the admin listener at `admin` (with a bearer
+/// token, if given): the status and the body.
+pub fn request(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: String,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -72,21 +89,21 @@ pub fn call(admin: SocketAddr, token: &str, call: &Call) -> anyhow::Result<(Stat
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let (method, path, body) = call.request();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, admin.to_string())
-            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body)))?;
         let resp = tokio::time::timeout(std::time::Duration::from_secs(30), send.send_request(req))
             .await
             .map_err(|_| anyhow::anyhow!("{admin}: no answer within 30 s"))??;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, v))
+        Ok((status, bytes))
     })
 }
 

@@ -6,9 +6,9 @@
 //!
 //! ```text
 //! cli                                   the binary's commands
-//! server · probe · ctl                  start-up, reload, drain, stop; clients
+//! server · probe                        start-up, reload, drain, stop; diagnosis
 //! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting;
-//! · records                             the allocation records file
+//! · records · ctl                       records file; the admin API's client
 //! config · metrics                      validated config; the board
 //! core                                  the sans-IO protocol core
 //! auth                                  credentials and nonces

@@ -33,6 +33,9 @@ pub struct Options {
     pub expect_ip: Option<IpAddr>,
     /// How long each exchange may take.
     pub timeout: Duration,
+    /// The server's admin listener, whose `/metrics` tell why it refused
+    /// a credential.
+    pub admin: Option<SocketAddr>,
 }
 
 /// One stage's outcome.

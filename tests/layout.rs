@@ -93,8 +93,8 @@ fn modules_form_a_dag_layered_as_documented() {
         &["auth"],
         &["core"],
         &["config", "metrics", "testing"],
-        &["io", "admin", "shutdown", "credentials", "records"],
-        &["server", "probe", "ctl"],
+        &["io", "admin", "shutdown", "credentials", "records", "ctl"],
+        &["server", "probe"],
         &["cli"],
     ];
     let layer = |m: &str| {

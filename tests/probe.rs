@@ -88,6 +88,21 @@ fn credential_and_realm_failures_each_get_their_own_diagnosis() {
     assert!(
         line(&out, "FAIL", "udp allocate").contains("a wrong password, or no [[auth.users]] entry")
     );
+    // With the admin listener, the server's own counters name the cause.
+    let admin = s.admin.to_string();
+    let (_, out) = probe(
+        &u,
+        &["--user", "alice", "--password", "wrong", "--admin", &admin],
+    );
+    assert!(
+        line(&out, "FAIL", "udp allocate").contains("counted it as \"bad_integrity\""),
+        "{out}"
+    );
+    let (_, out) = probe(&u, &["--user", "zed", "--password", "x", "--admin", &admin]);
+    assert!(
+        line(&out, "FAIL", "udp allocate").contains("counted it as \"unknown_user\""),
+        "{out}"
+    );
     // A wrong realm fails its stage, naming both; the rest still passes.
     let (ok, out) = probe(&u, &["--secret", SECRET, "--realm", "turn.example.org"]);
     assert!(!ok);

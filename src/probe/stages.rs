@@ -23,6 +23,7 @@ use crate::request::{self, Auth};
 use crate::wire::method;
 
 mod diagnose;
+mod server;
 
 /// The run over one transport.
 pub(super) struct Probe<'a> {
@@ -202,6 +203,7 @@ impl<'a> Probe<'a> {
     }
 
     fn allocate(&mut self, s: &mut Session) -> Option<Alloc> {
+        let before = self.opts.admin.and_then(server::auth_failures);
         let m = match self.signed(s, method::ALLOCATE, || vec![udp()]) {
             Ok(m) => m,
             Err(e) => {
@@ -213,9 +215,21 @@ impl<'a> Probe<'a> {
             return self.allocated(s, &m);
         }
         let why = diagnose::allocate_error(&m, &s.user, self.opts);
+        let unauthorized = code(&m).is_some_and(|c| c.0 == 401);
+        // The server's own counters say why, when its admin listener is
+        // reachable.
+        let locally_expired = diagnose::expired_by_local_clock(&s.user);
+        if let (true, false, Some(admin), Some(before)) =
+            (unauthorized, locally_expired, self.opts.admin, before)
+        {
+            if let Some(reason) = server::grown_reason(admin, &before) {
+                self.fail("allocate", diagnose::server_says(&reason, &s.user, why));
+                return None;
+            }
+        }
         // 401 with a fresh REST credential: a server clock far ahead (it
         // sees the credential as expired) or the wrong secret.
-        if code(&m).is_some_and(|c| c.0 == 401) && self.opts.secret.is_some() {
+        if unauthorized && self.opts.secret.is_some() {
             return self.retry_with_long_credential(s);
         }
         self.fail("allocate", why);

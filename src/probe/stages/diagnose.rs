@@ -224,6 +224,11 @@ pub(super) fn allocate_error(m: &Message, user: &str, opts: &Options) -> Why {
     }
 }
 
+/// Whether `user` is a REST username whose expiry has passed here.
+pub(super) fn expired_by_local_clock(user: &str) -> bool {
+    rest_expiry(user).is_some_and(|e| e <= super::super::unix_now())
+}
+
 fn unauthorized(seen: String, user: &str, opts: &Options) -> Why {
     let now = super::super::unix_now();
     if let Some(expiry) = rest_expiry(user).filter(|e| *e <= now) {
@@ -249,6 +254,30 @@ fn unauthorized(seen: String, user: &str, opts: &Options) -> Why {
         "a wrong password, or no [[auth.users]] entry with that name (tern answers both alike)",
         "check the [[auth.users]] name and password (or use a REST credential)",
     )
+}
+
+/// A 401 explained by the server's `tern_auth_failures_total` reason.
+pub(super) fn server_says(reason: &str, user: &str, fallback: Why) -> Why {
+    let seen =
+        format!("the signed Allocate got 401 for {user:?}; the server counted it as {reason:?}");
+    match reason {
+        "expired" => why(
+            seen,
+            "the server sees the credential as expired: its clock is ahead of the one that minted it (by more than the credential's life), or the credential is old",
+            "fix time synchronisation (chrony, systemd-timesyncd) on the server and where credentials are minted",
+        ),
+        "bad_integrity" => why(
+            seen,
+            "the password does not match: a wrong static password, or a REST credential minted with a secret the server does not have",
+            "check the password, or list the minting secret in [auth] secrets (or secret-files) and reload",
+        ),
+        "unknown_user" => why(
+            seen,
+            "no [[auth.users]] entry has that name (and it is not a REST credential)",
+            "add the user, or use a REST credential",
+        ),
+        _ => fallback,
+    }
 }
 
 pub(super) fn clock_ahead(user: &str) -> Why {
