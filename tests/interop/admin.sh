@@ -10,6 +10,8 @@ admin_setup() {
   turnutils_peer -L 127.0.0.1 -p "$AD_PEER" >"$WORK/admin-peer.log" 2>&1 &
   PIDS+=("$!")
   start_tern admin "$(loopback_config "$AD_PORT" admin-secret "$AD_ADMIN" "token-file = \"$WORK/admin-tokens\"
+[records]
+file = \"$WORK/records.jsonl\"
 [[auth.users]]
 name = \"alice\"
 password = \"wonderland\"
@@ -67,6 +69,37 @@ case_admin_disconnect() {
   grep -qE 'tot_recv_msgs=[1-9]' <<<"$out" || { REASON="after unblock alice does not relay: $(tail -2 <<<"$out" | tr '\n' ' ')"; return 1; }
 }
 
+# Three uclient runs over TCP (their allocations end with the connection):
+# the records written meanwhile sum to the change of tern's relayed-bytes
+# metric, and carry reason connection_closed.
+case_admin_records() {
+  local before lines_before after i sum deadline
+  sleep 1.2  # let the counters of earlier cases be published
+  before=$(relayed_bytes)
+  lines_before=$(wc -l <"$WORK/records.jsonl")
+  for i in 1 2 3; do
+    timeout 60 turnutils_uclient -t -n 30 -m 2 -l 170 -e 127.0.0.1 -r "$AD_PEER" -W admin-secret \
+      -p "$AD_PORT" 127.0.0.1 >"$WORK/records-uc$i.log" 2>&1 || { REASON="uclient run $i failed"; return 1; }
+  done
+  deadline=$((SECONDS + 10))
+  while :; do
+    after=$(relayed_bytes)
+    sum=$(tail -n +"$((lines_before + 1))" "$WORK/records.jsonl" | python3 -c '
+import json, sys
+print(sum(r["bytes_to_peer"] + r["bytes_to_client"] for r in map(json.loads, sys.stdin)))')
+    [ "$sum" -gt 0 ] && [ "$sum" = "$((after - before))" ] && break
+    [ $SECONDS -ge $deadline ] && { REASON="records sum $sum, metric change $((after - before))"; return 1; }
+    sleep 0.3
+  done
+  tail -n +"$((lines_before + 1))" "$WORK/records.jsonl" | grep -q '"reason":"connection_closed"' ||
+    { REASON="no connection_closed record"; return 1; }
+}
+
+relayed_bytes() {
+  curl -fsS "http://127.0.0.1:$AD_ADMIN/metrics" |
+    awk 'index($0, "tern_relayed_bytes_total{") == 1 {s += $2} END {printf "%d\n", s}'
+}
+
 jq_len() { python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$1"; }
 ad_sum() { python3 -c 'import json,sys; print(sum(x[sys.argv[2]] for x in json.loads(sys.argv[1])))' "$1" "$2"; }
 ad_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v[0][sys.argv[2]] if v else 0)' "$1" "$2"; }
@@ -79,7 +112,7 @@ admin_cases() {
   selected admin || return 0
   admin_setup || { FAILED=$((FAILED + 1)); echo "FAIL admin: tern did not start"; return; }
   local c
-  for c in admin_curl_auth admin_disconnect; do
+  for c in admin_curl_auth admin_disconnect admin_records; do
     selected "${c//_/-}" && run_case "${c//_/-}" "case_$c"
   done
   stop_tern
