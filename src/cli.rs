@@ -201,6 +201,10 @@ pub struct ProbeArgs {
     /// metrics tell a server clock ahead from a wrong secret or password.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// For turns:, PEM certificates to trust besides the system's (a
+    /// private CA).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// Print {"ok": bool, "stages": [{"name", "ok", "detail"}]}.
     #[arg(long)]
     pub json: bool,
@@ -231,6 +235,7 @@ pub fn probe(args: &ProbeArgs) -> ExitCode {
         expect_ip: args.expect_ip,
         timeout: std::time::Duration::from_secs(args.timeout_seconds.max(1)),
         admin: args.admin,
+        ca_file: args.ca_file.clone(),
     };
     let report = crate::probe::run(&opts);
     if args.json {

@@ -39,8 +39,10 @@
 //!   bounded per-pair queues (`io/handoff.rs`). Stream clients (TCP, and
 //!   TLS after a handshake under its limits, `io/tls.rs`) are read and
 //!   written by the worker on their socket (`io/tcp.rs`).
-//! - `admin`: `/metrics`, `/healthz`, `/readyz` over HTTP, from the
-//!   board; [`shutdown`]: signals as [`shutdown::Control`]s;
+//! - `admin`: `/metrics`, `/healthz`, `/readyz` over HTTP (hyper), from
+//!   the board, and the token-authenticated JSON API under `/v1/`
+//!   (sessions, disconnect, blocks), whose orders reach the workers
+//!   through their mailboxes (`io/mailbox.rs`); [`shutdown`]: signals as [`shutdown::Control`]s;
 //!   [`credentials`]: minting REST credentials; `notify`: systemd's
 //!   sd_notify. (`admin`, `notify` and `ratelimit` are internal; the other
 //!   modules are the library that the binary, the load generator, the

@@ -36,6 +36,8 @@ pub struct Options {
     /// The server's admin listener, whose `/metrics` tell why it refused
     /// a credential.
     pub admin: Option<SocketAddr>,
+    /// PEM certificates to trust for `turns:` besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One stage's outcome.
@@ -87,21 +89,27 @@ pub struct Target {
     pub protos: Vec<Proto>,
 }
 
-/// Parse `turn:HOST[:PORT][?transport=udp|tcp]` (RFC 7065).
+/// Parse `turn:HOST[:PORT][?transport=udp|tcp]` or
+/// `turns:HOST[:PORT][?transport=tcp]` (RFC 7065).
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    if url.starts_with("turns:") {
-        return Err("turns: is not probed yet; probe the turn: URI of the same server".into());
-    }
-    let Some(rest) = url.strip_prefix("turn:") else {
+    let (secure, rest) = if let Some(r) = url.strip_prefix("turns:") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("turn:") {
+        (false, r)
+    } else {
         return Err(format!(
-            "{url:?} is not a turn: URI (turn:HOST[:PORT][?transport=udp|tcp])"
+            "{url:?} is not a turn: or turns: URI (turn:HOST[:PORT][?transport=udp|tcp])"
         ));
     };
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let protos = match query {
-        "" => vec![Proto::Udp, Proto::Tcp],
-        "transport=udp" => vec![Proto::Udp],
-        "transport=tcp" => vec![Proto::Tcp],
+    let protos = match (secure, query) {
+        (true, "" | "transport=tcp") => vec![Proto::Tls],
+        (true, "transport=udp") => {
+            return Err("turns: over UDP (DTLS) is not served by tern; use ?transport=tcp".into());
+        }
+        (false, "") => vec![Proto::Udp, Proto::Tcp],
+        (false, "transport=udp") => vec![Proto::Udp],
+        (false, "transport=tcp") => vec![Proto::Tcp],
         q => {
             return Err(format!(
                 "unknown query {q:?}: use ?transport=udp or ?transport=tcp"
@@ -111,7 +119,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     let (host, port) = split_host_port(hostport)?;
     Ok(Target {
         host,
-        port: port.unwrap_or(3478),
+        port: port.unwrap_or(if secure { 5349 } else { 3478 }),
         protos,
     })
 }
@@ -149,8 +157,22 @@ pub fn run(opts: &Options) -> Report {
             detail: e,
         }),
         Ok((target, server)) => {
+            let tls = match target.protos.contains(&Proto::Tls) {
+                true => match tls_client(&target.host, opts.ca_file.as_deref()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        stages.push(Stage {
+                            name: "tls".into(),
+                            ok: false,
+                            detail: e,
+                        });
+                        return Report { ok: false, stages };
+                    }
+                },
+                false => None,
+            };
             for proto in &target.protos {
-                stages.extend(stages::Probe::new(opts, server, *proto).run());
+                stages.extend(stages::Probe::new(opts, server, *proto, tls.as_ref()).run());
             }
         }
     }
@@ -165,6 +187,37 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What a `turns:` probe verifies the server against: the system's CAs
+/// and `ca_file`'s, for `host`.
+fn tls_client(host: &str, ca_file: Option<&std::path::Path>) -> Result<client::TlsClient, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    if let Some(f) = ca_file {
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"stun.turn".to_vec()];
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
+    Ok(client::TlsClient {
+        config: std::sync::Arc::new(config),
+        name,
+    })
 }
 
 fn resolve(t: &Target) -> Result<SocketAddr, String> {

@@ -1,7 +1,8 @@
 //! Test support, for the core's unit tests, the fuzz targets, the
 //! micro-benchmarks and the integration tests (enabled by the `testing`
 //! feature, which `cargo test` turns on): a recording [`Io`], a fake
-//! [`Clock`] and a [`core_config`] to start from. Requests are built with
+//! [`Clock`] and a [`core_config`] to start from, PROXY protocol headers
+//! ([`proxy_v1`], [`proxy_v2`]). Requests are built with
 //! [`crate::request`].
 
 use std::net::SocketAddr;
@@ -330,4 +331,52 @@ fn openssl(dir: &std::path::Path, args: &[&str]) -> std::io::Result<()> {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     )))
+}
+
+/// A PROXY protocol v1 header for a TCP connection from `src` to `dst`
+/// (one family), as HAProxy's `send-proxy` writes it.
+pub fn proxy_v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let proto = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {proto} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
+}
+
+/// A PROXY protocol v2 header, built byte by byte from the
+/// specification: `command` 0 (LOCAL) or 1 (PROXY), TCP from `src` to
+/// `dst` (one family), then the TLVs `(type, value)`.
+pub fn proxy_v2(command: u8, src: SocketAddr, dst: SocketAddr, tlvs: &[(u8, &[u8])]) -> Vec<u8> {
+    use std::net::IpAddr;
+    let mut body = Vec::new();
+    let family = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            body.extend_from_slice(&s.octets());
+            body.extend_from_slice(&d.octets());
+            0x11
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            body.extend_from_slice(&s.octets());
+            body.extend_from_slice(&d.octets());
+            0x21
+        }
+        _ => unreachable!("one family"),
+    };
+    body.extend_from_slice(&src.port().to_be_bytes());
+    body.extend_from_slice(&dst.port().to_be_bytes());
+    for (kind, value) in tlvs {
+        body.push(*kind);
+        body.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
+        body.extend_from_slice(value);
+    }
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x20 | command);
+    h.push(family);
+    h.extend_from_slice(&u16::try_from(body.len()).unwrap_or(u16::MAX).to_be_bytes());
+    h.extend_from_slice(&body);
+    h
 }

@@ -147,6 +147,27 @@ fn relay_and_policy_failures_each_get_their_own_diagnosis() {
 }
 
 #[test]
+fn turns_is_probed_with_its_certificate_verified() {
+    let pki = tern::testing::Pki::new().unwrap();
+    let leaf = pki.issue(30, "ec").unwrap();
+    let s = TestServer::start_with(&tls_config(&leaf, ALLOW_LOOPBACK));
+    let u = format!("turns:localhost:{}?transport=tcp", s.tls[0].port());
+    let ca = pki.ca.display().to_string();
+    let (ok, out) = probe(&u, &["--secret", SECRET, "--ca-file", &ca]);
+    assert!(ok, "{out}");
+    line(&out, "PASS", "tls relay inbound");
+    line(&out, "PASS", "tls relay outbound");
+    assert!(out.ends_with("ok: 9 stages, 0 failed\n"), "{out}");
+    // Without the private CA the certificate does not verify.
+    let (ok, out) = probe(&u, &["--secret", SECRET]);
+    assert!(!ok);
+    assert!(
+        line(&out, "FAIL", "tls reachability").contains("not signed by a CA this machine trusts"),
+        "{out}"
+    );
+}
+
+#[test]
 fn unreachable_and_stun_only_servers_are_told_apart() {
     // Nothing listens: a freed port, over UDP and TCP.
     let free = std::net::TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
@@ -55,43 +55,12 @@ fn proxied(server: SocketAddr, header: &[u8]) -> TcpStream {
 }
 
 fn v1(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
-    let proto = if client.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!(
-        "PROXY {proto} {} {} {} {}\r\n",
-        client.ip(),
-        server.ip(),
-        client.port(),
-        server.port()
-    )
-    .into_bytes()
+    tern::testing::proxy_v1(client, server)
 }
 
-/// A v2 header: `command` 0 (LOCAL) or 1 (PROXY), TCP from `client` to
-/// `server` (one family), with an ALPN TLV as HAProxy may add.
+/// A v2 header with an ALPN TLV, as HAProxy may add.
 fn v2(command: u8, client: SocketAddr, server: SocketAddr) -> Vec<u8> {
-    let mut body = Vec::new();
-    let family = match (client.ip(), server.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => {
-            body.extend_from_slice(&c.octets());
-            body.extend_from_slice(&s.octets());
-            0x11
-        }
-        (IpAddr::V6(c), IpAddr::V6(s)) => {
-            body.extend_from_slice(&c.octets());
-            body.extend_from_slice(&s.octets());
-            0x21
-        }
-        _ => panic!("one family"),
-    };
-    body.extend_from_slice(&client.port().to_be_bytes());
-    body.extend_from_slice(&server.port().to_be_bytes());
-    body.extend_from_slice(&[0x01, 0x00, 0x09]);
-    body.extend_from_slice(b"stun.turn");
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.extend_from_slice(&[0x20 | command, family]);
-    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    h.extend_from_slice(&body);
-    h
+    tern::testing::proxy_v2(command, client, server, &[(0x01, b"stun.turn")])
 }
 
 fn mapped(m: &stun::message::Message) -> SocketAddr {

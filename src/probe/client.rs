@@ -18,6 +18,8 @@ pub enum Proto {
     Udp,
     /// STUN/TURN over TCP.
     Tcp,
+    /// STUN/TURN over TLS over TCP (`turns:`).
+    Tls,
 }
 
 impl Proto {
@@ -26,6 +28,7 @@ impl Proto {
         match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
         }
     }
 }
@@ -40,6 +43,8 @@ pub(super) enum NoAnswer {
     Refused,
     /// The connection was reset or closed by the server.
     Closed,
+    /// The TLS handshake failed (e.g. the certificate did not verify).
+    Tls(String),
     /// Any other socket error.
     Failed(std::io::Error),
 }
@@ -50,6 +55,7 @@ impl std::fmt::Display for NoAnswer {
             Self::Timeout => f.write_str("no answer"),
             Self::Refused => f.write_str("refused"),
             Self::Closed => f.write_str("connection closed by the server"),
+            Self::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             Self::Failed(e) => write!(f, "{e}"),
         }
     }
@@ -73,9 +79,20 @@ pub(super) struct Conn {
     timeout: Duration,
 }
 
+/// Read and write: a TCP stream, or TLS over one.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 enum Wire {
     Udp(UdpSocket),
-    Tcp(TcpStream, Vec<u8>),
+    /// A stream, its socket (for timeouts) and bytes of a partial frame.
+    Stream(Box<dyn Stream>, TcpStream, Vec<u8>),
+}
+
+/// What a `turns:` connection verifies the server against.
+pub(super) struct TlsClient {
+    pub(super) config: std::sync::Arc<rustls::ClientConfig>,
+    pub(super) name: rustls::pki_types::ServerName<'static>,
 }
 
 impl Conn {
@@ -84,6 +101,7 @@ impl Conn {
         proto: Proto,
         server: SocketAddr,
         timeout: Duration,
+        tls: Option<&TlsClient>,
     ) -> Result<Self, NoAnswer> {
         let any: SocketAddr = if server.is_ipv4() {
             "0.0.0.0:0"
@@ -99,10 +117,15 @@ impl Conn {
                 s.connect(server).map_err(no_answer)?;
                 Wire::Udp(s)
             }
-            Proto::Tcp => {
+            Proto::Tcp | Proto::Tls => {
                 let s = TcpStream::connect_timeout(&server, timeout).map_err(no_answer)?;
                 let _ = s.set_nodelay(true);
-                Wire::Tcp(s, Vec::new())
+                let sock = s.try_clone().map_err(no_answer)?;
+                let io: Box<dyn Stream> = match (proto, tls) {
+                    (Proto::Tls, Some(t)) => Box::new(handshake(s, t, timeout)?),
+                    _ => Box::new(s),
+                };
+                Wire::Stream(io, sock, Vec::new())
             }
         };
         Ok(Self { wire, timeout })
@@ -145,7 +168,7 @@ impl Conn {
     pub(super) fn send(&mut self, raw: &[u8]) -> Result<(), NoAnswer> {
         match &mut self.wire {
             Wire::Udp(s) => s.send(raw).map(drop).map_err(no_answer),
-            Wire::Tcp(s, _) => s.write_all(raw).map_err(no_answer),
+            Wire::Stream(s, _, _) => s.write_all(raw).and_then(|()| s.flush()).map_err(no_answer),
         }
     }
 
@@ -176,7 +199,7 @@ impl Conn {
                 buf.truncate(n);
                 Ok(buf)
             }
-            Wire::Tcp(s, pending) => loop {
+            Wire::Stream(s, sock, pending) => loop {
                 if let Some(n) = wire::stream_frame_len(pending) {
                     if pending.len() >= n {
                         return Ok(pending.drain(..n).collect());
@@ -188,7 +211,7 @@ impl Conn {
                     .checked_duration_since(Instant::now())
                     .filter(|d| !d.is_zero())
                     .ok_or(NoAnswer::Timeout)?;
-                s.set_read_timeout(Some(left)).map_err(no_answer)?;
+                sock.set_read_timeout(Some(left)).map_err(no_answer)?;
                 let mut buf = [0u8; 4096];
                 match s.read(&mut buf) {
                     Ok(0) => return Err(NoAnswer::Closed),
@@ -205,4 +228,29 @@ fn decode(frame: &[u8]) -> Option<Message> {
     m.raw = frame.to_vec();
     m.decode().ok()?;
     Some(m)
+}
+
+/// The client side of a TLS handshake on `s`, verifying the server.
+fn handshake(
+    s: TcpStream,
+    t: &TlsClient,
+    timeout: Duration,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, NoAnswer> {
+    let conn = rustls::ClientConnection::new(std::sync::Arc::clone(&t.config), t.name.clone())
+        .map_err(|e| NoAnswer::Tls(e.to_string()))?;
+    s.set_read_timeout(Some(timeout)).map_err(no_answer)?;
+    let mut stream = rustls::StreamOwned::new(conn, s);
+    while stream.conn.is_handshaking() {
+        if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+            let tls = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .map(ToString::to_string);
+            return Err(match tls {
+                Some(t) => NoAnswer::Tls(t),
+                None => no_answer(e),
+            });
+        }
+    }
+    Ok(stream)
 }

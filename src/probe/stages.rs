@@ -17,7 +17,7 @@ use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
-use super::client::{Conn, NoAnswer, Proto};
+use super::client::{Conn, NoAnswer, Proto, TlsClient};
 use super::{Options, Stage};
 use crate::request::{self, Auth};
 use crate::wire::method;
@@ -30,6 +30,7 @@ pub(super) struct Probe<'a> {
     opts: &'a Options,
     server: SocketAddr,
     proto: Proto,
+    tls: Option<&'a TlsClient>,
     stages: Vec<Stage>,
 }
 
@@ -49,11 +50,17 @@ struct Alloc {
 }
 
 impl<'a> Probe<'a> {
-    pub(super) fn new(opts: &'a Options, server: SocketAddr, proto: Proto) -> Self {
+    pub(super) fn new(
+        opts: &'a Options,
+        server: SocketAddr,
+        proto: Proto,
+        tls: Option<&'a TlsClient>,
+    ) -> Self {
         Self {
             opts,
             server,
             proto,
+            tls,
             stages: Vec::new(),
         }
     }
@@ -105,10 +112,11 @@ impl<'a> Probe<'a> {
     fn reach(&mut self) -> Option<Conn> {
         let started = Instant::now();
         let binding = request::request(method::BINDING, vec![], None).ok()?;
-        let answer = Conn::open(self.proto, self.server, self.opts.timeout).and_then(|mut c| {
-            let m = c.transact(&binding)?;
-            Ok((c, m))
-        });
+        let answer =
+            Conn::open(self.proto, self.server, self.opts.timeout, self.tls).and_then(|mut c| {
+                let m = c.transact(&binding)?;
+                Ok((c, m))
+            });
         let (conn, m) = match answer {
             Ok(x) => x,
             Err(e) => {

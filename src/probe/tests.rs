@@ -21,12 +21,17 @@ fn turn_uris_parse_with_their_transports_and_ports() {
     );
     let t = parse_url("turn:[::1]").unwrap();
     assert_eq!((t.host.as_str(), t.port), ("::1", 3478));
+    let t = parse_url("turns:turn.example.org").unwrap();
+    assert_eq!((t.port, t.protos), (5349, vec![Proto::Tls]));
+    let t = parse_url("turns:turn.example.org:443?transport=tcp").unwrap();
+    assert_eq!((t.port, t.protos), (443, vec![Proto::Tls]));
 }
 
 #[test]
 fn bad_uris_say_what_is_wrong() {
     for (url, says) in [
-        ("stun:example.org", "not a turn: URI"),
+        ("stun:example.org", "not a turn: or turns: URI"),
+        ("turns:example.org?transport=udp", "DTLS"),
         ("turn:example.org?transport=sctp", "unknown query"),
         ("turn:example.org:http", "not a port"),
         ("turn:2001:db8::1", "brackets"),

@@ -1,54 +1,18 @@
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use proptest::prelude::*;
 
 use super::{Header, MAX_HEADER_BYTES, Refusal, parse};
 
-/// A v1 header for a TCP connection from `src` to `dst` (one family).
 fn v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let proto = if src.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!(
-        "PROXY {proto} {} {} {} {}\r\n",
-        src.ip(),
-        dst.ip(),
-        src.port(),
-        dst.port()
-    )
-    .into_bytes()
+    crate::testing::proxy_v1(src, dst)
 }
 
-/// A v2 header, built byte by byte from the specification: `command` 0
-/// (LOCAL) or 1 (PROXY), TCP over the addresses' family, then `tlvs`.
 fn v2(command: u8, src: SocketAddr, dst: SocketAddr, tlvs: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    let family = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            body.extend_from_slice(&s.octets());
-            body.extend_from_slice(&d.octets());
-            0x11
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            body.extend_from_slice(&s.octets());
-            body.extend_from_slice(&d.octets());
-            0x21
-        }
-        _ => unreachable!("one family"),
-    };
-    body.extend_from_slice(&src.port().to_be_bytes());
-    body.extend_from_slice(&dst.port().to_be_bytes());
-    for (kind, value) in tlvs {
-        body.push(*kind);
-        body.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        body.extend_from_slice(value);
-    }
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.push(0x20 | command);
-    h.push(family);
-    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    h.extend_from_slice(&body);
-    h
+    let tlvs: Vec<(u8, &[u8])> = tlvs.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    crate::testing::proxy_v2(command, src, dst, &tlvs)
 }
 
 fn pair() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {

@@ -67,7 +67,7 @@ pub(super) fn unreachable(proto: Proto, server: SocketAddr, t: Duration, e: &NoA
             format!("a firewall drops UDP {port} on the way, or nothing listens there"),
             format!("open UDP {port} inbound to the server, and check that {key} lists it"),
         ),
-        (Proto::Tcp, NoAnswer::Timeout) => why(
+        (Proto::Tcp | Proto::Tls, NoAnswer::Timeout) => why(
             format!("no answer from {server} over TCP within {secs} s"),
             format!("a firewall drops TCP {port}, or the server accepts but does not answer STUN"),
             format!("open TCP {port} inbound, and check that {key} lists it"),
@@ -77,11 +77,34 @@ pub(super) fn unreachable(proto: Proto, server: SocketAddr, t: Duration, e: &NoA
             "the per-IP connection limit is reached, or the listener expects a PROXY protocol header from this address",
             "check [limits] max-tcp-connections-per-ip and [listen] proxy-protocol-from",
         ),
+        (_, NoAnswer::Tls(err)) => why(
+            format!("the TLS handshake with {server} failed: {err}"),
+            tls_cause(err),
+            "serve the full chain for the host from a CA clients trust ([tls] certificate-file; host must be one of its names), or pass --ca-file for a private CA",
+        ),
         (_, NoAnswer::Failed(err)) => why(
             format!("cannot reach {server} over {p}: {err}"),
             "no route from this machine to the server",
             "check this machine's network and the server's address",
         ),
+    }
+}
+
+fn tls_cause(err: &str) -> &'static str {
+    if err.contains("UnknownIssuer") {
+        "the certificate is not signed by a CA this machine trusts (self-signed, a private CA, or a chain without its intermediate)"
+    } else if err.contains("NotValidForName") {
+        "the certificate does not name the host in the URI (browsers refuse it too)"
+    } else if err.contains("Expired") {
+        "the certificate has expired (browsers refuse it too)"
+    } else if err.contains("CaUsedAsEndEntity") {
+        "the server presents a CA certificate (a self-signed one made with openssl req -x509) as its own; clients want a leaf certificate signed by a CA"
+    } else if err.contains("invalid peer certificate") {
+        "the certificate does not verify for this host"
+    } else if err.contains("NoApplicationProtocol") || err.contains("no_application_protocol") {
+        "the server refuses the ALPN protocol stun.turn"
+    } else {
+        "a TLS server that does not speak TLS 1.2 or 1.3 with common cipher suites, or not TLS at all on that port"
     }
 }
 
