@@ -100,24 +100,6 @@ fn write_loop(rx: &Receiver<Record>, c: &Control, mut out: BufWriter<File>, mut 
     let mut failing = false;
     loop {
         let stop = c.stop.load(Ordering::Relaxed);
-        match rx.recv_timeout(POLL) {
-            Ok(r) => {
-                let mut ok = writeln!(out, "{}", line(&r, &node)).is_ok();
-                while let Ok(r) = rx.try_recv() {
-                    ok &= writeln!(out, "{}", line(&r, &node)).is_ok();
-                }
-                ok &= out.flush().is_ok();
-                if !ok && !failing {
-                    tracing::error!(
-                        "cannot write allocation records; dropping them until a reopen works"
-                    );
-                }
-                failing = !ok;
-            }
-            Err(RecvTimeoutError::Timeout) if stop => break,
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
         if c.reopen.swap(false, Ordering::Relaxed) {
             let (path, n) = c
                 .next
@@ -135,6 +117,24 @@ fn write_loop(rx: &Receiver<Record>, c: &Control, mut out: BufWriter<File>, mut 
                     tracing::error!(file = %path.display(), error = %e, "cannot reopen the records file; keeping the old one")
                 }
             }
+        }
+        match rx.recv_timeout(POLL) {
+            Ok(r) => {
+                let mut ok = writeln!(out, "{}", line(&r, &node)).is_ok();
+                while let Ok(r) = rx.try_recv() {
+                    ok &= writeln!(out, "{}", line(&r, &node)).is_ok();
+                }
+                ok &= out.flush().is_ok();
+                if !ok && !failing {
+                    tracing::error!(
+                        "cannot write allocation records; dropping them until a reopen works"
+                    );
+                }
+                failing = !ok;
+            }
+            Err(RecvTimeoutError::Timeout) if stop => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     let _ = out.flush();

@@ -128,3 +128,45 @@ fn records_carry_end_reasons_interim_lines_and_sum_to_the_metric() {
     assert_eq!(carol_line["user"], "carol");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn a_reload_reopens_the_file_so_logrotate_can_move_it() {
+    let dir = std::env::temp_dir().join(format!("tern-records-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("allocations.jsonl");
+    let extra = format!("[records]\nfile = {:?}\n", file.display().to_string());
+    let s = TestServer::start(&extra);
+    let end_one = || {
+        let mut c = RawClient::udp(s.udp4(), "alice", "wonderland");
+        allocate(&mut c, none);
+        let m = c.request(method::REFRESH, || vec![Box::new(Lifetime(Duration::ZERO))]);
+        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE);
+    };
+    end_one();
+    assert!(wait_until(TIMEOUT, || lines(&file).len() == 1));
+    // logrotate moves the file away, then reloads tern.
+    let rotated = dir.join("allocations.jsonl.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    let config = tern::config::Config::parse(&base_config(&extra), "r.toml").unwrap();
+    s.control(tern::server::Control::Reload(Box::new(config)));
+    // The next record goes to a new file at the configured path (the
+    // writer reopens before writing it, within its poll interval).
+    let mut ended = 1;
+    assert!(wait_until(TIMEOUT, || {
+        end_one();
+        ended += 1;
+        !lines(&file).is_empty()
+    }));
+    // Records ended before the reload took effect stay in the moved
+    // file; none is lost.
+    assert!(wait_until(TIMEOUT, || lines(&rotated).len()
+        + lines(&file).len()
+        == ended));
+    assert!(!lines(&rotated).is_empty());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o640);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
