@@ -18,11 +18,10 @@ use crate::auth::{Credentials, NonceIssuer};
 use crate::config::{Config, Steering};
 use crate::core::{Core, CoreConfig, Quotas};
 use crate::io::ports::RelayPorts;
-use crate::io::{IoSettings, Phase, Shared, StreamMode, TlsServer, WorkerState, net};
+use crate::io::{IoSettings, Phase, Shared, StreamMode, WorkerState, net};
 use crate::metrics::Board;
 use crate::policy::PeerPolicy;
 pub use crate::shutdown::Control;
-use crate::tls::{Certificate, Tls};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +163,7 @@ impl Server {
         if config.relay_steering != Steering::Off && !config.stun_only {
             steer(&mut shared, config.relay_steering)?;
         }
-        serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
+        listeners::serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
         let tokens = crate::admin::Tokens::default();
         tokens.set(&config.admin_tokens);
         let records = match &config.records {
@@ -388,29 +387,6 @@ impl Server {
         Ok(Workers { threads, ended })
     }
 
-    /// What the admin listener serves from.
-    fn admin(&self, workers: usize) -> Arc<crate::admin::Admin> {
-        let fixed = operator::Fixed {
-            udp: self.udp_addrs.clone(),
-            tcp: self.tcp_addrs.clone(),
-            tls: self.tls_addrs.clone(),
-            relay: self.relay,
-            ports: self.config.relay_ports,
-            workers,
-            stun_only: self.config.stun_only,
-        };
-        Arc::new(crate::admin::Admin {
-            board: Arc::clone(&self.board),
-            tokens: Arc::clone(&self.tokens),
-            quotas: Arc::clone(&self.quotas),
-            operator: Arc::new(operator::ServerOperator {
-                fixed,
-                shared: Arc::clone(&self.shared),
-                board: Arc::clone(&self.board),
-            }),
-        })
-    }
-
     /// Apply a new configuration: credentials, peer policy, limits,
     /// trusted proxies and lifetimes change at once; listeners, relay addresses and workers need
     /// a restart.
@@ -456,7 +432,7 @@ impl Server {
             .set_proxy_protocol_from(new.proxy_protocol_from.clone());
         if let (Some(server), Some(t)) = (self.shared.tls(), &new.tls) {
             self.shared.present(&t.certificate);
-            warn_tls(&new, &t.certificate);
+            listeners::warn_tls(&new, &t.certificate);
             server.set_limits(t.max_handshakes, t.max_handshakes_per_ip);
             tracing::info!(
                 serial = %t.certificate.serial,
@@ -557,42 +533,6 @@ fn steer(shared: &mut Shared, mode: Steering) -> Result<(), ServerError> {
 
 /// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
 type WorkerSockets = listeners::WorkerSockets;
-
-/// Give the workers the TLS server for `config`'s certificate, if it has
-/// one; warn about the certificate when TLS listeners are `listening`.
-fn serve_tls(config: &Config, shared: &mut Shared, listening: bool) -> Result<(), ServerError> {
-    let Some(t) = &config.tls else {
-        return Ok(());
-    };
-    let tls = Tls::new(&t.certificate).map_err(ServerError::Tls)?;
-    let server = TlsServer::new(
-        Arc::new(tls),
-        t.handshake_timeout,
-        t.max_handshakes,
-        t.max_handshakes_per_ip,
-    );
-    shared.set_tls(Arc::new(server), &t.certificate);
-    if listening {
-        warn_tls(config, &t.certificate);
-    }
-    Ok(())
-}
-
-/// Warn when the certificate expires within 14 days, and when the host
-/// put in `turns:` URIs is one it does not name (clients that check it,
-/// as browsers do, will fail).
-fn warn_tls(config: &Config, cert: &Certificate) {
-    for warning in cert.warnings(config.host.as_deref(), crate::tls::now_unix()) {
-        tracing::warn!("{warning}");
-    }
-    if config.host.is_none() {
-        tracing::warn!(
-            names = ?cert.names,
-            "TLS is on but `host` is unset: set it to a name the certificate holds so \
-             printed turns: URIs verify"
-        );
-    }
-}
 
 /// What the core needs from a configuration.
 pub fn core_config(

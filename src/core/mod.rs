@@ -526,47 +526,6 @@ impl Core {
     fn credential_expired(&self, a: &Allocation, now: Now) -> bool {
         self.cfg.limits.strict_expiry && a.credential_expires_unix.is_some_and(|e| e <= now.unix)
     }
-
-    /// A client's TCP connection closed: its allocation goes with it
-    /// (RFC 8656 §3.1).
-    pub fn on_client_closed(&mut self, now: Now, client: &FiveTuple, io: &mut impl Io) {
-        if let Some(&id) = self.by_client.get(client) {
-            self.remove(id, now, io, EndReason::ConnectionClosed);
-        }
-    }
-
-    /// Delete every allocation (shutdown).
-    pub fn close_all(&mut self, now: Now, io: &mut impl Io) {
-        let ids: Vec<AllocId> = self.allocs.ids().collect();
-        for id in ids {
-            self.remove(id, now, io, EndReason::Shutdown);
-        }
-    }
-
-    fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io, why: EndReason) {
-        let Some(mut a) = self.allocs.remove(id) else {
-            return;
-        };
-        if self.cfg.records.is_some() {
-            io.record(Record::take(&mut a, now, Some(why)));
-        }
-        self.by_client.remove(&a.client);
-        self.quotas.release(&a.username);
-        io.close_relay(id);
-        let lived = now.instant.saturating_duration_since(a.created);
-        self.stats.allocation_closed(lived);
-        tracing::info!(
-            alloc = %id,
-            user = %a.username,
-            client = %a.client.remote,
-            transport = ?a.client.transport,
-            relay = %a.relayed,
-            bytes_to_peer = a.bytes_to_peer,
-            bytes_to_client = a.bytes_to_client,
-            lived_seconds = lived.as_secs(),
-            "allocation closed"
-        );
-    }
 }
 
 /// A Data indication's transaction ID from the xorshift64* state `rng`:

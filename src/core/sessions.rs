@@ -1,4 +1,5 @@
-//! What the admin API sees of and does to allocations: a snapshot of
+//! How allocations end (`Core::remove`, with a record when records are
+//! on), and what the admin API sees of and does to them: a snapshot of
 //! each (`Core::sessions`), closing some (`Core::close_where`), and the
 //! users an operator has blocked from allocating ([`Blocks`], shared by
 //! every worker, checked per Allocate).
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 
 use super::alloc::Allocation;
-use super::{Core, Io, Now, Transport};
+use super::{AllocId, Core, EndReason, FiveTuple, Io, Now, Record, Transport};
 
 /// One allocation as the admin API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,47 @@ impl SessionInfo {
 }
 
 impl Core {
+    /// A client's TCP connection closed: its allocation goes with it
+    /// (RFC 8656 §3.1).
+    pub fn on_client_closed(&mut self, now: Now, client: &FiveTuple, io: &mut impl Io) {
+        if let Some(&id) = self.by_client.get(client) {
+            self.remove(id, now, io, EndReason::ConnectionClosed);
+        }
+    }
+
+    /// Delete every allocation (shutdown).
+    pub fn close_all(&mut self, now: Now, io: &mut impl Io) {
+        let ids: Vec<AllocId> = self.allocs.ids().collect();
+        for id in ids {
+            self.remove(id, now, io, EndReason::Shutdown);
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io, why: EndReason) {
+        let Some(mut a) = self.allocs.remove(id) else {
+            return;
+        };
+        if self.cfg.records.is_some() {
+            io.record(Record::take(&mut a, now, Some(why)));
+        }
+        self.by_client.remove(&a.client);
+        self.quotas.release(&a.username);
+        io.close_relay(id);
+        let lived = now.instant.saturating_duration_since(a.created);
+        self.stats.allocation_closed(lived);
+        tracing::info!(
+            alloc = %id,
+            user = %a.username,
+            client = %a.client.remote,
+            transport = ?a.client.transport,
+            relay = %a.relayed,
+            bytes_to_peer = a.bytes_to_peer,
+            bytes_to_client = a.bytes_to_client,
+            lived_seconds = lived.as_secs(),
+            "allocation closed"
+        );
+    }
+
     /// Every live allocation, or `user`'s only.
     pub fn sessions(&self, now: Now, user: Option<&str>) -> Vec<SessionInfo> {
         self.allocs
@@ -91,7 +133,7 @@ impl Core {
             .map(|a| a.id)
             .collect();
         for &id in &ids {
-            self.remove(id, now, io, super::EndReason::Admin);
+            self.remove(id, now, io, EndReason::Admin);
         }
         ids.len()
     }

@@ -2,10 +2,12 @@
 //! group each), after checking that no other process serves it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::ServerError;
 use crate::config::Config;
-use crate::io::{StreamMode, net};
+use crate::io::{Shared, StreamMode, TlsServer, net};
+use crate::tls::{Certificate, Tls};
 
 /// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
 pub(super) type WorkerSockets = Vec<(
@@ -166,5 +168,45 @@ impl LocalAddr for std::net::UdpSocket {
 impl LocalAddr for std::net::TcpListener {
     fn local(&self) -> std::io::Result<SocketAddr> {
         self.local_addr()
+    }
+}
+
+/// Give the workers the TLS server for `config`'s certificate, if it has
+/// one; warn about the certificate when TLS listeners are `listening`.
+pub(super) fn serve_tls(
+    config: &Config,
+    shared: &mut Shared,
+    listening: bool,
+) -> Result<(), ServerError> {
+    let Some(t) = &config.tls else {
+        return Ok(());
+    };
+    let tls = Tls::new(&t.certificate).map_err(ServerError::Tls)?;
+    let server = TlsServer::new(
+        Arc::new(tls),
+        t.handshake_timeout,
+        t.max_handshakes,
+        t.max_handshakes_per_ip,
+    );
+    shared.set_tls(Arc::new(server), &t.certificate);
+    if listening {
+        warn_tls(config, &t.certificate);
+    }
+    Ok(())
+}
+
+/// Warn when the certificate expires within 14 days, and when the host
+/// put in `turns:` URIs is one it does not name (clients that check it,
+/// as browsers do, will fail).
+pub(super) fn warn_tls(config: &Config, cert: &Certificate) {
+    for warning in cert.warnings(config.host.as_deref(), crate::tls::now_unix()) {
+        tracing::warn!("{warning}");
+    }
+    if config.host.is_none() {
+        tracing::warn!(
+            names = ?cert.names,
+            "TLS is on but `host` is unset: set it to a name the certificate holds so \
+             printed turns: URIs verify"
+        );
     }
 }

@@ -76,3 +76,28 @@ impl Operator for ServerOperator {
         Box::pin(async move { shared.mailboxes().close(Target::User(user)).await })
     }
 }
+
+impl super::Server {
+    /// What the admin listener serves from.
+    pub(super) fn admin(&self, workers: usize) -> Arc<crate::admin::Admin> {
+        let fixed = Fixed {
+            udp: self.udp_addrs.clone(),
+            tcp: self.tcp_addrs.clone(),
+            tls: self.tls_addrs.clone(),
+            relay: self.relay,
+            ports: self.config.relay_ports,
+            workers,
+            stun_only: self.config.stun_only,
+        };
+        Arc::new(crate::admin::Admin {
+            board: Arc::clone(&self.board),
+            tokens: Arc::clone(&self.tokens),
+            quotas: Arc::clone(&self.quotas),
+            operator: Arc::new(ServerOperator {
+                fixed,
+                shared: Arc::clone(&self.shared),
+                board: Arc::clone(&self.board),
+            }),
+        })
+    }
+}
