@@ -190,9 +190,13 @@ pub fn verify_integrity(key: &[u8], header: &[u8], body: &[u8], mac: &[u8]) -> b
 /// Issues and checks stateless nonces: `base64url(issued_at || mac)` where
 /// mac = HMAC-SHA1(key, issued_at || transport || client address)[..8]:
 /// 16 characters, so a challenge to a 28-byte Allocate fits in 56 bytes.
+///
+/// Several keys may be given: the first signs, every one verifies, so a
+/// fleet sharing them accepts each other's nonces and a key can be rotated
+/// (add the new one first, drop the old one a nonce lifetime later).
 #[derive(Clone)]
 pub struct NonceIssuer {
-    key: [u8; 32],
+    keys: Vec<Vec<u8>>,
     lifetime_secs: u64,
 }
 
@@ -219,11 +223,23 @@ const NONCE_MAC_LEN: usize = 8;
 impl NonceIssuer {
     /// A new issuer with a secret key and nonce lifetime in seconds.
     pub fn new(key: [u8; 32], lifetime_secs: u64) -> Self {
-        Self { key, lifetime_secs }
+        Self::with_keys(vec![key.to_vec()], lifetime_secs)
     }
 
-    fn mac(&self, issued: u32, tcp: bool, client: &SocketAddr) -> [u8; NONCE_MAC_LEN] {
-        let mut h = HmacSha1::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+    /// An issuer signing with the first of `keys` and accepting nonces of
+    /// any of them (an empty list gets a random key).
+    pub fn with_keys(mut keys: Vec<Vec<u8>>, lifetime_secs: u64) -> Self {
+        if keys.is_empty() {
+            keys.push(rand::random::<[u8; 32]>().to_vec());
+        }
+        Self {
+            keys,
+            lifetime_secs,
+        }
+    }
+
+    fn mac(key: &[u8], issued: u32, tcp: bool, client: &SocketAddr) -> [u8; NONCE_MAC_LEN] {
+        let mut h = HmacSha1::new_from_slice(key).unwrap_or_else(|_| unreachable!());
         h.update(&issued.to_be_bytes());
         h.update(&[u8::from(tcp)]);
         match client {
@@ -242,7 +258,8 @@ impl NonceIssuer {
         let issued = now_unix as u32;
         let mut raw = [0u8; 4 + NONCE_MAC_LEN];
         raw[..4].copy_from_slice(&issued.to_be_bytes());
-        raw[4..].copy_from_slice(&self.mac(issued, tcp, client));
+        let key = self.keys.first().map_or(&[][..], Vec::as_slice);
+        raw[4..].copy_from_slice(&Self::mac(key, issued, tcp, client));
         URL_SAFE_NO_PAD.encode(raw)
     }
 
@@ -254,8 +271,11 @@ impl NonceIssuer {
             _ => return NonceState::Stale,
         }
         let issued = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let want = self.mac(issued, tcp, client);
-        if !bool::from(want.ct_eq(&raw[4..])) {
+        // Every key is tried, whichever matches.
+        let ours = self.keys.iter().fold(false, |ok, key| {
+            ok | bool::from(Self::mac(key, issued, tcp, client).ct_eq(&raw[4..]))
+        });
+        if !ours {
             return NonceState::Stale;
         }
         // Wrapping arithmetic on the 32-bit stamp keeps this valid past 2106.
@@ -271,6 +291,49 @@ impl NonceIssuer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonces_of_any_listed_key_verify_and_the_first_signs() {
+        let client: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let (a, b) = (
+            b"nonce-secret-a-0123".to_vec(),
+            b"nonce-secret-b-0123".to_vec(),
+        );
+        let old = NonceIssuer::with_keys(vec![a.clone()], 600);
+        let rotated = NonceIssuer::with_keys(vec![b.clone(), a.clone()], 600);
+        let fresh = NonceIssuer::with_keys(vec![b.clone()], 600);
+        let n = old.issue(1000, false, &client);
+        assert_eq!(
+            rotated.check(n.as_bytes(), 1001, false, &client),
+            NonceState::Valid
+        );
+        assert_eq!(
+            fresh.check(n.as_bytes(), 1001, false, &client),
+            NonceState::Stale
+        );
+        let m = rotated.issue(1000, false, &client);
+        assert_eq!(
+            fresh.check(m.as_bytes(), 1001, false, &client),
+            NonceState::Valid
+        );
+        // Bound to the client as before.
+        let other: SocketAddr = "192.0.2.7:5001".parse().unwrap();
+        assert_eq!(
+            rotated.check(m.as_bytes(), 1001, false, &other),
+            NonceState::Stale
+        );
+        // No keys: a random one, consistent with itself only.
+        let r = NonceIssuer::with_keys(vec![], 600);
+        let k = r.issue(1000, true, &client);
+        assert_eq!(
+            r.check(k.as_bytes(), 1001, true, &client),
+            NonceState::Valid
+        );
+        assert_eq!(
+            old.check(k.as_bytes(), 1001, true, &client),
+            NonceState::Stale
+        );
+    }
 
     #[test]
     fn rest_usernames_parse_their_expiry() {

@@ -114,6 +114,9 @@ pub struct Config {
     pub generated_secret: bool,
     /// How long a nonce stays valid.
     pub nonce_lifetime: Duration,
+    /// Nonce keys shared by a fleet (the first signs, all verify); empty:
+    /// a random key per process.
+    pub nonce_secrets: Vec<String>,
     /// Peer ranges allowed despite the default deny list.
     pub peers_allow: Vec<IpNet>,
     /// Peer ranges denied besides the defaults.
@@ -253,6 +256,10 @@ struct RawAuth {
     users: Vec<RawUser>,
     #[serde(default = "default_nonce_lifetime")]
     nonce_lifetime_seconds: Spanned<u64>,
+    #[serde(default)]
+    nonce_secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    nonce_secret_files: Vec<Spanned<PathBuf>>,
     #[serde(default = "yes")]
     strict_expiry: bool,
 }
@@ -535,6 +542,7 @@ impl Config {
         let tls = validate::tls(&raw.tls, &raw.listen.tls, &at)?;
         let admin_tokens = validate::admin_tokens(raw.admin.token_file.as_ref(), &at)?;
         let records = validate::records(&raw.records, &at)?;
+        let nonce_secrets = validate::nonce_secrets(&raw.auth, &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             let problem = format!("not a log filter: {:?}", raw.log.level);
             return Err(at.error(None, "log.level", &problem));
@@ -563,6 +571,7 @@ impl Config {
             users: auth.users,
             generated_secret: false,
             nonce_lifetime: auth.nonce_lifetime,
+            nonce_secrets,
             peers_allow: raw.peers.allow,
             peers_deny: raw.peers.deny,
             limits,

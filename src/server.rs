@@ -547,7 +547,7 @@ pub fn core_config(
     relay_ips.extend(config.external_ipv6.map(IpAddr::V6));
     CoreConfig {
         credentials: Credentials::new(&config.realm, &config.users, &config.secrets),
-        nonces: NonceIssuer::new(nonce_key, config.nonce_lifetime.as_secs()),
+        nonces: nonce_issuer(config, nonce_key),
         policy: PeerPolicy::new(
             config.peers_allow.clone(),
             config.peers_deny.clone(),
@@ -563,6 +563,21 @@ pub fn core_config(
         stun_only: config.stun_only,
         records: config.records.as_ref().map(|r| r.interim),
     }
+}
+
+/// The nonce keys: the configured shared secrets (a fleet's), else this
+/// process's random key.
+fn nonce_issuer(config: &Config, random: [u8; 32]) -> NonceIssuer {
+    let keys = if config.nonce_secrets.is_empty() {
+        vec![random.to_vec()]
+    } else {
+        config
+            .nonce_secrets
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect()
+    };
+    NonceIssuer::with_keys(keys, config.nonce_lifetime.as_secs())
 }
 
 /// Bind and serve `config` until `shutdown` completes.

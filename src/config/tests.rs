@@ -50,6 +50,7 @@ fn example_defaults_match_the_code_defaults() {
     assert_eq!(ex.software, min.software);
     assert_eq!(ex.proxy_protocol_from, min.proxy_protocol_from);
     assert_eq!(ex.stun_only, min.stun_only);
+    assert_eq!(ex.nonce_secrets, min.nonce_secrets);
 }
 
 #[test]
@@ -119,6 +120,24 @@ fn a_config_without_credentials_is_refused() {
     let e = error_of("realm = \"x\"\n");
     assert_eq!(e.key, "auth");
     assert!(e.problem.contains("stun-only"), "{e}");
+}
+
+#[test]
+fn nonce_secrets_are_listed_then_read_from_files_and_not_short() {
+    let dir = std::env::temp_dir().join(format!("tern-nonce-{}", std::process::id()));
+    std::fs::write(&dir, "file-nonce-secret-0123456789\n").unwrap();
+    let text = format!(
+        "[auth]\nsecrets = [\"x\"]\nnonce-secrets = [\"listed-nonce-secret-0123\"]\nnonce-secret-files = [{:?}]\n",
+        dir.display().to_string()
+    );
+    let cfg = Config::parse(&text, "t").unwrap();
+    assert_eq!(
+        cfg.nonce_secrets,
+        vec!["listed-nonce-secret-0123", "file-nonce-secret-0123456789"]
+    );
+    let e = error_of("[auth]\nsecrets = [\"x\"]\nnonce-secrets = [\"short\"]\n");
+    assert_eq!((e.line, e.key.as_str()), (3, "auth.nonce-secrets"));
+    let _ = std::fs::remove_file(&dir);
 }
 
 #[test]

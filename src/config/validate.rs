@@ -292,3 +292,29 @@ fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
 }
+
+/// `[auth] nonce-secrets` and `nonce-secret-files`: listed first, then
+/// each file's lines; each at least 16 characters.
+pub(super) fn nonce_secrets(raw: &RawAuth, e: &Errors<'_>) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for s in &raw.nonce_secrets {
+        if s.get_ref().len() < MIN_TOKEN_LEN {
+            let problem = format!("a nonce secret must be at least {MIN_TOKEN_LEN} characters");
+            return Err(e.at(s, "auth.nonce-secrets", &problem));
+        }
+        out.push(s.get_ref().clone());
+    }
+    for f in &raw.nonce_secret_files {
+        let key = "auth.nonce-secret-files";
+        let found = read_secret_file(f.get_ref()).map_err(|p| e.at(f, key, &p))?;
+        if found.iter().any(|s| s.len() < MIN_TOKEN_LEN) {
+            let problem = format!(
+                "{}: a nonce secret must be at least {MIN_TOKEN_LEN} characters",
+                f.get_ref().display()
+            );
+            return Err(e.at(f, key, &problem));
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
