@@ -35,10 +35,11 @@ PY
 }
 
 # start_tern NAME CONFIG_TEXT: start tern, wait until it serves. Sets TERN_PID.
+# TERN_WRAP, if set, is a command to start it under (e.g. ip netns exec NS).
 start_tern() {
   local name=$1 text=$2
   printf '%s\n' "$text" > "$WORK/$name.toml"
-  "$TERN_BIN" --config "$WORK/$name.toml" --log-format text >"$WORK/$name.log" 2>&1 &
+  ${TERN_WRAP:-} "$TERN_BIN" --config "$WORK/$name.toml" --log-format text >"$WORK/$name.log" 2>&1 &
   TERN_PID=$!
   PIDS+=("$TERN_PID")
   local deadline=$((SECONDS + 15))

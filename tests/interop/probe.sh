@@ -30,7 +30,7 @@ probe_ns_teardown() {
 
 # pn_tern NAME PORT RELAY_EXTRA: a tern in the server namespace on PORT.
 pn_tern() {
-  printf '%s\n' "[listen]
+  TERN_WRAP="ip netns exec $PN_SRV" start_tern "probe-$1" "[listen]
 udp = [\"10.231.0.1:$2\"]
 tcp = [\"10.231.0.1:$2\"]
 [relay]
@@ -42,15 +42,8 @@ secrets = [\"$PN_SECRET\"]
 [peers]
 allow = [\"10.231.0.0/24\"]
 [admin]
-listen = \"127.0.0.1:0\"" >"$WORK/probe-$1.toml"
-  ip netns exec "$PN_SRV" "$TERN_BIN" --config "$WORK/probe-$1.toml" --log-format text >"$WORK/probe-$1.log" 2>&1 &
-  PIDS+=("$!")
-  PN_PIDS+=("$!")
-  local deadline=$((SECONDS + 15))
-  until grep -q "tern serving" "$WORK/probe-$1.log" 2>/dev/null; do
-    [ $SECONDS -ge $deadline ] && { echo "tern $1 did not start:"; cat "$WORK/probe-$1.log"; return 1; }
-    sleep 0.1
-  done
+listen = \"127.0.0.1:0\"" || return 1
+  PN_PIDS+=("$TERN_PID")
 }
 
 # pn_probe PORT: tern probe from the client namespace; sets PN_OUT, returns its exit status.
