@@ -152,7 +152,8 @@ impl<'a> Probe<'a> {
             }
         };
         let (realm, nonce) = (text(&m, ATTR_REALM), text(&m, ATTR_NONCE));
-        let (Some(401), Some(realm), Some(nonce)) = (code(&m).map(|c| c.0), realm, nonce) else {
+        let (Some(401), Some(realm), Some(nonce)) = (error(&m).map(|(c, _)| c), realm, nonce)
+        else {
             self.fail("challenge", diagnose::no_challenge(&m));
             return None;
         };
@@ -199,7 +200,7 @@ impl<'a> Probe<'a> {
             };
             let raw = request::request(m, attrs(), Some(&auth)).map_err(|_| NoAnswer::Timeout)?;
             let r = s.conn.transact(&raw)?;
-            let stale = code(&r).is_some_and(|c| c.0 == 438);
+            let stale = is_error(&r, 438);
             if let Some(n) = text(&r, ATTR_NONCE).filter(|_| stale) {
                 s.nonce = n;
                 answer = Some(r);
@@ -222,8 +223,8 @@ impl<'a> Probe<'a> {
         if m.typ.class == CLASS_SUCCESS_RESPONSE {
             return self.allocated(s, &m);
         }
-        let why = diagnose::allocate_error(&m, &s.user, self.opts);
-        let unauthorized = code(&m).is_some_and(|c| c.0 == 401);
+        let why = diagnose::allocate_error(&m, &s.user);
+        let unauthorized = is_error(&m, 401);
         // The server's own counters say why, when its admin listener is
         // reachable.
         let locally_expired = diagnose::expired_by_local_clock(&s.user);
@@ -446,7 +447,7 @@ impl<'a> Probe<'a> {
                 "a permission for {} was granted: the server's peer policy allows 10.0.0.0/8 ([peers] allow), so every user can reach that network through the relay",
                 private.ip()
             ),
-            Ok(m) if code(&m).is_some_and(|c| c.0 == 403) => format!(
+            Ok(m) if is_error(&m, 403) => format!(
                 "a permission for {} is refused (403), as tern's default peer policy does: private networks are not reachable through the relay",
                 private.ip()
             ),
@@ -491,13 +492,16 @@ fn text(m: &Message, attr: stun::attributes::AttrType) -> Option<String> {
     TextAttribute::get_from_as(m, attr).ok().map(|t| t.text)
 }
 
-fn code(m: &Message) -> Option<stun::error_code::ErrorCode> {
-    if m.typ.class != CLASS_ERROR_RESPONSE {
-        return None;
-    }
+/// An error response's code and reason phrase.
+fn error(m: &Message) -> Option<(u16, String)> {
     let mut e = ErrorCodeAttribute::default();
-    e.get_from(m).ok()?;
-    Some(e.code)
+    (m.typ.class == CLASS_ERROR_RESPONSE && e.get_from(m).is_ok())
+        .then(|| (e.code.0, String::from_utf8_lossy(&e.reason).into_owned()))
+}
+
+/// Whether `m` is an error response with `code`.
+fn is_error(m: &Message, code: u16) -> bool {
+    error(m).is_some_and(|(c, _)| c == code)
 }
 
 fn mapped(m: &Message) -> Option<SocketAddr> {

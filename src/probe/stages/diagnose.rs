@@ -5,11 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use stun::error_code::ErrorCodeAttribute;
-use stun::message::{CLASS_ERROR_RESPONSE, Getter, Message};
+use stun::message::{CLASS_ERROR_RESPONSE, Message};
 
-use super::super::Options;
 use super::super::client::{NoAnswer, Proto};
+use super::error;
+use crate::auth::rest_expiry;
 
 /// (seen, likely cause, what to change).
 pub(super) type Why = (String, String, String);
@@ -30,20 +30,11 @@ pub(super) fn is_public(ip: IpAddr) -> bool {
 
 /// An error response's code and reason, e.g. `403 (Forbidden)`.
 pub(super) fn code_text(m: &Message) -> String {
-    if m.typ.class != CLASS_ERROR_RESPONSE {
-        return "with success".into();
+    match error(m) {
+        Some((code, reason)) => format!("{code} ({reason})"),
+        None if m.typ.class == CLASS_ERROR_RESPONSE => "with an error without ERROR-CODE".into(),
+        None => "with success".into(),
     }
-    let mut e = ErrorCodeAttribute::default();
-    match e.get_from(m) {
-        Ok(()) => format!("{} ({})", e.code.0, String::from_utf8_lossy(&e.reason)),
-        Err(_) => "with an error without ERROR-CODE".into(),
-    }
-}
-
-fn error_of(m: &Message) -> Option<(u16, String)> {
-    let mut e = ErrorCodeAttribute::default();
-    (m.typ.class == CLASS_ERROR_RESPONSE && e.get_from(m).is_ok())
-        .then(|| (e.code.0, String::from_utf8_lossy(&e.reason).into_owned()))
 }
 
 pub(super) fn unreachable(proto: Proto, server: SocketAddr, t: Duration, e: &NoAnswer) -> Why {
@@ -128,7 +119,7 @@ pub(super) fn allocate_unanswered(e: &NoAnswer) -> Why {
 }
 
 pub(super) fn no_challenge(m: &Message) -> Why {
-    match error_of(m) {
+    match error(m) {
         Some((400, r)) if r.contains("STUN only") => why(
             "an Allocate got 400 (STUN only)",
             "the server runs with stun-only = true",
@@ -186,18 +177,13 @@ pub(super) fn incomplete_success() -> Why {
     )
 }
 
-/// The REST expiry in `user` (`<expiry>[:<user>]`), if it has one.
-fn rest_expiry(user: &str) -> Option<u64> {
-    user.split(':').next()?.parse().ok()
-}
-
-pub(super) fn allocate_error(m: &Message, user: &str, opts: &Options) -> Why {
-    let Some((code, reason)) = error_of(m) else {
+pub(super) fn allocate_error(m: &Message, user: &str) -> Why {
+    let Some((code, reason)) = error(m) else {
         return no_challenge(m);
     };
     let seen = format!("the signed Allocate got {code} ({reason})");
     match code {
-        401 => unauthorized(seen, user, opts),
+        401 => unauthorized(seen, user),
         438 => why(
             format!("{seen} twice, with a fresh nonce each time"),
             "several servers behind one address that do not share a nonce key (or a clock that jumps)",
@@ -252,7 +238,7 @@ pub(super) fn expired_by_local_clock(user: &str) -> bool {
     rest_expiry(user).is_some_and(|e| e <= super::super::unix_now())
 }
 
-fn unauthorized(seen: String, user: &str, opts: &Options) -> Why {
+fn unauthorized(seen: String, user: &str) -> Why {
     let now = super::super::unix_now();
     if let Some(expiry) = rest_expiry(user).filter(|e| *e <= now) {
         return why(
@@ -271,7 +257,6 @@ fn unauthorized(seen: String, user: &str, opts: &Options) -> Why {
             "mint with a secret listed in [auth] secrets (or secret-files), and check the server's clock",
         );
     }
-    let _ = opts;
     why(
         format!("{seen} for the user {user:?}"),
         "a wrong password, or no [[auth.users]] entry with that name (tern answers both alike)",
