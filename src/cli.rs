@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
@@ -250,12 +249,8 @@ pub fn probe(args: &ProbeArgs) -> ExitCode {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// Seconds since the Unix epoch ([`crate::unix::now`]).
+pub use crate::unix::now as unix_now;
 
 /// `tern check-config FILE`.
 pub fn check_config(file: &std::path::Path) -> ExitCode {

@@ -13,8 +13,8 @@
 //! core                                  the sans-IO protocol core
 //! auth                                  credentials and nonces
 //! wire · policy · ratelimit · notify    codec; peer filter; limits; sd_notify
-//! request · tls · proxy                 client requests; certificates, rustls;
-//!                                       PROXY protocol headers
+//! request · tls · proxy · unix          client requests; certificates, rustls;
+//!                                       PROXY protocol headers; Unix time
 //! ```
 //!
 //! - [`wire`]: zero-copy reading of STUN messages and ChannelData framing.
@@ -90,4 +90,5 @@ pub mod shutdown;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
+pub mod unix;
 pub mod wire;

@@ -182,13 +182,6 @@ pub fn run(opts: &Options) -> Report {
     }
 }
 
-/// Seconds since the Unix epoch, by this machine's clock.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// What a `turns:` probe verifies the server against: the system's CAs
 /// and `ca_file`'s, for `host`.
 fn tls_client(host: &str, ca_file: Option<&std::path::Path>) -> Result<client::TlsClient, String> {

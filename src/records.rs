@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -140,10 +140,6 @@ fn write_loop(rx: &Receiver<Record>, c: &Control, mut out: BufWriter<File>, mut 
     let _ = out.flush();
 }
 
-fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
-}
-
 /// One record as a JSON line.
 pub fn line(r: &Record, node: &str) -> String {
     json!({
@@ -155,9 +151,9 @@ pub fn line(r: &Record, node: &str) -> String {
         "transport": r.transport.label(),
         "family": Family::of(&r.relay).label(),
         "relay": r.relay.to_string(),
-        "start": rfc3339(r.start_unix),
-        "time": rfc3339(r.time_unix),
-        "end": r.end.map(|_| rfc3339(r.time_unix)),
+        "start": crate::unix::rfc3339(r.start_unix),
+        "time": crate::unix::rfc3339(r.time_unix),
+        "end": r.end.map(|_| crate::unix::rfc3339(r.time_unix)),
         "reason": r.end.map(|e| e.label()),
         "bytes_to_peer": r.bytes_to_peer,
         "bytes_to_client": r.bytes_to_client,

@@ -89,6 +89,7 @@ fn modules_form_a_dag_layered_as_documented() {
             "request",
             "tls",
             "proxy",
+            "unix",
         ],
         &["auth"],
         &["core"],

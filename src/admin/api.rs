@@ -10,8 +10,6 @@
 //! - `GET /v1/blocks`, `DELETE /v1/blocks/{name}`: the blocks in force;
 //!   lift one.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -123,13 +121,13 @@ async fn disconnect(admin: &Admin, user: String, req: Request<Incoming>) -> Resp
             Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not JSON"),
         }
     };
-    let now = unix_now();
+    let now = crate::unix::now();
     // Block first, so the client cannot allocate again in between.
     if block > 0 && !admin.quotas.blocks.block(&user, now + block, now) {
         return error(StatusCode::INSUFFICIENT_STORAGE, "too many users blocked");
     }
     let closed = admin.operator.disconnect(user.clone()).await;
-    let until = (block > 0).then(|| rfc3339(now + block));
+    let until = (block > 0).then(|| crate::unix::rfc3339(now + block));
     json_reply(
         StatusCode::OK,
         &json!({ "user": user, "closed": closed, "blocked_until": until }),
@@ -137,10 +135,10 @@ async fn disconnect(admin: &Admin, user: String, req: Request<Incoming>) -> Resp
 }
 
 fn blocks(admin: &Admin) -> Value {
-    let list = admin.quotas.blocks.list(unix_now());
+    let list = admin.quotas.blocks.list(crate::unix::now());
     Value::Array(
         list.into_iter()
-            .map(|(user, until)| json!({ "user": user, "until": rfc3339(until) }))
+            .map(|(user, until)| json!({ "user": user, "until": crate::unix::rfc3339(until) }))
             .collect(),
     )
 }
@@ -154,8 +152,8 @@ pub(crate) fn session(s: &SessionInfo) -> Value {
         "client": s.client.to_string(),
         "transport": s.transport.label(),
         "relay": s.relay.to_string(),
-        "created": rfc3339(s.created_unix),
-        "expires": rfc3339(s.expires_unix),
+        "created": crate::unix::rfc3339(s.created_unix),
+        "expires": crate::unix::rfc3339(s.expires_unix),
         "permissions": s.permissions,
         "channels": s.channels,
         "bytes_to_peer": s.bytes_to_peer,
@@ -179,15 +177,4 @@ fn decode(segment: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
-}
-
-/// Unix seconds as RFC 3339 UTC.
-pub(crate) fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -45,7 +45,7 @@ mod worker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::core::{AllocId, CoreConfig, Family, Now};
 use crate::metrics::Board;
@@ -226,8 +226,6 @@ impl Shared {
 pub(crate) fn now() -> Now {
     Now {
         instant: Instant::now(),
-        unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        unix: crate::unix::now(),
     }
 }

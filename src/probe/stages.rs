@@ -173,7 +173,7 @@ impl<'a> Probe<'a> {
         let o = self.opts;
         if let Some(secret) = &o.secret {
             let user = o.user.as_deref().unwrap_or("probe");
-            let c = crate::credentials::mint(secret, user, 3600, super::unix_now(), vec![]);
+            let c = crate::credentials::mint(secret, user, 3600, crate::unix::now(), vec![]);
             return Some((c.username, c.password));
         }
         if let (Some(u), Some(p)) = (&o.user, &o.password) {
@@ -265,7 +265,7 @@ impl<'a> Probe<'a> {
     fn retry_with_long_credential(&mut self, s: &mut Session) -> Option<Alloc> {
         let secret = self.opts.secret.clone().unwrap_or_default();
         let user = self.opts.user.clone().unwrap_or_else(|| "probe".into());
-        let c = crate::credentials::mint(&secret, &user, 30 * 86_400, super::unix_now(), vec![]);
+        let c = crate::credentials::mint(&secret, &user, 30 * 86_400, crate::unix::now(), vec![]);
         let (old_user, old_pass) = (
             std::mem::replace(&mut s.user, c.username),
             std::mem::replace(&mut s.pass, c.password),

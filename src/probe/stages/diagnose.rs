@@ -235,11 +235,11 @@ pub(super) fn allocate_error(m: &Message, user: &str) -> Why {
 
 /// Whether `user` is a REST username whose expiry has passed here.
 pub(super) fn expired_by_local_clock(user: &str) -> bool {
-    rest_expiry(user).is_some_and(|e| e <= super::super::unix_now())
+    rest_expiry(user).is_some_and(|e| e <= crate::unix::now())
 }
 
 fn unauthorized(seen: String, user: &str) -> Why {
-    let now = super::super::unix_now();
+    let now = crate::unix::now();
     if let Some(expiry) = rest_expiry(user).filter(|e| *e <= now) {
         return why(
             format!(
