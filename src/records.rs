@@ -155,10 +155,10 @@ pub fn line(r: &Record, node: &str) -> String {
         "time": crate::unix::rfc3339(r.time_unix),
         "end": r.end.map(|_| crate::unix::rfc3339(r.time_unix)),
         "reason": r.end.map(|e| e.label()),
-        "bytes_to_peer": r.bytes_to_peer,
-        "bytes_to_client": r.bytes_to_client,
-        "packets_to_peer": r.packets_to_peer,
-        "packets_to_client": r.packets_to_client,
+        "bytes_to_peer": r.traffic.bytes_to_peer,
+        "bytes_to_client": r.traffic.bytes_to_client,
+        "packets_to_peer": r.traffic.packets_to_peer,
+        "packets_to_client": r.traffic.packets_to_client,
     })
     .to_string()
 }

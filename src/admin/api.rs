@@ -156,10 +156,10 @@ pub(crate) fn session(s: &SessionInfo) -> Value {
         "expires": crate::unix::rfc3339(s.expires_unix),
         "permissions": s.permissions,
         "channels": s.channels,
-        "bytes_to_peer": s.bytes_to_peer,
-        "bytes_to_client": s.bytes_to_client,
-        "packets_to_peer": s.packets_to_peer,
-        "packets_to_client": s.packets_to_client,
+        "bytes_to_peer": s.traffic.bytes_to_peer,
+        "bytes_to_client": s.traffic.bytes_to_client,
+        "packets_to_peer": s.traffic.packets_to_peer,
+        "packets_to_client": s.traffic.packets_to_client,
     })
 }
 

@@ -31,6 +31,31 @@ pub struct Channel {
     pub expires: Instant,
 }
 
+/// What an allocation relayed (payload bytes and datagrams, each way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Payload bytes relayed to peers.
+    pub bytes_to_peer: u64,
+    /// Payload bytes relayed to the client.
+    pub bytes_to_client: u64,
+    /// Datagrams relayed to peers.
+    pub packets_to_peer: u64,
+    /// Datagrams relayed to the client.
+    pub packets_to_client: u64,
+}
+
+impl Traffic {
+    /// What was relayed after `earlier` (a snapshot of the same counters).
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            bytes_to_peer: self.bytes_to_peer - earlier.bytes_to_peer,
+            bytes_to_client: self.bytes_to_client - earlier.bytes_to_client,
+            packets_to_peer: self.packets_to_peer - earlier.packets_to_peer,
+            packets_to_client: self.packets_to_client - earlier.packets_to_client,
+        }
+    }
+}
+
 /// A live allocation.
 #[derive(Debug)]
 pub struct Allocation {
@@ -57,16 +82,10 @@ pub struct Allocation {
     permissions: Vec<(IpAddr, Instant)>,
     channels: Vec<(u16, Channel)>,
     answers: VecDeque<(Instant, [u8; 12], Vec<u8>)>,
-    /// Payload bytes relayed to peers.
-    pub bytes_to_peer: u64,
-    /// Payload bytes relayed to the client.
-    pub bytes_to_client: u64,
-    /// Datagrams relayed to peers.
-    pub packets_to_peer: u64,
-    /// Datagrams relayed to the client.
-    pub packets_to_client: u64,
-    /// The four counters above as of the last record.
-    pub recorded: [u64; 4],
+    /// What it has relayed.
+    pub traffic: Traffic,
+    /// `traffic` as of the last record.
+    pub recorded: Traffic,
     /// When the last record (or the allocation) was made.
     pub recorded_at: Instant,
     /// The bandwidth limit towards peers.
@@ -100,11 +119,8 @@ impl Allocation {
             permissions: Vec::new(),
             channels: Vec::new(),
             answers: VecDeque::with_capacity(ANSWER_CACHE_LEN),
-            bytes_to_peer: 0,
-            bytes_to_client: 0,
-            packets_to_peer: 0,
-            packets_to_client: 0,
-            recorded: [0; 4],
+            traffic: Traffic::default(),
+            recorded: Traffic::default(),
             recorded_at: now,
             bandwidth_to_peer: Bandwidth::new(now, u64::MAX),
             bandwidth_to_client: Bandwidth::new(now, u64::MAX),
@@ -126,6 +142,15 @@ impl Allocation {
     /// Installed permissions.
     pub fn permission_count(&self) -> usize {
         self.permissions.len()
+    }
+
+    /// The Unix time it was made, given the time `now`.
+    pub fn created_unix(&self, now: super::Now) -> u64 {
+        let ago = now
+            .instant
+            .saturating_duration_since(self.created)
+            .as_secs();
+        now.unix.saturating_sub(ago)
     }
 
     /// Channel bindings (live or not yet swept).

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::alloc::Allocation;
+use super::alloc::{Allocation, Traffic};
 use super::{Core, Io, Now, Transport};
 
 /// Why an allocation ended.
@@ -61,29 +61,17 @@ pub struct Record {
     pub start_unix: u64,
     /// Unix seconds of this record (the end, or now for an interim one).
     pub time_unix: u64,
-    /// Since the previous record: payload bytes to peers, to the client,
-    /// and datagrams each way.
-    pub bytes_to_peer: u64,
-    /// Payload bytes to the client since the previous record.
-    pub bytes_to_client: u64,
-    /// Datagrams to peers since the previous record.
-    pub packets_to_peer: u64,
-    /// Datagrams to the client since the previous record.
-    pub packets_to_client: u64,
+    /// What was relayed since the previous record.
+    pub traffic: Traffic,
 }
 
 impl Record {
     /// A record of `a` now, counting from its previous one (which this
     /// becomes).
     pub(super) fn take(a: &mut Allocation, now: Now, end: Option<EndReason>) -> Self {
-        let ago = now.instant.saturating_duration_since(a.created).as_secs();
-        let counts = [
-            a.bytes_to_peer,
-            a.bytes_to_client,
-            a.packets_to_peer,
-            a.packets_to_client,
-        ];
-        let prev = std::mem::replace(&mut a.recorded, counts);
+        let traffic = a
+            .traffic
+            .since(std::mem::replace(&mut a.recorded, a.traffic));
         a.recorded_at = now.instant;
         Self {
             end,
@@ -92,12 +80,9 @@ impl Record {
             client: a.client.remote,
             transport: a.client.transport,
             relay: a.relayed,
-            start_unix: now.unix.saturating_sub(ago),
+            start_unix: a.created_unix(now),
             time_unix: now.unix,
-            bytes_to_peer: counts[0] - prev[0],
-            bytes_to_client: counts[1] - prev[1],
-            packets_to_peer: counts[2] - prev[2],
-            packets_to_client: counts[3] - prev[3],
+            traffic,
         }
     }
 }

@@ -76,8 +76,8 @@ impl Core {
             self.stats.drop(reason);
             return;
         }
-        a.bytes_to_peer += payload.len() as u64;
-        a.packets_to_peer += 1;
+        a.traffic.bytes_to_peer += payload.len() as u64;
+        a.traffic.packets_to_peer += 1;
         self.stats.relayed(true, transport, payload.len());
         io.to_peer(id, peer, payload);
     }
@@ -122,8 +122,8 @@ impl Core {
             self.stats.drop(DropReason::TooLarge);
             return;
         };
-        a.bytes_to_client += len as u64;
-        a.packets_to_client += 1;
+        a.traffic.bytes_to_client += len as u64;
+        a.traffic.packets_to_client += 1;
         self.stats.relayed(false, client.transport, len);
         io.to_client(&client, &buf[range]);
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 
-use super::alloc::Allocation;
+use super::alloc::{Allocation, Traffic};
 use super::{AllocId, Core, EndReason, FiveTuple, Io, Now, Record, Transport};
 
 /// One allocation as the admin API lists it.
@@ -34,19 +34,12 @@ pub struct SessionInfo {
     pub permissions: usize,
     /// Channel bindings.
     pub channels: usize,
-    /// Payload bytes and datagrams relayed to peers.
-    pub bytes_to_peer: u64,
-    /// Payload bytes relayed to the client.
-    pub bytes_to_client: u64,
-    /// Datagrams relayed to peers.
-    pub packets_to_peer: u64,
-    /// Datagrams relayed to the client.
-    pub packets_to_client: u64,
+    /// What it has relayed so far.
+    pub traffic: Traffic,
 }
 
 impl SessionInfo {
     fn of(a: &Allocation, now: Now) -> Self {
-        let ago = now.instant.saturating_duration_since(a.created).as_secs();
         let left = a.expires.saturating_duration_since(now.instant).as_secs();
         Self {
             id: a.id.to_bits(),
@@ -55,14 +48,11 @@ impl SessionInfo {
             client: a.client.remote,
             transport: a.client.transport,
             relay: a.relayed,
-            created_unix: now.unix.saturating_sub(ago),
+            created_unix: a.created_unix(now),
             expires_unix: now.unix + left,
             permissions: a.permission_count(),
             channels: a.channel_count(),
-            bytes_to_peer: a.bytes_to_peer,
-            bytes_to_client: a.bytes_to_client,
-            packets_to_peer: a.packets_to_peer,
-            packets_to_client: a.packets_to_client,
+            traffic: a.traffic,
         }
     }
 }
@@ -102,8 +92,8 @@ impl Core {
             client = %a.client.remote,
             transport = ?a.client.transport,
             relay = %a.relayed,
-            bytes_to_peer = a.bytes_to_peer,
-            bytes_to_client = a.bytes_to_client,
+            bytes_to_peer = a.traffic.bytes_to_peer,
+            bytes_to_client = a.traffic.bytes_to_client,
             lived_seconds = lived.as_secs(),
             "allocation closed"
         );
