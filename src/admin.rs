@@ -4,15 +4,19 @@
 //! connect; the JSON API under `/v1/` ([`api`]) only with a bearer token
 //! from `[admin] token-file`, and not at all without one.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -38,7 +42,7 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// which reaches the workers through their mailboxes).
 pub(crate) trait Operator: Send + Sync {
     /// `GET /v1/info`'s object.
-    fn info(&self) -> serde_json::Value;
+    fn info(&self) -> Value;
     /// Every allocation, or `user`'s.
     fn sessions(&self, user: Option<String>) -> BoxFuture<Vec<SessionInfo>>;
     /// Close the allocation with this id; how many were closed (0 or 1).
@@ -59,7 +63,7 @@ impl Tokens {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = digests;
     }
 
-    fn configured(&self) -> bool {
+    pub(crate) fn configured(&self) -> bool {
         !self
             .0
             .read()
@@ -68,7 +72,7 @@ impl Tokens {
     }
 
     /// Whether `given` is one of the tokens (every one compared).
-    fn accepts(&self, given: &[u8]) -> bool {
+    pub(crate) fn accepts(&self, given: &[u8]) -> bool {
         let d = digest(given);
         let tokens = self.0.read().unwrap_or_else(PoisonError::into_inner);
         tokens
@@ -77,7 +81,7 @@ impl Tokens {
     }
 }
 
-fn digest(bytes: &[u8]) -> [u8; 20] {
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 20] {
     Sha1::digest(bytes).into()
 }
 
@@ -90,40 +94,158 @@ pub(crate) struct Admin {
     pub(crate) operator: Arc<dyn Operator>,
 }
 
+/// How many connections an HTTP listener serves at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpLimits {
+    /// In total; further connections wait in the backlog.
+    pub(crate) concurrent: usize,
+    /// From one client IP; further ones are closed at once.
+    pub(crate) per_ip: usize,
+}
+
+/// The admin listener's limits (it faces operators on loopback).
+const ADMIN_LIMITS: HttpLimits = HttpLimits {
+    concurrent: MAX_CONCURRENT,
+    per_ip: MAX_CONCURRENT,
+};
+
 /// Serve admin requests until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+    serve_http(listener, ADMIN_LIMITS, None, move |req, _| {
+        let admin = Arc::clone(&admin);
+        async move { answer(&admin, req).await }
+    })
+    .await;
+}
+
+/// Serve HTTP/1.1 on `listener` (over TLS with `tls`) until the task is
+/// dropped: `handle` answers each request, given the client's address.
+/// Every connection ends within [`CONNECTION_TIMEOUT`] (handshake and
+/// keep-alive included), headers must arrive within 5 s, and `limits`
+/// bound the connections served at once.
+pub(crate) async fn serve_http<F, Fut>(
+    listener: TcpListener,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handle: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.concurrent));
+    let per_ip = Arc::new(PerIp::default());
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let admin = Arc::clone(&admin);
+        let Some(slot) = per_ip.take(peer.ip(), limits.per_ip) else {
+            continue;
+        };
+        let (handle, tls) = (handle.clone(), tls.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(answer(&admin, req).await) }
+                let answer = handle(req, peer);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let conn = async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http1(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http1(TokioIo::new(stream), service).await;
+                    }
+                }
+            };
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
 }
 
+/// One HTTP/1.1 connection on `io`.
+async fn http1<I, S>(io: I, service: S) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Send,
+    S::Future: Send,
+{
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .serve_connection(io, service)
+        .await
+}
+
+/// Open connections per client IP (entries leave at zero, so the table
+/// holds at most one per connection served).
+#[derive(Debug, Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`PerIp`], given back when dropped.
+struct Slot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// A response with `body` of `content_type`.
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     r
+}
+
+/// A JSON response.
+pub(crate) fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", format!("{v}\n"))
+}
+
+/// A JSON `{"error": message}` response.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_reply(status, &json!({ "error": message }))
+}
+
+/// A query parameter, percent-decoded.
+pub(crate) fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    let q = req.uri().query()?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -152,7 +274,7 @@ async fn answer(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
 }
 
 /// The request body, at most [`MAX_BODY`] bytes.
-async fn body(req: Request<Incoming>) -> Option<Bytes> {
+pub(crate) async fn body(req: Request<Incoming>) -> Option<Bytes> {
     Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await

@@ -136,6 +136,8 @@ pub struct Config {
     /// Bearer tokens of the admin API (`[admin] token-file`; none: the
     /// API is off).
     pub admin_tokens: Vec<String>,
+    /// The credential endpoint, when `[api] listen` is set.
+    pub api: Option<ApiSettings>,
     /// The longest SIGTERM drain.
     pub drain_timeout: Duration,
     /// Where draining sends new allocations (300 Try Alternate).
@@ -144,17 +146,6 @@ pub struct Config {
     pub log_level: String,
     /// The log format.
     pub log_format: LogFormat,
-}
-
-/// `[records]`: where allocation records go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordsSettings {
-    /// The JSON-lines file, appended to.
-    pub file: PathBuf,
-    /// The `node` field of every record (default: the host name).
-    pub node: String,
-    /// Interim records for allocations living longer than this.
-    pub interim: Duration,
 }
 
 /// `[tls]`: the checked certificate and the handshake limits.
@@ -206,7 +197,9 @@ pub struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
-    records: RawRecords,
+    records: records::RawRecords,
+    #[serde(default)]
+    api: api::RawApi,
     #[serde(default)]
     shutdown: RawShutdown,
     #[serde(default)]
@@ -342,19 +335,6 @@ struct RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawRecords {
-    file: Option<PathBuf>,
-    node: Option<String>,
-    #[serde(default = "default_interim")]
-    interim_seconds: Spanned<u64>,
-}
-
-fn default_interim() -> Spanned<u64> {
-    Spanned::new(0..0, 300)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawShutdown {
     #[serde(default = "default_drain")]
     drain_timeout_seconds: u64,
@@ -483,7 +463,6 @@ empty_default!(
     RawTcp,
     RawTls,
     RawAdmin,
-    RawRecords,
     RawShutdown,
     RawLog
 );
@@ -541,7 +520,8 @@ impl Config {
         let tcp_idle_timeout = validate::tcp(&raw.tcp, &at)?;
         let tls = validate::tls(&raw.tls, &raw.listen.tls, &at)?;
         let admin_tokens = validate::admin_tokens(raw.admin.token_file.as_ref(), &at)?;
-        let records = validate::records(&raw.records, &at)?;
+        let records = records::records(&raw.records, &at)?;
+        let api = api::api(&raw, &at)?;
         let nonce_secrets = validate::nonce_secrets(&raw.auth, &at)?;
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             let problem = format!("not a log filter: {:?}", raw.log.level);
@@ -581,6 +561,7 @@ impl Config {
             admin_listen: raw.admin.listen,
             admin_tokens,
             records,
+            api,
             drain_timeout: Duration::from_secs(raw.shutdown.drain_timeout_seconds),
             alternate_server: raw.shutdown.alternate_server,
             log_level: raw.log.level,
@@ -593,7 +574,11 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
 }
 
+mod api;
+mod records;
 mod validate;
+pub use api::ApiSettings;
+pub use records::RecordsSettings;
 
 #[cfg(test)]
 mod tests;

@@ -93,19 +93,30 @@ pub fn turn_uris(
     uris
 }
 
-/// An `iceServers` array for `RTCPeerConnection`.
+/// An `iceServers` array for `RTCPeerConnection`: a `stun:` entry on the
+/// first UDP (else TCP) port and one entry with every `turn:`/`turns:`
+/// URI and the credential.
+pub fn ice_servers(
+    host: &str,
+    udp: &[SocketAddr],
+    tcp: &[SocketAddr],
+    cred: &RestCredential,
+) -> serde_json::Value {
+    let stun_port = udp.first().or(tcp.first()).map_or(3478, SocketAddr::port);
+    serde_json::json!([
+        { "urls": [format!("stun:{host}:{stun_port}")] },
+        { "urls": cred.uris, "username": cred.username, "credential": cred.password },
+    ])
+}
+
+/// [`ice_servers`] as pretty-printed JSON.
 pub fn ice_servers_json(
     host: &str,
     udp: &[SocketAddr],
     tcp: &[SocketAddr],
     cred: &RestCredential,
 ) -> String {
-    let stun_port = udp.first().or(tcp.first()).map_or(3478, SocketAddr::port);
-    let servers = serde_json::json!([
-        { "urls": [format!("stun:{host}:{stun_port}")] },
-        { "urls": cred.uris, "username": cred.username, "credential": cred.password },
-    ]);
-    serde_json::to_string_pretty(&servers).unwrap_or_default()
+    serde_json::to_string_pretty(&ice_servers(host, udp, tcp, cred)).unwrap_or_default()
 }
 
 #[cfg(test)]

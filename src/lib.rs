@@ -7,6 +7,7 @@
 //! ```text
 //! cli                                   the binary's commands
 //! server · probe                        start-up, reload, drain, stop; diagnosis
+//! api                                   the credential endpoint for apps
 //! io · admin · shutdown · credentials   workers; HTTP; signals; REST minting;
 //! · records · ctl                       records file; the admin API's client
 //! config · metrics                      validated config; the board
@@ -50,6 +51,9 @@
 //! - [`request`]: STUN/TURN requests as clients build them, for the load
 //!   generator, benchmarks and tests; `testing` (the `testing` feature,
 //!   on in `cargo test`): a recording `Io`, a fake clock, a test config.
+//! - `api`: the credential endpoint (`[api]`): `POST /v1/ice-servers` and
+//!   the REST draft's `GET /?service=turn`, bearer keys, CORS, on its own
+//!   listener, served by `admin`'s HTTP loop.
 //! - [`ctl`]: `tern ctl`, the admin API from the command line.
 //! - [`probe`]: `tern probe`, a stage-by-stage diagnosis of a TURN server
 //!   from the client's side (blocking sockets; never on the server's path).
@@ -70,6 +74,7 @@
 //!   settles.
 
 pub(crate) mod admin;
+pub(crate) mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;

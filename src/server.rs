@@ -29,7 +29,7 @@ pub enum ServerError {
     /// A listener address could not be bound.
     #[error("cannot bind {transport} listener {addr}")]
     Bind {
-        /// `udp`, `tcp` or `admin http`.
+        /// `udp`, `tcp`, `admin http` or `api http`.
         transport: &'static str,
         /// The address asked for.
         addr: SocketAddr,
@@ -90,6 +90,8 @@ pub struct Server {
     tokens: Arc<crate::admin::Tokens>,
     /// The allocation records writer, when records are on.
     records: Option<crate::records::Writer>,
+    /// The credential endpoint, when `[api] listen` is set.
+    api: Option<api::Endpoint>,
 }
 
 /// The worker threads of a running server, and word of each one ending.
@@ -175,7 +177,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self {
+        let mut server = Self {
             config,
             sockets,
             udp_addrs,
@@ -191,7 +193,10 @@ impl Server {
             board,
             tokens: Arc::new(tokens),
             records,
-        })
+            api: None,
+        };
+        server.bind_api()?;
+        Ok(server)
     }
 
     /// The bound UDP listener addresses (with their real ports).
@@ -264,6 +269,7 @@ impl Server {
             admin,
             self.admin(workers.threads.len()),
         ));
+        let api_task = self.spawn_api()?;
         let start = self
             .wait_until_serving(&mut workers, &mut control, &tx)
             .await;
@@ -273,6 +279,7 @@ impl Server {
                 tcp = ?self.tcp_addrs,
                 tls = ?self.tls_addrs,
                 admin = ?self.admin_addr(),
+                api = ?self.api_addr(),
                 workers = workers.threads.len(),
                 stun_only = self.config.stun_only,
                 "tern serving"
@@ -290,6 +297,9 @@ impl Server {
         self.board.set_ready(false);
         tx.send_modify(|s| s.phase = Phase::Stopping);
         admin_task.abort();
+        if let Some(t) = api_task {
+            t.abort();
+        }
         let ended = workers.join().await;
         // The workers' last records (shutdown) are queued: write them.
         if let Some(w) = self.records.take() {
@@ -410,6 +420,11 @@ impl Server {
             ("workers", old.workers != new.workers),
             ("admin.listen", old.admin_listen != new.admin_listen),
             ("records", old.records.is_some() != new.records.is_some()),
+            (
+                "api.listen",
+                old.api.as_ref().map(|a| (a.listen, a.tls))
+                    != new.api.as_ref().map(|a| (a.listen, a.tls)),
+            ),
         ];
         for (key, changed) in needs_restart {
             if changed {
@@ -442,6 +457,7 @@ impl Server {
         }
         self.board.set_allocations_limit(new.limits.max_allocations);
         self.tokens.set(&new.admin_tokens);
+        self.reload_api(&new);
         if let (Some(w), Some(r)) = (&self.records, &new.records) {
             w.reopen(r);
         }
@@ -585,6 +601,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Server::bind(config)?.run(shutdown).await
 }
 
+mod api;
 mod listeners;
 mod operator;
 use listeners::bind_listeners;

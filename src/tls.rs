@@ -246,6 +246,8 @@ impl ResolvesServerCert for Resolver {
 pub struct Tls {
     resolver: Arc<Resolver>,
     config: Arc<rustls::ServerConfig>,
+    /// The same certificate for HTTPS (the credential endpoint).
+    http: Arc<rustls::ServerConfig>,
 }
 
 impl Tls {
@@ -258,10 +260,13 @@ impl Tls {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        let mut http = config.clone();
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             resolver,
             config: Arc::new(config),
+            http: Arc::new(http),
         })
     }
 
@@ -273,6 +278,12 @@ impl Tls {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         *current = Arc::clone(&cert.key);
+    }
+
+    /// The rustls configuration for HTTPS (ALPN `http/1.1`), presenting the
+    /// same certificate, swapped by the same [`Tls::set`].
+    pub fn http_config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.http)
     }
 
     /// The rustls configuration for accepting connections.

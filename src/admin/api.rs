@@ -15,19 +15,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Admin, body, reply};
+use super::{Admin, body, error, json_reply, query};
 use crate::core::SessionInfo;
 
 /// The longest block, in seconds (a year).
 const MAX_BLOCK_SECONDS: u64 = 365 * 86_400;
-
-fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-    reply(status, "application/json", format!("{v}\n"))
-}
-
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json_reply(status, &json!({ "error": message }))
-}
 
 pub(super) async fn answer(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
@@ -161,14 +153,6 @@ pub(crate) fn session(s: &SessionInfo) -> Value {
         "packets_to_peer": s.traffic.packets_to_peer,
         "packets_to_client": s.traffic.packets_to_client,
     })
-}
-
-/// A query parameter, percent-decoded.
-fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
-    let q = req.uri().query()?;
-    form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// A path segment, percent-decoded.

@@ -37,7 +37,7 @@ impl Errors<'_> {
     }
 
     /// The error for `key`, at the line of `value`.
-    fn at<T>(&self, value: &Spanned<T>, key: &str, problem: &str) -> ConfigError {
+    pub(super) fn at<T>(&self, value: &Spanned<T>, key: &str, problem: &str) -> ConfigError {
         self.error(Some(value.span()), key, problem)
     }
 }
@@ -263,56 +263,45 @@ pub(super) fn admin_tokens(
     Ok(tokens)
 }
 
-/// `[records]`: off without a file; an interval of at least 1 s; the
-/// node name defaults to the host name.
-pub(super) fn records(
-    raw: &super::RawRecords,
-    e: &Errors<'_>,
-) -> Result<Option<super::RecordsSettings>, ConfigError> {
-    let interim = &raw.interim_seconds;
-    if *interim.get_ref() == 0 {
-        return Err(e.at(interim, "records.interim-seconds", "must be at least 1"));
-    }
-    let Some(file) = &raw.file else {
-        return Ok(None);
-    };
-    let node = raw.node.clone().unwrap_or_else(host_name);
-    Ok(Some(super::RecordsSettings {
-        file: file.clone(),
-        node,
-        interim: Duration::from_secs(*interim.get_ref()),
-    }))
-}
-
-/// This machine's host name ("localhost" if it has none).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// `[auth] nonce-secrets` and `nonce-secret-files`: listed first, then
 /// each file's lines; each at least 16 characters.
 pub(super) fn nonce_secrets(raw: &RawAuth, e: &Errors<'_>) -> Result<Vec<String>, ConfigError> {
+    let keys = ("auth.nonce-secrets", "auth.nonce-secret-files");
+    long_secrets(
+        &raw.nonce_secrets,
+        &raw.nonce_secret_files,
+        keys,
+        "a nonce secret",
+        e,
+    )
+}
+
+/// Secrets listed inline and read from files (one per non-empty line),
+/// each at least [`MIN_TOKEN_LEN`] characters; `keys` names the list and
+/// the files, `what` one secret.
+pub(super) fn long_secrets(
+    listed: &[Spanned<String>],
+    files: &[Spanned<PathBuf>],
+    keys: (&str, &str),
+    what: &str,
+    e: &Errors<'_>,
+) -> Result<Vec<String>, ConfigError> {
+    let short = |prefix: String| {
+        format!(
+            "{prefix}{what} must be at least {MIN_TOKEN_LEN} characters (make one with: openssl rand -hex 32)"
+        )
+    };
     let mut out = Vec::new();
-    for s in &raw.nonce_secrets {
+    for s in listed {
         if s.get_ref().len() < MIN_TOKEN_LEN {
-            let problem = format!("a nonce secret must be at least {MIN_TOKEN_LEN} characters");
-            return Err(e.at(s, "auth.nonce-secrets", &problem));
+            return Err(e.at(s, keys.0, &short(String::new())));
         }
         out.push(s.get_ref().clone());
     }
-    for f in &raw.nonce_secret_files {
-        let key = "auth.nonce-secret-files";
-        let found = read_secret_file(f.get_ref()).map_err(|p| e.at(f, key, &p))?;
+    for f in files {
+        let found = read_secret_file(f.get_ref()).map_err(|p| e.at(f, keys.1, &p))?;
         if found.iter().any(|s| s.len() < MIN_TOKEN_LEN) {
-            let problem = format!(
-                "{}: a nonce secret must be at least {MIN_TOKEN_LEN} characters",
-                f.get_ref().display()
-            );
-            return Err(e.at(f, key, &problem));
+            return Err(e.at(f, keys.1, &short(format!("{}: ", f.get_ref().display()))));
         }
         out.extend(found);
     }

@@ -183,6 +183,68 @@ impl ProxyCounters {
     }
 }
 
+/// What became of a request to the credential endpoint (`[api]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiOutcome {
+    /// A credential was minted.
+    Issued,
+    /// A CORS preflight from an allowed origin was answered.
+    Preflight,
+    /// No key, or a wrong one.
+    Unauthorized,
+    /// The key's request rate was exceeded.
+    RateLimited,
+    /// The page's origin is not in `[api] allowed-origins`.
+    OriginRefused,
+    /// A malformed body or query.
+    BadRequest,
+    /// No such path or method.
+    NotFound,
+}
+
+impl ApiOutcome {
+    /// Every outcome, in index order.
+    pub const ALL: [Self; 7] = [
+        Self::Issued,
+        Self::Preflight,
+        Self::Unauthorized,
+        Self::RateLimited,
+        Self::OriginRefused,
+        Self::BadRequest,
+        Self::NotFound,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Preflight => "preflight",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::OriginRefused => "origin_refused",
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+/// Credential endpoint requests by outcome (written per request, never
+/// per packet).
+#[derive(Debug, Default)]
+pub struct ApiCounters([AtomicU64; ApiOutcome::ALL.len()]);
+
+impl ApiCounters {
+    /// Count one request.
+    pub fn count(&self, outcome: ApiOutcome) {
+        self.0[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests so far with `outcome`.
+    pub fn get(&self, outcome: ApiOutcome) -> u64 {
+        self.0[outcome as usize].load(Ordering::Relaxed)
+    }
+}
+
 /// One worker's published row (or, from [`Board::total`], all of them
 /// summed).
 #[derive(Debug, Clone, Default)]
@@ -223,6 +285,8 @@ pub struct Board {
     pub tls: TlsCounters,
     /// PROXY protocol headers from trusted proxies.
     pub proxy: ProxyCounters,
+    /// Credential endpoint requests.
+    pub api: ApiCounters,
 }
 
 impl Board {
@@ -237,6 +301,7 @@ impl Board {
             steering: [AtomicBool::new(false), AtomicBool::new(false)],
             tls: TlsCounters::default(),
             proxy: ProxyCounters::default(),
+            api: ApiCounters::default(),
         }
     }
 

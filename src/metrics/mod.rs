@@ -16,7 +16,10 @@ use prometheus::{
 
 pub mod board;
 
-pub use board::{Board, HandoffPath, IoStats, ProxyCounters, Report, TlsCounters, TlsFailure};
+pub use board::{
+    ApiCounters, ApiOutcome, Board, HandoffPath, IoStats, ProxyCounters, Report, TlsCounters,
+    TlsFailure,
+};
 
 use crate::core::stats::{AuthFailure, DURATION_BUCKETS, DropReason, Rejection};
 use crate::core::{Family, Stats, Transport};
@@ -38,6 +41,7 @@ pub fn render(board: &Board) -> String {
     add(Box::new(gauges(&report, board)));
     add(Box::new(tls(&board.tls)));
     add(Box::new(proxy(&board.proxy)));
+    add(Box::new(api(&board.api)));
     add(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -320,6 +324,15 @@ fn proxy(p: &ProxyCounters) -> Group {
             Refusal::ALL.map(|r| (r.label(), p.refused_count(r))),
         )),
     ])
+}
+
+fn api(a: &ApiCounters) -> IntCounterVec {
+    labelled(
+        "tern_api_requests_total",
+        "Requests to the credential endpoint ([api]), by outcome (issued, preflight, unauthorized, rate_limited, origin_refused, bad_request, not_found).",
+        "outcome",
+        ApiOutcome::ALL.map(|o| (o.label(), a.get(o))),
+    )
 }
 
 /// The lifetime histogram, built from the workers' cumulative bucket counts.

@@ -32,6 +32,8 @@ pub struct TestServer {
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
     pub admin: SocketAddr,
+    /// The credential endpoint, when `[api] listen` is set.
+    pub api: Option<SocketAddr>,
     pub board: Arc<Board>,
     /// The workers' shared state, e.g. to see which worker owns a relay.
     pub shared: Arc<Shared>,
@@ -81,6 +83,7 @@ impl TestServer {
         let board = server.board();
         let shared = server.shared();
         let admin = server.admin_addr().unwrap();
+        let api = server.api_addr();
         let (control, rx) = tokio::sync::mpsc::channel(4);
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -94,6 +97,7 @@ impl TestServer {
             tcp,
             tls,
             admin,
+            api,
             board,
             shared,
             control,
