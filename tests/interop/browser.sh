@@ -4,9 +4,13 @@
 BROWSER_DIR="$ROOT/tests/interop/browser"
 
 browser_case() { # TRANSPORT [MODE] [PASSWORD]
+  browser_run "http://localhost:$WEB_PORT/index.html" "turn:127.0.0.1:$BR_PORT?transport=$1" \
+    "$BR_USER" "${3:-$BR_PASS}" "${2:-normal}"
+}
+
+browser_run() { # PAGE_URL TURN_URL USERNAME CREDENTIAL MODE
   local out
-  out=$(cd "$BROWSER_DIR" && timeout 120 node run.mjs "http://localhost:$WEB_PORT/index.html" \
-        "turn:127.0.0.1:$BR_PORT?transport=$1" "$BR_USER" "${3:-$BR_PASS}" "${2:-normal}" 2>&1)
+  out=$(cd "$BROWSER_DIR" && timeout 120 node run.mjs "$@" 2>&1)
   local rc=$?
   # The page's verdict, e.g. {"ok":true,"pairA":["relay","relay"],"framesDecoded":[31,92]}.
   echo "  $(tail -1 <<<"$out")"
@@ -18,6 +22,15 @@ browser_case() { # TRANSPORT [MODE] [PASSWORD]
 case_chromium_udp() { browser_case udp; }
 case_chromium_tcp() { browser_case tcp; }
 case_chromium_wrong_credential() { browser_case udp wrong not-the-password; }
+# The page asks tern's credential endpoint (another origin: CORS) for its
+# iceServers and passes them to RTCPeerConnection as they are.
+case_chromium_api() {
+  browser_run "http://localhost:$WEB_PORT/index.html" "http://127.0.0.1:$BR_API/v1/ice-servers" "" "$BR_KEY" api
+}
+# The same page from an origin not in allowed-origins cannot read an answer.
+case_chromium_api_refused_origin() {
+  browser_run "http://127.0.0.1:$WEB_PORT/index.html" "http://127.0.0.1:$BR_API/v1/ice-servers" "" "$BR_KEY" api-refused
+}
 
 browser_cases() {
   selected chromium || return 0
@@ -28,7 +41,12 @@ browser_cases() {
   python3 -m http.server --bind 127.0.0.1 --directory "$BROWSER_DIR" "$WEB_PORT" >"$WORK/web.log" 2>&1 &
   PIDS+=("$!")
   BR_PORT=$(free_port)
-  if ! start_tern chromium "$(loopback_config "$BR_PORT" browser-secret 0)"; then
+  BR_API=$(free_port)
+  BR_KEY=browser-api-key-0123456789
+  local api
+  api=$(printf '[api]\nlisten = "127.0.0.1:%s"\nkeys = ["%s"]\nallowed-origins = ["http://localhost:%s"]\n' \
+    "$BR_API" "$BR_KEY" "$WEB_PORT")
+  if ! start_tern chromium "$(loopback_config "$BR_PORT" browser-secret 0 "$api")"; then
     FAILED=$((FAILED + 1)); echo "FAIL chromium: tern did not start"; return
   fi
   mint_credential chromium browser
@@ -39,5 +57,7 @@ browser_cases() {
   selected chromium-udp && run_case chromium-udp case_chromium_udp
   selected chromium-tcp && run_case chromium-tcp case_chromium_tcp
   selected chromium-wrong-credential && run_case chromium-wrong-credential case_chromium_wrong_credential
+  selected chromium-api && run_case chromium-api case_chromium_api
+  selected chromium-api-refused-origin && run_case chromium-api-refused-origin case_chromium_api_refused_origin
   stop_tern
 }

@@ -1,5 +1,6 @@
 // Drive Debian's Chromium through one case of index.html and print the result.
-// Usage: node run.mjs PAGE_URL TURN_URL USERNAME CREDENTIAL [normal|wrong|tls|no-relay]
+// Usage: node run.mjs PAGE_URL TURN_URL USERNAME CREDENTIAL [normal|wrong|tls|no-relay|api|api-refused]
+// (api, api-refused: TURN_URL is tern's credential endpoint, CREDENTIAL its key)
 // With CHROMIUM_SPKI set, Chromium accepts a certificate with that public key
 // (base64 SHA-256 of its SubjectPublicKeyInfo) whoever signed it.
 import { mkdtempSync, rmSync } from "node:fs";
