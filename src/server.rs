@@ -520,33 +520,6 @@ async fn watchdog(board: Arc<Board>, every: Duration) {
     }
 }
 
-/// Attach relay steering to `shared`, logging which families have it;
-/// with `on`, failing to is an error.
-fn steer(shared: &mut Shared, mode: Steering) -> Result<(), ServerError> {
-    let errors = shared.steer();
-    let families: Vec<&str> = shared
-        .steered_families()
-        .into_iter()
-        .map(|f| f.label())
-        .collect();
-    if !families.is_empty() {
-        tracing::info!(
-            families = %families.join(","),
-            "relay receive steering on (BPF sk_lookup)"
-        );
-    }
-    if let Some(e) = errors.into_iter().next() {
-        if mode == Steering::On {
-            return Err(ServerError::Steering(e));
-        }
-        tracing::info!(
-            error = %e,
-            "relay receive steering (BPF sk_lookup) unavailable, each relay socket is read on its own: it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN (relay.steering = \"off\" silences this)"
-        );
-    }
-    Ok(())
-}
-
 /// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
 type WorkerSockets = listeners::WorkerSockets;
 
@@ -604,4 +577,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 mod api;
 mod listeners;
 mod operator;
-use listeners::bind_listeners;
+use listeners::{bind_listeners, steer};

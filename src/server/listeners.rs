@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::ServerError;
-use crate::config::Config;
+use crate::config::{Config, Steering};
 use crate::io::{Shared, StreamMode, TlsServer, net};
 use crate::tls::{Certificate, Tls};
 
@@ -209,4 +209,31 @@ pub(super) fn warn_tls(config: &Config, cert: &Certificate) {
              printed turns: URIs verify"
         );
     }
+}
+
+/// Attach relay steering to `shared`, logging which families have it;
+/// with `on`, failing to is an error.
+pub(super) fn steer(shared: &mut Shared, mode: Steering) -> Result<(), ServerError> {
+    let errors = shared.steer();
+    let families: Vec<&str> = shared
+        .steered_families()
+        .into_iter()
+        .map(|f| f.label())
+        .collect();
+    if !families.is_empty() {
+        tracing::info!(
+            families = %families.join(","),
+            "relay receive steering on (BPF sk_lookup)"
+        );
+    }
+    if let Some(e) = errors.into_iter().next() {
+        if mode == Steering::On {
+            return Err(ServerError::Steering(e));
+        }
+        tracing::info!(
+            error = %e,
+            "relay receive steering (BPF sk_lookup) unavailable, each relay socket is read on its own: it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN (relay.steering = \"off\" silences this)"
+        );
+    }
+    Ok(())
 }
