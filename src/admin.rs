@@ -63,7 +63,7 @@ impl Tokens {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = digests;
     }
 
-    pub(crate) fn configured(&self) -> bool {
+    fn configured(&self) -> bool {
         !self
             .0
             .read()

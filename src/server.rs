@@ -142,13 +142,7 @@ impl Server {
         );
         let nonce_key: [u8; 32] = rand::random();
         let core_config = Arc::new(core_config(&config, v4, v6, own_ips.clone(), nonce_key));
-        let admin = std::net::TcpListener::bind(config.admin_listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| ServerError::Bind {
-                transport: "admin http",
-                addr: config.admin_listen,
-                source,
-            })?;
+        let admin = bind_http(config.admin_listen, "admin http")?;
         let board = Arc::new(Board::new(workers));
         board.set_allocations_limit(config.limits.max_allocations);
         let settings = IoSettings {
@@ -518,6 +512,21 @@ async fn watchdog(board: Arc<Board>, every: Duration) {
             crate::notify::notify("WATCHDOG=1");
         }
     }
+}
+
+/// A non-blocking listener for an HTTP server (`transport` names it in
+/// the error).
+fn bind_http(
+    addr: SocketAddr,
+    transport: &'static str,
+) -> Result<std::net::TcpListener, ServerError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| ServerError::Bind {
+            transport,
+            addr,
+            source,
+        })
 }
 
 /// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.

@@ -53,24 +53,14 @@ fn exchange(
     headers: &[&str],
     body: &str,
 ) -> Answer {
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    write_http_request(&mut s, method, path, headers, body);
     let mut raw = Vec::new();
     // A TLS peer may close without close_notify after the answer.
     let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let text = String::from_utf8_lossy(&raw);
+    let (status, head, body) = parse_http_response(&text);
     Answer {
-        status: head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0),
+        status,
         headers: head.to_owned(),
         body: body.to_owned(),
     }
@@ -87,6 +77,14 @@ fn post(addr: SocketAddr, key: Option<&str>, body: &str) -> Answer {
     let mut h: Vec<&str> = auth.iter().map(String::as_str).collect();
     h.push("Content-Type: application/json");
     request(addr, "POST", "/v1/ice-servers", &h, body)
+}
+
+/// `tern_api_requests_total{outcome}` in a metrics page.
+fn outcome(page: &str, outcome: &str) -> f64 {
+    metric(
+        page,
+        &format!("tern_api_requests_total{{outcome=\"{outcome}\"}}"),
+    )
 }
 
 /// The TURN entry (the one with a credential) of an `iceServers` array.
@@ -161,10 +159,7 @@ fn minted_ice_servers_allocate_over_udp_and_tcp() {
         7200
     );
     let page = s.http_get("/metrics").1;
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"issued\"}"),
-        3.0
-    );
+    assert_eq!(outcome(&page, "issued"), 3.0);
 }
 
 #[test]
@@ -193,22 +188,10 @@ fn keys_bodies_and_paths_are_checked_and_counted() {
     assert_eq!(request(api, "GET", "/v1/ice-servers", &[], "").status, 405);
     assert_eq!(request(api, "GET", "/metrics", &[], "").status, 404);
     let page = s.http_get("/metrics").1;
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"unauthorized\"}"),
-        3.0
-    );
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"bad_request\"}"),
-        7.0
-    );
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"not_found\"}"),
-        2.0
-    );
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"issued\"}"),
-        0.0
-    );
+    assert_eq!(outcome(&page, "unauthorized"), 3.0);
+    assert_eq!(outcome(&page, "bad_request"), 7.0);
+    assert_eq!(outcome(&page, "not_found"), 2.0);
+    assert_eq!(outcome(&page, "issued"), 0.0);
     // The admin listener does not serve the endpoint.
     assert_eq!(post(s.admin, Some(KEY), "{}").status, 404);
 }
@@ -279,14 +262,8 @@ fn pages_of_allowed_origins_may_call_it_and_others_are_refused() {
         );
     }
     let page = s.http_get("/metrics").1;
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"preflight\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"origin_refused\"}"),
-        4.0
-    );
+    assert_eq!(outcome(&page, "preflight"), 1.0);
+    assert_eq!(outcome(&page, "origin_refused"), 4.0);
 
     // Without allowed-origins no browser page may call it.
     let s = TestServer::start_with(
@@ -341,10 +318,7 @@ fn each_key_is_rate_limited_and_keys_follow_a_reload() {
     assert_eq!(a.status, 429);
     assert_eq!(a.header("retry-after").as_deref(), Some("6"));
     let page = s.http_get("/metrics").1;
-    assert_eq!(
-        metric(&page, "tern_api_requests_total{outcome=\"rate_limited\"}"),
-        1.0
-    );
+    assert_eq!(outcome(&page, "rate_limited"), 1.0);
 
     // A reload swaps the keys: the old one is refused, the new one works
     // with a budget of its own.

@@ -21,13 +21,7 @@ impl Server {
         let Some(settings) = &self.config.api else {
             return Ok(());
         };
-        let listener = std::net::TcpListener::bind(settings.listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| ServerError::Bind {
-                transport: "api http",
-                addr: settings.listen,
-                source,
-            })?;
+        let listener = super::bind_http(settings.listen, "api http")?;
         let tls = match (settings.tls, self.shared.tls()) {
             (true, Some(server)) => {
                 Some(tokio_rustls::TlsAcceptor::from(server.tls().http_config()))

@@ -436,6 +436,21 @@ pub fn http(
 ) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write_http_request(&mut s, method, path, headers, body);
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (code, _, body) = parse_http_response(&text);
+    (code, body.to_owned())
+}
+
+/// Write a `Connection: close` HTTP/1.1 request to `s`.
+pub fn write_http_request(
+    s: &mut impl Write,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) {
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
@@ -443,18 +458,18 @@ pub fn http(
         body.len()
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text
+}
+
+/// A whole HTTP/1.1 response: (status code, header block, body); status 0
+/// when there is none.
+pub fn parse_http_response(text: &str) -> (u16, &str, &str) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let code = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    (code, head, body)
 }
 
 /// The value of an unlabelled or labelled sample in a Prometheus text page,
