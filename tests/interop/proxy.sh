@@ -45,6 +45,12 @@ frontend tcp_v2
   bind 127.0.0.1:$HA_TCP2
   default_backend tern_tcp_v2
 backend tern_tcp_v2
+  # A health check that asks tern for a STUN Binding (behind a v2 LOCAL
+  # header) and expects a success response: a plain connect check closes
+  # as soon as the connection is up, often before its header is sent.
+  option tcp-check
+  tcp-check send-binary 000100002112a442$(printf '%024x' 0)
+  tcp-check expect rbinary ^0101[0-9A-Fa-f]{4}2112[Aa]442
   server tern 127.0.0.1:$PX_TCP send-proxy-v2 source 127.0.0.1 check check-send-proxy inter 300ms
 frontend tcp_v1
   bind 127.0.0.1:$HA_TCP1
@@ -130,8 +136,9 @@ case_proxy_haproxy_v1_tls() {
   px_mapped "$HA_TLS1" "$WORK/tls/ca.pem" && PX_TRANSPORT=Tls px_uclient "$HA_TLS1" -t -S
 }
 
-# HAProxy's health checks (check-send-proxy: a v2 LOCAL header) are read
-# as headers and served as the proxy's own connections, not refused.
+# HAProxy's health checks (check-send-proxy: a v2 LOCAL header, then a
+# STUN Binding) are read as headers and served as the proxy's own
+# connections, not refused, and HAProxy never marks tern down.
 case_proxy_haproxy_health_check() {
   local before deadline=$((SECONDS + 30))
   before=$(px_metric tern_proxy_protocol_headers_total)
@@ -141,6 +148,8 @@ case_proxy_haproxy_health_check() {
   done
   [ "$(px_metric 'tern_proxy_protocol_refused_total{reason="invalid"}')" = 0 ] ||
     { REASON="health checks were refused as invalid"; return 1; }
+  ! grep -E "tern_tcp_v2/tern is DOWN|Health check for server" "$WORK/haproxy.log" ||
+    { REASON="haproxy's health check failed (haproxy.log above)"; return 1; }
 }
 
 # Straight to tern from HAProxy's (trusted) address, without a header: the
