@@ -49,6 +49,8 @@ pub(crate) trait Operator: Send + Sync {
     fn close(&self, id: u64) -> BoxFuture<usize>;
     /// Close every allocation of `user`; how many were closed.
     fn disconnect(&self, user: String) -> BoxFuture<usize>;
+    /// Begin draining, as on SIGTERM (nothing more when already draining).
+    fn drain(&self);
 }
 
 /// The bearer tokens the API accepts, kept as SHA-1 digests so that the

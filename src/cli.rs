@@ -104,6 +104,14 @@ pub enum CtlCommand {
     },
     /// The blocks in force.
     Blocks,
+    /// Drain as on SIGTERM: stop taking allocations, let live ones end,
+    /// then exit.
+    Drain {
+        /// Return only once tern has exited (e.g. as a Kubernetes preStop
+        /// hook).
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// `tern ctl`.
@@ -143,6 +151,7 @@ pub fn ctl(args: &CtlArgs, config: Option<&Config>) -> ExitCode {
         } => crate::ctl::Call::Disconnect(user.clone(), *block_seconds),
         CtlCommand::Unblock { user } => crate::ctl::Call::Unblock(user.clone()),
         CtlCommand::Blocks => crate::ctl::Call::Blocks,
+        CtlCommand::Drain { .. } => crate::ctl::Call::Drain,
     };
     match crate::ctl::call(admin, &token, &call) {
         Ok((status, v)) if status.is_success() => {
@@ -150,6 +159,9 @@ pub fn ctl(args: &CtlArgs, config: Option<&Config>) -> ExitCode {
                 println!("{v}");
             } else {
                 print!("{}", crate::ctl::table(&call, &v));
+            }
+            if let CtlCommand::Drain { wait: true } = args.what {
+                crate::ctl::wait_for_exit(admin, &token);
             }
             ExitCode::SUCCESS
         }

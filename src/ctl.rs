@@ -1,5 +1,5 @@
 //! `tern ctl`: the admin API from the command line — `info`, `sessions`,
-//! `disconnect`, `unblock`, `blocks` — as tables (or the API's JSON with
+//! `disconnect`, `unblock`, `blocks`, `drain` — as tables (or the API's JSON with
 //! `--json`). A client of the API over HTTP/1.1 (hyper); never on the
 //! server's path.
 
@@ -23,6 +23,8 @@ pub enum Call {
     Unblock(String),
     /// `GET /v1/blocks`.
     Blocks,
+    /// `POST /v1/drain`.
+    Drain,
 }
 
 /// Percent-encode a path segment or query value.
@@ -51,6 +53,7 @@ impl Call {
                 String::new(),
             ),
             Self::Blocks => (Method::GET, "/v1/blocks".into(), String::new()),
+            Self::Drain => (Method::POST, "/v1/drain".into(), String::new()),
         }
     }
 }
@@ -107,6 +110,22 @@ pub fn request(
     })
 }
 
+/// After a drain: wait until the server at `admin` has exited (its admin
+/// listener refuses connections), printing the allocations left as they
+/// change. tern exits once they have ended or its drain timeout passed.
+pub fn wait_for_exit(admin: SocketAddr, token: &str) {
+    let mut last = None;
+    while let Ok((_, v)) = call(admin, token, &Call::Info) {
+        let left = v["allocations"].as_u64();
+        if left != last {
+            println!("{} allocation(s) left", s(&v["allocations"]));
+            last = left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    println!("drained: tern has exited");
+}
+
 /// The answer to `call` as text for a terminal.
 pub fn table(call: &Call, v: &Value) -> String {
     match call {
@@ -132,6 +151,7 @@ pub fn table(call: &Call, v: &Value) -> String {
             )
         }
         Call::Unblock(u) => format!("{u}: unblocked\n"),
+        Call::Drain => format!("draining: {} allocation(s) left\n", v["allocations"]),
     }
 }
 

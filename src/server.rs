@@ -92,6 +92,8 @@ pub struct Server {
     records: Option<crate::records::Writer>,
     /// The credential endpoint, when `[api] listen` is set.
     api: Option<api::Endpoint>,
+    /// Notified by the admin API's `POST /v1/drain`: drain as on SIGTERM.
+    drain_asked: Arc<tokio::sync::Notify>,
 }
 
 /// The worker threads of a running server, and word of each one ending.
@@ -188,6 +190,7 @@ impl Server {
             tokens: Arc::new(tokens),
             records,
             api: None,
+            drain_asked: Arc::default(),
         };
         server.bind_api()?;
         Ok(server)
@@ -316,14 +319,13 @@ impl Server {
                 msg = control.recv() => match msg {
                     Some(Control::Reload(config)) => self.reload(*config, tx),
                     Some(Control::Drain) if drain_deadline.is_none() => {
-                        tracing::info!(timeout_seconds = self.config.drain_timeout.as_secs(), "draining");
-                        crate::notify::notify("STOPPING=1");
-                        self.board.set_ready(false);
-                        tx.send_modify(|s| s.phase = Phase::Draining);
-                        drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
+                        drain_deadline = Some(self.start_drain(tx, "signal"));
                     }
                     Some(Control::Drain | Control::Stop) | None => return,
                 },
+                () = self.drain_asked.notified(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(self.start_drain(tx, "admin api"));
+                }
                 () = drained(&self.quotas, drain_deadline) => {
                     tracing::info!(left = self.quotas.total(), "drain finished");
                     return;
@@ -485,23 +487,6 @@ impl Workers {
     }
 }
 
-/// Completes when every allocation is gone or `deadline` passes; never
-/// without a deadline (not draining).
-async fn drained(quotas: &Quotas, deadline: Option<tokio::time::Instant>) {
-    let Some(deadline) = deadline else {
-        return std::future::pending().await;
-    };
-    let mut poll = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        poll.tick().await;
-        // The quota count is exact at every moment; the per-worker gauges
-        // lag by up to a tick.
-        if quotas.total() == 0 || tokio::time::Instant::now() >= deadline {
-            return;
-        }
-    }
-}
-
 /// Tell systemd the server is alive, every `every`, while every worker's
 /// loop keeps turning.
 async fn watchdog(board: Arc<Board>, every: Duration) {
@@ -584,6 +569,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 mod api;
+mod drain;
 mod listeners;
 mod operator;
+use drain::drained;
 use listeners::{bind_listeners, steer};

@@ -162,6 +162,46 @@ fn drain_refuses_new_allocations_and_waits_for_live_ones() {
 }
 
 #[test]
+fn the_admin_api_drains_as_sigterm_does() {
+    const TOKEN: &str = "0123456789abcdef-drain-token";
+    let tokens = std::env::temp_dir().join(format!("tern-ops-drain-{}", std::process::id()));
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let s = TestServer::start(&format!("token-file = {tokens:?}\n{ALLOW_LOOPBACK}"));
+    let drain = |token: Option<&str>, method: &str| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let (code, body) = http(s.admin, method, "/v1/drain", &headers, "");
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    let mut session = Session::open(&s, "alice", "wonderland");
+    assert!(wait_until(TIMEOUT, || s.allocations() == 1));
+    assert_eq!(drain(None, "POST").0, 401);
+    assert_eq!(drain(Some(TOKEN), "GET").0, 405);
+    assert_eq!(s.http_get("/readyz").0, 200);
+    let (code, v) = drain(Some(TOKEN), "POST");
+    assert_eq!(
+        (code, &v["draining"], &v["allocations"]),
+        (202, &true.into(), &1.into())
+    );
+    assert!(wait_until(TIMEOUT, || s.http_get("/readyz").0 == 503));
+    let mut late = RawClient::udp(s.udp4(), "bob", "builder");
+    assert_eq!(
+        error_code(&late.request(method::ALLOCATE, || vec![udp()])),
+        Some(508)
+    );
+    // The live allocation keeps relaying; asking again changes nothing.
+    assert!(session.round_trip(b"live"));
+    assert_eq!(drain(Some(TOKEN), "POST").0, 202);
+    assert!(!s.finished());
+    session.delete();
+    assert!(wait_until(TIMEOUT, || s.finished()));
+    let _ = std::fs::remove_file(tokens);
+}
+
+#[test]
 fn drain_ends_after_its_timeout_and_can_point_at_an_alternate() {
     let s = TestServer::start(&format!(
         "{ALLOW_LOOPBACK}[shutdown]\ndrain-timeout-seconds = 3\nalternate-server = \"192.0.2.7:3478\"\n"

@@ -9,6 +9,8 @@
 //!   seconds.
 //! - `GET /v1/blocks`, `DELETE /v1/blocks/{name}`: the blocks in force;
 //!   lift one.
+//! - `POST /v1/drain`: drain as on SIGTERM (tern exits when its
+//!   allocations have ended or the drain timeout passes).
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -80,9 +82,17 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 error(StatusCode::NOT_FOUND, "no such block")
             }
         }
+        (&Method::POST, ["drain"]) => {
+            admin.operator.drain();
+            let allocations = admin.board.total().allocations;
+            json_reply(
+                StatusCode::ACCEPTED,
+                &json!({ "draining": true, "allocations": allocations }),
+            )
+        }
         (
             _,
-            ["info" | "sessions" | "blocks"]
+            ["info" | "sessions" | "blocks" | "drain"]
             | ["sessions" | "blocks", _]
             | ["users", _, "disconnect"],
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use crate::admin::{BoxFuture, Operator};
 use crate::core::SessionInfo;
@@ -27,6 +28,8 @@ pub(super) struct ServerOperator {
     pub(super) fixed: Fixed,
     pub(super) shared: Arc<Shared>,
     pub(super) board: Arc<Board>,
+    /// What the server's control loop waits on to drain.
+    pub(super) drain: Arc<Notify>,
 }
 
 impl Operator for ServerOperator {
@@ -75,6 +78,12 @@ impl Operator for ServerOperator {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move { shared.mailboxes().close(Target::User(user)).await })
     }
+
+    fn drain(&self) {
+        // A stored permit: a drain asked for before the server serves
+        // starts as soon as it does.
+        self.drain.notify_one();
+    }
 }
 
 impl super::Server {
@@ -97,6 +106,7 @@ impl super::Server {
                 fixed,
                 shared: Arc::clone(&self.shared),
                 board: Arc::clone(&self.board),
+                drain: Arc::clone(&self.drain_asked),
             }),
         })
     }

@@ -102,6 +102,41 @@ relayed_bytes() {
 
 jq_len() { python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$1"; }
 ad_sum() { python3 -c 'import json,sys; print(sum(x[sys.argv[2]] for x in json.loads(sys.argv[1])))' "$1" "$2"; }
+# Last (it ends this tern): `tern ctl drain --wait` while a TCP uclient
+# relays: readiness drops at once, a new client's Allocate is refused with
+# 508, the live run relays every packet, and ctl returns once tern, its
+# last allocation gone, has exited 0.
+case_admin_ctl_drain() {
+  timeout 60 turnutils_uclient -t -n 60 -m 1 -l 120 -z 50 -e 127.0.0.1 -r "$AD_PEER" -u alice -w wonderland \
+    -p "$AD_PORT" 127.0.0.1 >"$WORK/admin-drain-uc.log" 2>&1 &
+  local uc=$! deadline=$((SECONDS + 15)) out code rc
+  until [ "$(jq_len "$(ad_ctl --json sessions --user alice)")" -ge 1 ]; do
+    [ $SECONDS -ge $deadline ] && { REASON="alice's allocation was never listed"; kill $uc; return 1; }
+    sleep 0.2
+  done
+  timeout 60 "$TERN_BIN" ctl --admin "127.0.0.1:$AD_ADMIN" --token-file "$WORK/admin-tokens" drain --wait \
+    >"$WORK/admin-drain.log" 2>&1 &
+  local ctl=$!
+  deadline=$((SECONDS + 5))
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AD_ADMIN/readyz")" = 503 ]; do
+    [ $SECONDS -ge $deadline ] && { REASON="/readyz did not turn 503"; kill $uc $ctl; return 1; }
+    sleep 0.1
+  done
+  out=$(timeout 20 turnutils_uclient -n 5 -m 1 -l 120 -e 127.0.0.1 -r "$AD_PEER" -u alice -w wonderland -p "$AD_PORT" 127.0.0.1 2>&1)
+  grep -q "error 508" <<<"$out" || { REASON="a new Allocate while draining: $(grep -i error <<<"$out" | tail -1)"; kill $uc $ctl; return 1; }
+  wait $uc
+  local totals
+  totals=$(grep -E 'start_mclient: tot_send_msgs=[0-9]+, tot_recv_msgs=[0-9]+$' "$WORK/admin-drain-uc.log" | tail -1)
+  [[ $totals =~ tot_send_msgs=([0-9]+),\ tot_recv_msgs=([0-9]+)$ ]] &&
+    [ "${BASH_REMATCH[1]}" -ge 60 ] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ] ||
+    { REASON="the live run lost packets: ${totals:-no totals}"; kill $ctl; return 1; }
+  wait $ctl; rc=$?
+  [ $rc = 0 ] && grep -q "drained: tern has exited" "$WORK/admin-drain.log" ||
+    { REASON="tern ctl drain --wait: rc $rc, $(tr '\n' ' ' <"$WORK/admin-drain.log")"; return 1; }
+  wait "$TERN_PID"; code=$?
+  [ $code = 0 ] || { REASON="tern exited $code after the drain"; return 1; }
+}
+
 ad_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v[0][sys.argv[2]] if v else 0)' "$1" "$2"; }
 relayed_total() {
   curl -fsS "http://127.0.0.1:$AD_ADMIN/metrics" |
@@ -112,7 +147,7 @@ admin_cases() {
   selected admin || return 0
   admin_setup || { FAILED=$((FAILED + 1)); echo "FAIL admin: tern did not start"; return; }
   local c
-  for c in admin_curl_auth admin_disconnect admin_records; do
+  for c in admin_curl_auth admin_disconnect admin_records admin_ctl_drain; do
     selected "${c//_/-}" && run_case "${c//_/-}" "case_$c"
   done
   stop_tern

@@ -9,9 +9,14 @@ PASSED=0
 FAILED=0
 REASON=""
 
+# Commands a group adds to run at exit however the suite ends (e.g.
+# removing the network namespaces it made).
+CLEANUP_HOOKS=()
+
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for h in "${CLEANUP_HOOKS[@]}"; do $h; done
   [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
