@@ -22,10 +22,7 @@ conf="$ROOT/etc/tern/tern.toml"
 if [ ! -f "$conf" ]; then
   # The example config with a fresh random REST secret and no example user.
   secret=$(head -c 32 /dev/urandom | base64 | tr -d '/+=' | head -c 40)
-  sed -e "s/secrets = \[\"change-me\"\]/secrets = [\"$secret\"]/" \
-      -e '/^\[\[auth.users\]\]/,/^password = /s/^/# /' \
-      -e 's/^allow = \["127.0.0.1\/32"\].*/allow = []/' \
-      config/tern.toml > "$conf"
+  deploy/example-config | sed -e "s/^secrets = \[\"change-me\"\].*/secrets = [\"$secret\"]/" > "$conf"
   chmod 0640 "$conf"
   echo "install: wrote $conf with a new REST secret; set realm and relay addresses there"
 fi
