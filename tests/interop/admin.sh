@@ -4,7 +4,8 @@
 # run is refused (403) until the block is lifted.
 
 admin_setup() {
-  AD_PORT=$(free_port); AD_ADMIN=$(free_port); AD_PEER=$(free_port)
+  AD_PORT=$(free_port); AD_ADMIN=$(free_port); AD_PEER=$(free_port); AD_API=$(free_port)
+  AD_KEY=$(openssl rand -hex 24)
   openssl rand -hex 32 >"$WORK/admin-tokens"
   AD_TOKEN=$(cat "$WORK/admin-tokens")
   turnutils_peer -L 127.0.0.1 -p "$AD_PEER" >"$WORK/admin-peer.log" 2>&1 &
@@ -18,7 +19,10 @@ password = \"wonderland\"
 [allocations]
 legacy-channel-numbers = true
 [peers]
-allow = [\"127.0.0.1/32\"]")"
+allow = [\"127.0.0.1/32\"]
+[api]
+listen = \"127.0.0.1:$AD_API\"
+keys = [\"$AD_KEY\"]")"
 }
 
 ad_curl() { curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$AD_ADMIN/v1/info"; }
@@ -102,6 +106,28 @@ relayed_bytes() {
 
 jq_len() { python3 -c 'import json,sys; print(len(json.loads(sys.argv[1])))' "$1"; }
 ad_sum() { python3 -c 'import json,sys; print(sum(x[sys.argv[2]] for x in json.loads(sys.argv[1])))' "$1" "$2"; }
+# The TURN REST API draft's GET on the credential endpoint, as a client
+# that speaks it would: its username and password, given to
+# turnutils_uclient as -u/-w, relay every packet; a wrong key gets 401.
+case_admin_api_draft_uclient() {
+  local json user pass out totals code
+  json=$(curl -fsS "http://127.0.0.1:$AD_API/?service=turn&username=carol&key=$AD_KEY") ||
+    { REASON="the draft GET failed"; return 1; }
+  user=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])' <<<"$json")
+  pass=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])' <<<"$json")
+  [[ $user == *:carol ]] || { REASON="username $user"; return 1; }
+  out=$(timeout 30 turnutils_uclient -n 20 -m 2 -l 120 -e 127.0.0.1 -r "$AD_PEER" -u "$user" -w "$pass" \
+        -p "$AD_PORT" 127.0.0.1 2>&1)
+  totals=$(grep -E 'start_mclient: tot_send_msgs=[0-9]+, tot_recv_msgs=[0-9]+$' <<<"$out" | tail -1)
+  [[ $totals =~ tot_send_msgs=([0-9]+),\ tot_recv_msgs=([0-9]+)$ ]] &&
+    [ "${BASH_REMATCH[1]}" -ge 40 ] && [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ] ||
+    { REASON="uclient with the draft's credential: ${totals:-$(grep -i error <<<"$out" | tail -1)}"; return 1; }
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AD_API/?service=turn&username=carol&key=not-$AD_KEY")
+  [ "$code" = 401 ] || { REASON="a wrong key got $code"; return 1; }
+  # uclient leaves its UDP allocations to expire; end them here.
+  ad_ctl disconnect carol >/dev/null
+}
+
 # Last (it ends this tern): `tern ctl drain --wait` while a TCP uclient
 # relays: readiness drops at once, a new client's Allocate is refused with
 # 508, the live run relays every packet, and ctl returns once tern, its
@@ -147,7 +173,7 @@ admin_cases() {
   selected admin || return 0
   admin_setup || { FAILED=$((FAILED + 1)); echo "FAIL admin: tern did not start"; return; }
   local c
-  for c in admin_curl_auth admin_disconnect admin_records admin_ctl_drain; do
+  for c in admin_curl_auth admin_disconnect admin_records admin_api_draft_uclient admin_ctl_drain; do
     selected "${c//_/-}" && run_case "${c//_/-}" "case_$c"
   done
   stop_tern
