@@ -2,9 +2,10 @@
 # own, behind a load balancer namespace whose nftables DNAT spreads new
 # flows to 10.240.0.1:3478 over them in turn (numgen). A client in a fourth
 # namespace keeps one UDP flow while `conntrack -F` on the balancer moves it
-# to the next node after every round (fleet_client.py). With the fleet's
-# shared nonce key no node answers 438 to a nonce another issued; with a
-# random key per node (the baseline) they do. Every namespace is made here
+# to the next node in the middle of every allocation (fleet_client.py): its
+# next request reaches a node that did not issue its nonce. With the
+# fleet's shared nonce key no node answers 438; with a random key per node
+# (the baseline) they do. Every namespace is made here
 # and removed at the end, whatever happens. Needs root.
 #
 #   client 10.240.0.2 --- 10.240.0.1 lb (DNAT, the echo peer) --- 10.241.N.1
@@ -95,9 +96,12 @@ fl_run() {
   FL_NODES_SEEN=$(python3 -c 'import json,sys; print(len(set(json.loads(sys.stdin.read())["relays"])))' <<<"$FL_OUT" 2>/dev/null)
   FL_CLIENT_STALE=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["stale"])' <<<"$FL_OUT" 2>/dev/null)
   FL_RELAYED=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["relayed"])' <<<"$FL_OUT" 2>/dev/null)
+  FL_MISMATCHED=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["mismatched"])' <<<"$FL_OUT" 2>/dev/null)
   [ -n "$FL_NODES_SEEN" ] || { REASON="client: $FL_OUT"; return 1; }
   [ "$FL_NODES_SEEN" = 3 ] || { REASON="the flow was served by $FL_NODES_SEEN nodes, not moved over all 3: $FL_OUT"; return 1; }
   [ "$FL_RELAYED" = "$FL_ROUNDS" ] || { REASON="relayed in $FL_RELAYED of $FL_ROUNDS rounds: $FL_OUT"; return 1; }
+  # The first two moved Refreshes reach nodes without the allocation.
+  [ "${FL_MISMATCHED:-0}" -ge 2 ] || { REASON="no Refresh reached a node without its allocation: $FL_OUT"; return 1; }
 }
 
 case_fleet_shared_nonce() {

@@ -3,12 +3,16 @@ load balancer's rebalancing or a conntrack flush would move it.
 
 From one UDP socket (one 5-tuple) it learns a nonce once, then for each of
 ROUNDS rounds: Allocate (with the nonce it holds), CreatePermission for the
-peer, a Send indication the echo peer returns as a Data indication, and a
-Refresh with lifetime 0; then it runs FLUSH (a command that forgets the
-load balancer's connection tracking, so the next round's first datagram is
-balanced anew). A 438 Stale Nonce is answered as RFC 8489 says: take the
-new nonce and retry. Prints one JSON line: the relay addresses it got (one
-per round: they name the node), the 438s it saw, the rounds relayed.
+peer, a Send indication the echo peer returns as a Data indication; then,
+mid-allocation, it runs FLUSH (a command that forgets the load balancer's
+connection tracking, so its next datagram is balanced anew) and ends the
+allocation with a Refresh of lifetime 0, which now reaches the next node:
+437 Allocation Mismatch there (the allocation lives on the node the flow
+left) or, when that node still holds the allocation of an earlier round,
+its deletion. A 438 Stale Nonce is answered as RFC 8489 says: take the new
+nonce and retry. Prints one JSON line: the relay addresses it got (one per
+round: they name the node), the 438s it saw, the rounds relayed, and the
+437s its moved Refreshes got.
 
 Usage: fleet_client.py SERVER_IP PORT SECRET PEER_IP PEER_PORT ROUNDS FLUSH...
 """
@@ -54,9 +58,10 @@ def receive(tid=None):
     raise TimeoutError("no answer")
 
 
-def request(method, attrs):
+def request(method, attrs, accept=()):
     """Send an authenticated request (learning or renewing the nonce as
-    the server asks) and return the success response."""
+    the server asks) and return the success response, or the error
+    response if its code is in `accept`."""
     for _ in range(4):
         msg = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
         for k, v in attrs.items():
@@ -74,6 +79,8 @@ def request(method, attrs):
         code = answer.attributes.get("ERROR-CODE", (0, ""))[0]
         if code == 438:
             state["stale"] += 1
+        if code in accept:
+            return answer
         if code in (401, 438) and "NONCE" in answer.attributes:
             state["realm"] = answer.attributes.get("REALM", state["realm"])
             state["nonce"] = answer.attributes["NONCE"]
@@ -82,7 +89,7 @@ def request(method, attrs):
     raise RuntimeError(f"{method.name}: too many challenges")
 
 
-relays, relayed = [], 0
+relays, relayed, mismatched = [], 0, 0
 for r in range(rounds):
     ok = request(stun.Method.ALLOCATE, {"REQUESTED-TRANSPORT": 0x11000000})
     relays.append(ok.attributes["XOR-RELAYED-ADDRESS"][0])
@@ -100,7 +107,9 @@ for r in range(rounds):
         if got.message_method == stun.Method.DATA and got.attributes.get("DATA") == payload:
             relayed += 1
             break
-    request(stun.Method.REFRESH, {"LIFETIME": 0})
     if flush:
         subprocess.run(flush, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(json.dumps({"relays": relays, "stale": state["stale"], "relayed": relayed}))
+    end = request(stun.Method.REFRESH, {"LIFETIME": 0}, accept=(437,))
+    if end.message_class != stun.Class.RESPONSE:
+        mismatched += 1
+print(json.dumps({"relays": relays, "stale": state["stale"], "relayed": relayed, "mismatched": mismatched}))
