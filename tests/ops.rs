@@ -142,23 +142,30 @@ fn metrics_health_and_readiness_are_served() {
     );
 }
 
-#[test]
-fn drain_refuses_new_allocations_and_waits_for_live_ones() {
-    let s = TestServer::start(ALLOW_LOOPBACK);
-    let mut session = Session::open(&s, "alice", "wonderland");
-    assert!(wait_until(TIMEOUT, || s.allocations() == 1));
-    s.control(Control::Drain);
+/// What a drain does, once begun: `/readyz` turns 503, a new Allocate gets
+/// 508, the live allocation keeps relaying; then `meanwhile` runs, and the
+/// server ends once the live allocation is deleted.
+fn assert_drains(s: &TestServer, mut session: Session, meanwhile: impl FnOnce()) {
     assert!(wait_until(TIMEOUT, || s.http_get("/readyz").0 == 503));
     let mut late = RawClient::udp(s.udp4(), "bob", "builder");
     assert_eq!(
         error_code(&late.request(method::ALLOCATE, || vec![udp()])),
         Some(508)
     );
-    // The live allocation keeps relaying while draining.
     assert!(session.round_trip(b"live"));
+    meanwhile();
     assert!(!s.finished());
     session.delete();
     assert!(wait_until(TIMEOUT, || s.finished()));
+}
+
+#[test]
+fn drain_refuses_new_allocations_and_waits_for_live_ones() {
+    let s = TestServer::start(ALLOW_LOOPBACK);
+    let session = Session::open(&s, "alice", "wonderland");
+    assert!(wait_until(TIMEOUT, || s.allocations() == 1));
+    s.control(Control::Drain);
+    assert_drains(&s, session, || {});
 }
 
 #[test]
@@ -176,7 +183,7 @@ fn the_admin_api_drains_as_sigterm_does() {
             serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         )
     };
-    let mut session = Session::open(&s, "alice", "wonderland");
+    let session = Session::open(&s, "alice", "wonderland");
     assert!(wait_until(TIMEOUT, || s.allocations() == 1));
     assert_eq!(drain(None, "POST").0, 401);
     assert_eq!(drain(Some(TOKEN), "GET").0, 405);
@@ -186,18 +193,10 @@ fn the_admin_api_drains_as_sigterm_does() {
         (code, &v["draining"], &v["allocations"]),
         (202, &true.into(), &1.into())
     );
-    assert!(wait_until(TIMEOUT, || s.http_get("/readyz").0 == 503));
-    let mut late = RawClient::udp(s.udp4(), "bob", "builder");
-    assert_eq!(
-        error_code(&late.request(method::ALLOCATE, || vec![udp()])),
-        Some(508)
-    );
-    // The live allocation keeps relaying; asking again changes nothing.
-    assert!(session.round_trip(b"live"));
-    assert_eq!(drain(Some(TOKEN), "POST").0, 202);
-    assert!(!s.finished());
-    session.delete();
-    assert!(wait_until(TIMEOUT, || s.finished()));
+    // Asking again changes nothing (a second SIGTERM would stop at once).
+    assert_drains(&s, session, || {
+        assert_eq!(drain(Some(TOKEN), "POST").0, 202);
+    });
     let _ = std::fs::remove_file(tokens);
 }
 
