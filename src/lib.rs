@@ -60,7 +60,8 @@
 //! - [`records`]: allocation records as JSON lines, written by their own
 //!   thread from a bounded queue the workers push to.
 //! - [`server`]: binds listeners, starts the workers, obeys controls
-//!   (`run(config, shutdown)`); [`cli`]: what `main.rs` calls.
+//!   (`run(config, shutdown)`) and drains (on SIGTERM or the admin API's
+//!   `POST /v1/drain`); [`cli`]: what `main.rs` calls.
 //!
 //! # The peer paths
 //! - **Client → peer**: a worker's listener socket yields a batch
