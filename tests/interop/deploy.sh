@@ -10,6 +10,22 @@ case_deploy_dockerfile_lint() {
   local out
   out=$("$ROOT/.venv/bin/hadolint" "$ROOT/deploy/container/Dockerfile" 2>&1) ||
     { REASON="hadolint: $out"; return 1; }
+  # Every file the build stage copies exists and is in the build context
+  # Dockerfile.dockerignore leaves.
+  out=$("$ROOT/.venv/bin/python" - "$ROOT" <<'PY'
+import os, sys
+root = sys.argv[1]
+d = os.path.join(root, "deploy", "container")
+kept = {l[1:].strip() for l in open(os.path.join(d, "Dockerfile.dockerignore")) if l.startswith("!")}
+for line in open(os.path.join(d, "Dockerfile")):
+    words = line.split()
+    if words[:1] == ["COPY"] and not words[1].startswith("--from"):
+        for src in words[1:-1]:
+            if src not in kept or not os.path.exists(os.path.join(root, src)):
+                print(f"COPY {src}: missing or left out of the context")
+PY
+)
+  [ -z "$out" ] || { REASON="$out"; return 1; }
 }
 
 # The build stage's RUN that builds tern, run here as written (with its
