@@ -29,7 +29,9 @@ PY
 }
 
 # The build stage's RUN that builds tern, run here as written (with its
-# /out under $WORK): the image holds what this machine built and tested.
+# /out under $WORK) in a copy of just the files the Dockerfile copies (the
+# compiled dependencies shared with target/): the image holds what this
+# machine built and tested, and its build context is enough to build it.
 case_deploy_dockerfile_build_steps() {
   local run out
   run=$("$ROOT/.venv/bin/python" - "$ROOT/deploy/container/Dockerfile" <<'PY'
@@ -40,7 +42,14 @@ PY
 ) || { REASON="no RUN cargo build in the Dockerfile"; return 1; }
   [[ $run == *"cargo build --release --locked"* ]] ||
     { REASON="the image builds otherwise than CI: $run"; return 1; }
-  out=$(cd "$ROOT" && bash -euc "${run//\/out/$WORK/image}" 2>&1) || { REASON="build steps: $out"; return 1; }
+  local ctx="$WORK/context" src
+  mkdir -p "$ctx"
+  for src in $(sed -n 's/^!//p' "$ROOT/deploy/container/Dockerfile.dockerignore"); do
+    cp -r "$ROOT/$src" "$ctx/"
+  done
+  ln -s "$ROOT/target" "$ctx/target"
+  out=$(cd "$ctx" && bash -euc "${run//\/out/$WORK/image}" 2>&1) ||
+    { REASON="build steps: $(tail -5 <<<"$out")"; return 1; }
   getcap "$WORK/image/usr/bin/tern" | grep -q cap_net_bind_service ||
     { REASON="the binary carries no NET_BIND_SERVICE file capability"; return 1; }
 }
