@@ -133,6 +133,10 @@ case_admin_api_draft_uclient() {
 # 508, the live run relays every packet, and ctl returns once tern, its
 # last allocation gone, has exited 0.
 case_admin_ctl_drain() {
+  # Earlier cases' uclient runs leave UDP allocations to expire; end them,
+  # so that the drain ends with the live run, not at its timeout (30 s).
+  ad_ctl disconnect alice >/dev/null || { REASON="disconnect failed"; return 1; }
+  local started=$SECONDS
   timeout 60 turnutils_uclient -t -n 60 -m 1 -l 120 -z 50 -e 127.0.0.1 -r "$AD_PEER" -u alice -w wonderland \
     -p "$AD_PORT" 127.0.0.1 >"$WORK/admin-drain-uc.log" 2>&1 &
   local uc=$! deadline=$((SECONDS + 15)) out code rc
@@ -161,6 +165,8 @@ case_admin_ctl_drain() {
     { REASON="tern ctl drain --wait: rc $rc, $(tr '\n' ' ' <"$WORK/admin-drain.log")"; return 1; }
   wait "$TERN_PID"; code=$?
   [ $code = 0 ] || { REASON="tern exited $code after the drain"; return 1; }
+  [ $((SECONDS - started)) -lt 25 ] ||
+    { REASON="tern exited at the drain timeout, not when its last allocation ended"; return 1; }
 }
 
 ad_field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]); print(v[0][sys.argv[2]] if v else 0)' "$1" "$2"; }
