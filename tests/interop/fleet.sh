@@ -77,31 +77,42 @@ listen = \"127.0.0.1:9641\"" || return 1
   done
 }
 
-# fl_stale: 438s the three nodes answered, from their metrics.
-fl_stale() {
+# fl_sum SERIES: the sum over the three nodes of every series whose name
+# (with its labels) begins with SERIES.
+fl_sum() {
   local i n sum=0
   for i in 1 2 3; do
     n=$(ip netns exec "$FL-n$i" curl -fsS http://127.0.0.1:9641/metrics |
-        awk '$1 == "tern_auth_failures_total{reason=\"stale_nonce\"}" {print $2}')
+        awk -v m="$1" 'index($1, m) == 1 {s += $2} END {print s + 0}')
     sum=$((sum + ${n:-0}))
   done
   echo "$sum"
 }
+
+# fl_stale: 438s the three nodes answered, from their metrics.
+fl_stale() { fl_sum 'tern_auth_failures_total{reason="stale_nonce"}'; }
 
 # fl_run: the client's rounds; sets FL_OUT (its JSON line) and FL_NODES_SEEN.
 fl_run() {
   FL_OUT=$(ip netns exec "$FL-cli" timeout 120 "$ROOT/.venv/bin/python" "$ROOT/tests/interop/fleet_client.py" \
       10.240.0.1 3478 "$FL_SECRET" 10.240.0.1 "$FL_PEER" "$FL_ROUNDS" \
       ip netns exec "$FL-lb" conntrack -F 2>&1 | tail -1)
-  FL_NODES_SEEN=$(python3 -c 'import json,sys; print(len(set(json.loads(sys.stdin.read())["relays"])))' <<<"$FL_OUT" 2>/dev/null)
-  FL_CLIENT_STALE=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["stale"])' <<<"$FL_OUT" 2>/dev/null)
-  FL_RELAYED=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["relayed"])' <<<"$FL_OUT" 2>/dev/null)
-  FL_MISMATCHED=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["mismatched"])' <<<"$FL_OUT" 2>/dev/null)
+  read -r FL_NODES_SEEN FL_CLIENT_STALE FL_RELAYED FL_MISMATCHED < <(python3 -c '
+import json, sys
+v = json.loads(sys.stdin.read())
+print(len(set(v["relays"])), v["stale"], v["relayed"], v["mismatched"])' <<<"$FL_OUT" 2>/dev/null)
   [ -n "$FL_NODES_SEEN" ] || { REASON="client: $FL_OUT"; return 1; }
   [ "$FL_NODES_SEEN" = 3 ] || { REASON="the flow was served by $FL_NODES_SEEN nodes, not moved over all 3: $FL_OUT"; return 1; }
   [ "$FL_RELAYED" = "$FL_ROUNDS" ] || { REASON="relayed in $FL_RELAYED of $FL_ROUNDS rounds: $FL_OUT"; return 1; }
   # The first two moved Refreshes reach nodes without the allocation.
   [ "${FL_MISMATCHED:-0}" -ge 2 ] || { REASON="no Refresh reached a node without its allocation: $FL_OUT"; return 1; }
+  # Workers publish their counters once a second: wait until every
+  # round's allocation is counted, so the 438 counts read next are too.
+  local deadline=$((SECONDS + 10))
+  until [ "$(fl_sum tern_allocations_created_total)" -ge "$FL_ROUNDS" ]; do
+    [ $SECONDS -ge $deadline ] && { REASON="the nodes counted $(fl_sum tern_allocations_created_total) allocations, not $FL_ROUNDS"; return 1; }
+    sleep 0.2
+  done
 }
 
 case_fleet_shared_nonce() {
