@@ -106,6 +106,8 @@ pub struct Config {
     pub relay_ports: PortRange,
     /// Whether relay datagrams are steered to one socket per worker.
     pub relay_steering: Steering,
+    /// The XDP fast path.
+    pub xdp: XdpSettings,
     /// TURN REST API secrets, listed and read from files.
     pub secrets: Vec<String>,
     /// Static users: (name, password).
@@ -236,6 +238,10 @@ struct RawRelay {
     max_port: Spanned<u16>,
     #[serde(default = "default_steering")]
     steering: Steering,
+    #[serde(default)]
+    xdp: Xdp,
+    #[serde(default)]
+    xdp_interfaces: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -547,6 +553,10 @@ impl Config {
             external_ipv6: raw.relay.external_ipv6,
             relay_ports: relay.ports,
             relay_steering: raw.relay.steering,
+            xdp: XdpSettings {
+                mode: raw.relay.xdp,
+                interfaces: raw.relay.xdp_interfaces,
+            },
             secrets: auth.secrets,
             users: auth.users,
             generated_secret: false,
@@ -577,8 +587,10 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod api;
 mod records;
 mod validate;
+mod xdp;
 pub use api::ApiSettings;
 pub use records::RecordsSettings;
+pub use xdp::{Xdp, XdpSettings};
 
 #[cfg(test)]
 mod tests;

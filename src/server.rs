@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Credentials, NonceIssuer};
-use crate::config::{Config, Steering};
+use crate::config::{Config, Steering, Xdp};
 use crate::core::{Core, CoreConfig, Quotas};
 use crate::io::ports::RelayPorts;
 use crate::io::{IoSettings, Phase, Shared, StreamMode, WorkerState, net};
@@ -52,6 +52,12 @@ pub enum ServerError {
     /// Neither relay family has a usable address.
     #[error("no relay address: both relay.address-ipv4 and relay.address-ipv6 are unusable")]
     NoRelayAddress,
+    /// `relay.xdp` is native or generic and the fast path could not be
+    /// attached.
+    #[error(
+        "relay.xdp = \"{0}\" but the XDP fast path cannot be attached: {1}; it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root) on Linux 5.12+, and for native mode a driver with XDP support"
+    )]
+    Xdp(&'static str, String),
     /// `relay.steering = "on"` and steering could not be attached.
     #[error(
         "relay.steering = \"on\" but BPF sk_lookup cannot be attached ({0}); it needs Linux 5.9+ with CAP_BPF and CAP_NET_ADMIN"
@@ -160,6 +166,9 @@ impl Server {
         // Relay steering serves relays, which a STUN-only server has none of.
         if config.relay_steering != Steering::Off && !config.stun_only {
             steer(&mut shared, config.relay_steering)?;
+        }
+        if config.xdp.mode != Xdp::Off && !config.stun_only {
+            listeners::attach_xdp(&mut shared, &config.xdp)?;
         }
         listeners::serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
         let tokens = crate::admin::Tokens::default();
@@ -411,7 +420,8 @@ impl Server {
                 old.relay_ipv4 != new.relay_ipv4
                     || old.relay_ipv6 != new.relay_ipv6
                     || old.relay_ports != new.relay_ports
-                    || old.relay_steering != new.relay_steering,
+                    || old.relay_steering != new.relay_steering
+                    || old.xdp != new.xdp,
             ),
             ("workers", old.workers != new.workers),
             ("admin.listen", old.admin_listen != new.admin_listen),

@@ -109,11 +109,11 @@ fn metrics_health_and_readiness_are_served() {
             metric(&page, "tern_allocations{family=\"ipv4\",transport=\"udp\"}") == 1.0
                 && metric(
                     &page,
-                    "tern_relayed_bytes_total{direction=\"client_to_peer\",transport=\"udp\"}",
+                    "tern_relayed_bytes_total{direction=\"client_to_peer\",path=\"userspace\",transport=\"udp\"}",
                 ) == 40.0
                 && metric(
                     &page,
-                    "tern_relayed_packets_total{direction=\"peer_to_client\",transport=\"udp\"}",
+                    "tern_relayed_packets_total{direction=\"peer_to_client\",path=\"userspace\",transport=\"udp\"}",
                 ) == 10.0
         }),
         "{page}"

@@ -178,7 +178,7 @@ fn relaying_works_over_tls_as_over_tcp() {
     let mut c = RawClient::tls(s.tls[0], Arc::clone(&tls), "alice", "wonderland");
     relay_round_trips(&mut c, false);
     let mut page = String::new();
-    let tls_packets = "tern_relayed_packets_total{direction=\"peer_to_client\",transport=\"tls\"}";
+    let tls_packets = "tern_relayed_packets_total{direction=\"peer_to_client\",path=\"userspace\",transport=\"tls\"}";
     assert!(
         wait_until(TIMEOUT, || {
             page = s.http_get("/metrics").1;

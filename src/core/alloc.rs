@@ -92,6 +92,9 @@ pub struct Allocation {
     pub bandwidth_to_peer: Bandwidth,
     /// The bandwidth limit towards the client.
     pub bandwidth_to_client: Bandwidth,
+    /// While channels are offloaded to a fast path: the earliest expiry
+    /// among them (see `core::offload`).
+    pub offloaded_until: Option<Instant>,
 }
 
 impl Allocation {
@@ -124,6 +127,7 @@ impl Allocation {
             recorded_at: now,
             bandwidth_to_peer: Bandwidth::new(now, u64::MAX),
             bandwidth_to_client: Bandwidth::new(now, u64::MAX),
+            offloaded_until: None,
         }
     }
 
@@ -194,6 +198,27 @@ impl Allocation {
             .find(|(_, c)| c.peer == *peer)
             .filter(|(_, c)| c.expires > now)
             .map(|(n, _)| *n)
+    }
+
+    /// Live channels: number and peer.
+    pub fn live_channel_list(&self, now: Instant) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
+        self.channels
+            .iter()
+            .filter(move |(_, c)| c.expires > now)
+            .map(|(n, c)| (*n, c.peer))
+    }
+
+    /// When channel `number` expires, if bound.
+    pub fn channel_expiry(&self, number: u16) -> Option<Instant> {
+        self.channel(number).map(|c| c.expires)
+    }
+
+    /// When the live permission for `ip` expires, if there is one.
+    pub fn permission_expiry(&self, ip: &IpAddr, now: Instant) -> Option<Instant> {
+        self.permissions
+            .iter()
+            .find(|(p, exp)| p == ip && *exp > now)
+            .map(|(_, exp)| *exp)
     }
 
     /// Whether `number` may be bound to `peer` now (RFC 8656 §12.2: neither

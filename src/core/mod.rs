@@ -12,6 +12,7 @@
 pub mod alloc;
 mod labels;
 mod methods;
+mod offload;
 mod quotas;
 mod records;
 mod relay;
@@ -30,8 +31,9 @@ use crate::policy::PeerPolicy;
 use crate::ratelimit::SourceLimiter;
 use crate::wire::{self, Class, Kind, StunView, attr, method};
 
-use alloc::Allocation;
+use alloc::{Allocation, Traffic};
 pub use labels::{Family, Transport};
+pub use offload::Offload;
 pub use quotas::{QuotaError, Quotas};
 pub use records::{EndReason, Record};
 use response::{Code, Seal};
@@ -117,6 +119,19 @@ pub trait Io {
     fn close_relay(&mut self, alloc: AllocId);
     /// Write an allocation record (only when records are on).
     fn record(&mut self, _record: Record) {}
+    /// Allocation `alloc`'s channels that may be relayed without the core
+    /// until each one's `expires` (none: withdraw every one), called
+    /// whenever they may have changed once the core offloads
+    /// ([`Core::set_offloading`]). Returns what the fast path relayed for
+    /// the allocation since the last call of this or [`Io::offloaded`].
+    fn offload(&mut self, _alloc: AllocId, _client: &FiveTuple, _channels: &[Offload]) -> Traffic {
+        Traffic::default()
+    }
+    /// What the fast path relayed for allocation `alloc` since the last
+    /// call of this or [`Io::offload`].
+    fn offloaded(&mut self, _alloc: AllocId) -> Traffic {
+        Traffic::default()
+    }
 }
 
 /// Everything the core reads from the configuration; swapped as a whole.
@@ -184,6 +199,8 @@ pub struct Core {
     /// Whether new allocations are refused (draining).
     refuse_allocations: bool,
     limiter: SourceLimiter,
+    /// Whether channels are offered to the I/O layer's fast path.
+    offloading: bool,
     /// This worker's counters.
     pub stats: Stats,
 }
@@ -216,6 +233,7 @@ impl Core {
     ) -> Self {
         Self {
             limiter: SourceLimiter::new(cfg.limits.unauthenticated_rate, epoch),
+            offloading: false,
             cfg,
             quotas,
             allocs: slab::Slab::new(worker),
@@ -489,11 +507,15 @@ impl Core {
                     io.to_client(from, &answer);
                     return;
                 }
-                match m {
+                let answer = match m {
                     method::REFRESH => self.refresh(now, id, msg, seal, io),
                     method::CREATE_PERMISSION => self.create_permission(now, id, msg, seal),
                     _ => self.channel_bind(now, id, msg, seal),
-                }
+                };
+                // Offered before the answer leaves, so a client's first
+                // ChannelData after its ChannelBind finds the fast path set.
+                self.offload(now, id, io);
+                answer
             }
         };
         io.to_client(from, &answer);
@@ -517,6 +539,7 @@ impl Core {
             };
             self.remove(id, now, io, why);
         }
+        self.tick_offloads(now, io);
         self.interim_records(now, io);
         for a in self.allocs.values_mut() {
             a.sweep(now.instant);

@@ -75,6 +75,7 @@ impl Core {
     }
 
     pub(super) fn remove(&mut self, id: AllocId, now: Now, io: &mut impl Io, why: EndReason) {
+        self.withdraw(id, io);
         let Some(mut a) = self.allocs.remove(id) else {
             return;
         };

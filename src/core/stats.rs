@@ -166,6 +166,11 @@ pub struct Stats {
     pub relayed_bytes: [[u64; Transport::ALL.len()]; 2],
     /// Packets relayed, indexed as `relayed_bytes`.
     pub relayed_packets: [[u64; Transport::ALL.len()]; 2],
+    /// Payload bytes the fast path (XDP) relayed for UDP clients,
+    /// `[client_to_peer, peer_to_client]`; not in `relayed_bytes`.
+    pub offloaded_bytes: [u64; 2],
+    /// Datagrams the fast path relayed, indexed as `offloaded_bytes`.
+    pub offloaded_packets: [u64; 2],
     /// Datagrams dropped, by [`DropReason`].
     pub dropped: [u64; DropReason::ALL.len()],
     /// Failed authentications, by [`AuthFailure`].
@@ -199,6 +204,14 @@ impl Stats {
     /// Count a refused Allocate.
     pub fn reject(&mut self, reason: Rejection) {
         self.rejections[reason as usize] += 1;
+    }
+
+    /// Count what the fast path relayed.
+    pub fn offloaded(&mut self, t: super::Traffic) {
+        self.offloaded_bytes[0] += t.bytes_to_peer;
+        self.offloaded_bytes[1] += t.bytes_to_client;
+        self.offloaded_packets[0] += t.packets_to_peer;
+        self.offloaded_packets[1] += t.packets_to_client;
     }
 
     /// Count a relayed packet; `to_peer` is the client-to-peer direction.
@@ -236,6 +249,8 @@ impl Stats {
             sum(&mut self.relayed_bytes[d], &o.relayed_bytes[d]);
             sum(&mut self.relayed_packets[d], &o.relayed_packets[d]);
         }
+        sum(&mut self.offloaded_bytes, &o.offloaded_bytes);
+        sum(&mut self.offloaded_packets, &o.offloaded_packets);
         sum(&mut self.dropped, &o.dropped);
         sum(&mut self.auth_failures, &o.auth_failures);
         self.peer_denied += o.peer_denied;

@@ -29,6 +29,8 @@
 //! - `net`: socket creation, relay address discovery.
 //! - `ports`: the shared relay port allocator.
 //! - `sklookup`: the BPF program that steers relay datagrams.
+//! - `xdp`: the XDP fast path for ChannelData (`[relay] xdp`), and each
+//!   worker's table of what it offloaded.
 
 pub mod batch;
 mod handoff;
@@ -42,6 +44,7 @@ pub mod sklookup;
 mod tcp;
 mod tls;
 mod worker;
+pub mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -105,6 +108,8 @@ pub struct Shared {
     handoffs: Handoffs,
     /// Relay receive steering (IPv4, IPv6), when the kernel allows it.
     steering: [Option<Arc<Steering>>; 2],
+    /// The XDP fast path, when it is attached.
+    xdp: Option<Arc<xdp::FastPath>>,
     tcp: tcp::Admission,
     /// The TLS server, when TLS listeners are configured.
     tls: Option<Arc<TlsServer>>,
@@ -128,6 +133,7 @@ impl Shared {
             handoffs: Handoffs::new(settings.workers),
             ports,
             steering: [None, None],
+            xdp: None,
             tcp: tcp::Admission::new(
                 settings.max_tcp_connections,
                 settings.max_tcp_connections_per_ip,
@@ -158,6 +164,18 @@ impl Shared {
             }
         }
         errors
+    }
+
+    /// Relay through the XDP fast path from now on (before the workers
+    /// start).
+    pub fn set_xdp(&mut self, path: Arc<xdp::FastPath>) {
+        self.board.set_xdp(Some(path.mode().label()));
+        self.xdp = Some(path);
+    }
+
+    /// The XDP fast path, when it is attached.
+    pub fn xdp(&self) -> Option<&Arc<xdp::FastPath>> {
+        self.xdp.as_ref()
     }
 
     /// The families relay steering is on for.

@@ -105,7 +105,7 @@ impl Steering {
 }
 
 /// `bpf(cmd, attr, sizeof attr)`; a descriptor result is returned as is.
-fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<libc::c_long> {
+pub(super) fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, zero-padded `union bpf_attr` prefix of the
     // stated size; pointers inside it point at data the caller keeps alive
     // for the call.
@@ -117,7 +117,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> io::Result<libc::c_long> {
     }
 }
 
-fn fd(r: libc::c_long) -> io::Result<OwnedFd> {
+pub(super) fn fd(r: libc::c_long) -> io::Result<OwnedFd> {
     let raw = RawFd::try_from(r).map_err(|_| io::Error::other("bad descriptor"))?;
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })

@@ -27,10 +27,12 @@ use super::mailbox::{Order, Target};
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
 use super::tcp::{self, Queued, TcpOut};
 use super::tls::StreamMode;
+use super::xdp::Offloads;
 use super::{Phase, Shared, WorkerState, net, now};
+use crate::core::alloc::Traffic;
 use crate::core::{
-    AllocId, Core, DropReason, Family, FiveTuple, Io, Now, RelayError, RelayGrant, RelayRequest,
-    Transport,
+    AllocId, Core, DropReason, Family, FiveTuple, Io, Now, Offload, RelayError, RelayGrant,
+    RelayRequest, Transport,
 };
 use crate::metrics::{HandoffPath, IoStats, Report};
 use crate::wire::PEER_HEADROOM;
@@ -115,6 +117,8 @@ struct WorkerIo {
     /// This worker's steered receive socket per relay family (IPv4,
     /// IPv6), when steering is on.
     steered: [Option<RawFd>; 2],
+    /// What this worker offloaded to the XDP fast path, when it is on.
+    offloads: Option<Offloads>,
     stats: IoStats,
 }
 
@@ -223,6 +227,21 @@ impl Io for WorkerIo {
         Ok(RelayGrant { local, token })
     }
 
+    fn offload(&mut self, alloc: AllocId, client: &FiveTuple, channels: &[Offload]) -> Traffic {
+        let relay = self.relays.get(alloc).map(|r| r.local);
+        match &mut self.offloads {
+            Some(o) => o.set(alloc, client, relay, channels),
+            None => Traffic::default(),
+        }
+    }
+
+    fn offloaded(&mut self, alloc: AllocId) -> Traffic {
+        match &mut self.offloads {
+            Some(o) => o.read(alloc),
+            None => Traffic::default(),
+        }
+    }
+
     fn close_relay(&mut self, alloc: AllocId) {
         if let Some(r) = self.relays.remove(alloc) {
             self.shared.relays.clear(&r.local, alloc);
@@ -263,6 +282,10 @@ impl Worker {
                 tcp: HashMap::new(),
                 tcp_dirty: Vec::new(),
                 steered: [None, None],
+                offloads: shared
+                    .xdp
+                    .as_ref()
+                    .map(|p| Offloads::new(Arc::clone(p), index, workers)),
                 stats: IoStats::default(),
             }),
             rx: RefCell::new(RecvBatch::with_destinations(BUF_LEN)),
@@ -286,6 +309,10 @@ impl Worker {
         mut state: watch::Receiver<WorkerState>,
     ) -> std::io::Result<()> {
         self.start_sockets(udp, tcp)?;
+        if let Some(o) = &mut self.io.borrow_mut().offloads {
+            o.set_rate(state.borrow().config.limits.max_bandwidth);
+            self.core.borrow_mut().set_offloading(true);
+        }
         tokio::task::spawn_local(inbox_loop(Rc::clone(&self)));
         let mut orders = self.shared.mailboxes.take(self.index);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -303,8 +330,15 @@ impl Worker {
                         break;
                     }
                     let mut core = self.core.borrow_mut();
+                    let mut io = self.io.borrow_mut();
+                    if let Some(o) = &mut io.offloads {
+                        o.set_rate(s.config.limits.max_bandwidth);
+                    }
                     core.set_config(s.config);
                     core.set_refuse_allocations(s.phase == Phase::Draining);
+                    // The peer policy or the limits may have changed:
+                    // every offloaded channel is checked again now.
+                    core.reoffload_all(now(), &mut *io);
                 }
             }
         }
@@ -476,13 +510,22 @@ impl Worker {
         let mut core = self.core.borrow_mut();
         core.refresh_gauges(now);
         let io = self.io.borrow();
-        let report = Report {
+        let mut report = Report {
             core: core.stats.clone(),
             io: io.stats.clone(),
             allocations: core.allocation_count(),
             tcp_connections: io.tcp.len(),
+            offloaded: 0,
         };
+        if let Some(o) = &io.offloads {
+            report.offloaded = o.len();
+            report.io.offload_failed = o.failed;
+        }
         self.shared.board.publish(self.index, &report);
+        // The program's counters are global: one worker reads them.
+        if let Some(path) = self.shared.xdp.as_ref().filter(|_| self.index == 0) {
+            self.shared.board.set_xdp_program(path.stats());
+        }
     }
 
     /// Hand one client message to the core (sent when the caller

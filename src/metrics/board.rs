@@ -35,6 +35,12 @@ impl HandoffPath {
     }
 }
 
+/// The XDP program's counters: relayed to peers, relayed to clients, and
+/// left to userspace with an entry because it had expired, the next hop
+/// was not learned yet, the bandwidth limit was reached, or the datagram
+/// would exceed the MTU.
+pub const XDP_PROGRAM_COUNTERS: usize = 6;
+
 /// The I/O layer's own counters (one set per worker).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IoStats {
@@ -51,6 +57,9 @@ pub struct IoStats {
     pub stream_backlog_dropped: u64,
     /// Allocation records dropped because the writer's queue was full.
     pub records_dropped: u64,
+    /// Channels the XDP fast path could not take (a full map or no free
+    /// slot): they stay in userspace.
+    pub offload_failed: u64,
 }
 
 impl IoStats {
@@ -63,6 +72,7 @@ impl IoStats {
         self.steered += o.steered;
         self.stream_backlog_dropped += o.stream_backlog_dropped;
         self.records_dropped += o.records_dropped;
+        self.offload_failed += o.offload_failed;
     }
 }
 
@@ -257,6 +267,8 @@ pub struct Report {
     pub allocations: usize,
     /// Open TCP client connections.
     pub tcp_connections: usize,
+    /// Allocations with channels offloaded to the XDP fast path.
+    pub offloaded: usize,
 }
 
 impl Report {
@@ -265,6 +277,7 @@ impl Report {
         self.io.add(&o.io);
         self.allocations += o.allocations;
         self.tcp_connections += o.tcp_connections;
+        self.offloaded += o.offloaded;
     }
 }
 
@@ -281,6 +294,10 @@ pub struct Board {
     allocations_limit: AtomicU32,
     /// Relay steering in force, per family.
     steering: [AtomicBool; 2],
+    /// The XDP fast path's mode, when it is attached.
+    xdp: Mutex<Option<&'static str>>,
+    /// The XDP program's own counters (see `io::xdp::FastPath::stats`).
+    xdp_program: [AtomicU64; XDP_PROGRAM_COUNTERS],
     /// TLS handshakes and the certificate's expiry.
     pub tls: TlsCounters,
     /// PROXY protocol headers from trusted proxies.
@@ -299,6 +316,8 @@ impl Board {
             reports: (0..workers).map(|_| Mutex::default()).collect(),
             allocations_limit: AtomicU32::new(0),
             steering: [AtomicBool::new(false), AtomicBool::new(false)],
+            xdp: Mutex::new(None),
+            xdp_program: Default::default(),
             tls: TlsCounters::default(),
             proxy: ProxyCounters::default(),
             api: ApiCounters::default(),
@@ -368,6 +387,30 @@ impl Board {
     /// The configured server-wide allocation limit.
     pub fn allocations_limit(&self) -> u32 {
         self.allocations_limit.load(Ordering::Relaxed)
+    }
+
+    /// Record the XDP fast path's mode (`None`: off).
+    pub fn set_xdp(&self, mode: Option<&'static str>) {
+        if let Ok(mut m) = self.xdp.lock() {
+            *m = mode;
+        }
+    }
+
+    /// The XDP fast path's mode, when it is attached.
+    pub fn xdp(&self) -> Option<&'static str> {
+        self.xdp.lock().ok().and_then(|m| *m)
+    }
+
+    /// Publish the XDP program's own counters.
+    pub fn set_xdp_program(&self, counters: [u64; XDP_PROGRAM_COUNTERS]) {
+        for (a, v) in self.xdp_program.iter().zip(counters) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The XDP program's own counters.
+    pub fn xdp_program(&self) -> [u64; XDP_PROGRAM_COUNTERS] {
+        std::array::from_fn(|i| self.xdp_program[i].load(Ordering::Relaxed))
     }
 
     /// Record whether relay steering is in force for `family`.

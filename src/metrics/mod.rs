@@ -42,6 +42,7 @@ pub fn render(board: &Board) -> String {
     add(Box::new(tls(&board.tls)));
     add(Box::new(proxy(&board.proxy)));
     add(Box::new(api(&board.api)));
+    add(Box::new(xdp(&report, board)));
     add(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -171,23 +172,30 @@ fn counters(s: &Stats, io: &IoStats) -> Group {
 fn relayed(s: &Stats, io: &IoStats) -> Group {
     let bytes = counter_vec(
         "tern_relayed_bytes_total",
-        "Payload bytes relayed.",
-        &["direction", "transport"],
+        "Payload bytes relayed, by path: userspace (tern's sockets) or xdp (the fast path).",
+        &["direction", "transport", "path"],
     );
     let packets = counter_vec(
         "tern_relayed_packets_total",
-        "Packets relayed.",
-        &["direction", "transport"],
+        "Packets relayed, by path: userspace (tern's sockets) or xdp (the fast path).",
+        &["direction", "transport", "path"],
     );
     for (d, dir) in DIRECTIONS.iter().enumerate() {
         for t in Transport::ALL {
             bytes
-                .with_label_values(&[dir, t.label()])
+                .with_label_values(&[dir, t.label(), "userspace"])
                 .inc_by(s.relayed_bytes[d][t.index()]);
             packets
-                .with_label_values(&[dir, t.label()])
+                .with_label_values(&[dir, t.label(), "userspace"])
                 .inc_by(s.relayed_packets[d][t.index()]);
         }
+        let udp = Transport::Udp.label();
+        bytes
+            .with_label_values(&[dir, udp, "xdp"])
+            .inc_by(s.offloaded_bytes[d]);
+        packets
+            .with_label_values(&[dir, udp, "xdp"])
+            .inc_by(s.offloaded_packets[d]);
     }
     let handoffs = labelled(
         "tern_relay_to_relay_packets_total",
@@ -275,6 +283,49 @@ fn gauges(r: &Report, board: &Board) -> Group {
             "tern_allocations_limit",
             "The configured server-wide allocation limit.",
             f64::from(board.allocations_limit()),
+        )),
+    ])
+}
+
+/// The XDP fast path: its mode, what it offloaded, and what it found an
+/// entry for but left to userspace.
+fn xdp(r: &Report, board: &Board) -> Group {
+    let active = board.xdp();
+    let mode = gauge_vec(
+        "tern_xdp",
+        "1 for the mode the XDP fast path runs in ([relay] xdp): off, native or generic.",
+        &["mode"],
+    );
+    for m in ["off", "native", "generic"] {
+        mode.with_label_values(&[m])
+            .set(f64::from(u8::from(active.unwrap_or("off") == m)));
+    }
+    if active.is_none() {
+        return Group(vec![Box::new(mode)]);
+    }
+    let p = board.xdp_program();
+    Group(vec![
+        Box::new(mode),
+        Box::new(gauge(
+            "tern_xdp_allocations",
+            "Allocations with channels offloaded to the XDP fast path.",
+            r.offloaded as f64,
+        )),
+        Box::new(counter(
+            "tern_xdp_offload_failures_total",
+            "Channels the XDP fast path could not take (full map or no free slot); they are relayed in userspace.",
+            r.io.offload_failed,
+        )),
+        Box::new(labelled(
+            "tern_xdp_passed_total",
+            "Datagrams the XDP fast path had an entry for but left to userspace, by reason.",
+            "reason",
+            [
+                ("expired", p[2]),
+                ("no_next_hop", p[3]),
+                ("bandwidth_limit", p[4]),
+                ("too_big", p[5]),
+            ],
         )),
     ])
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::ServerError;
-use crate::config::{Config, Steering};
+use crate::config::{Config, Steering, Xdp, XdpSettings};
+use crate::io::xdp::{self, FastPath, Mode};
 use crate::io::{Shared, StreamMode, TlsServer, net};
 use crate::tls::{Certificate, Tls};
 
@@ -208,6 +209,50 @@ pub(super) fn warn_tls(config: &Config, cert: &Certificate) {
             "TLS is on but `host` is unset: set it to a name the certificate holds so \
              printed turns: URIs verify"
         );
+    }
+}
+
+/// Attach the XDP fast path to `shared` (`[relay] xdp`): to the listed
+/// interfaces, or those that carry the relay addresses. `auto` logs a
+/// failure once and goes on without it; `native` and `generic` refuse to
+/// start.
+pub(super) fn attach_xdp(shared: &mut Shared, settings: &XdpSettings) -> Result<(), ServerError> {
+    let (label, modes): (&'static str, &[Mode]) = match settings.mode {
+        Xdp::Off => return Ok(()),
+        Xdp::Auto => ("auto", &[Mode::Native, Mode::Generic]),
+        Xdp::Native => ("native", &[Mode::Native]),
+        Xdp::Generic => ("generic", &[Mode::Generic]),
+    };
+    let interfaces = if settings.interfaces.is_empty() {
+        let (v4, v6) = shared.relay_addresses();
+        let ips: Vec<std::net::IpAddr> = [v4, v6].into_iter().flatten().collect();
+        xdp::interfaces_of(&ips).unwrap_or_default()
+    } else {
+        settings.interfaces.clone()
+    };
+    let attached = if interfaces.is_empty() {
+        Err("no interface carries the relay addresses (set relay.xdp-interfaces)".to_string())
+    } else {
+        FastPath::attach(&interfaces, modes).map_err(|e| e.to_string())
+    };
+    match attached {
+        Ok(path) => {
+            tracing::info!(
+                mode = path.mode().label(),
+                interfaces = %path.interfaces().join(","),
+                "XDP fast path on: ChannelData over UDP is relayed in the kernel"
+            );
+            shared.set_xdp(Arc::new(path));
+            Ok(())
+        }
+        Err(e) if settings.mode == Xdp::Auto => {
+            tracing::warn!(
+                error = %e,
+                "XDP fast path unavailable, relaying through sockets (relay.xdp = \"off\" silences this)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(ServerError::Xdp(label, e)),
     }
 }
 

@@ -30,7 +30,7 @@ case_ops_promtool_metrics() {
   # shows (or 5 s pass).
   while :; do
     page=$(curl -fsS "http://127.0.0.1:$OPS_ADMIN/metrics") || { REASON="no /metrics"; return 1; }
-    grep -q '^tern_relayed_packets_total{direction="peer_to_client",transport="udp"} [1-9]' <<<"$page" && break
+    grep -q '^tern_relayed_packets_total{direction="peer_to_client",path="userspace",transport="udp"} [1-9]' <<<"$page" && break
     if [ $SECONDS -ge $deadline ]; then
       REASON="no relayed packets counted; uclient: $(tail -2 "$WORK/ops-traffic.log" | tr '\n' ' ')"; return 1
     fi

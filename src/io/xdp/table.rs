@@ -1,0 +1,404 @@
+//! One worker's offloaded allocations: the entries it installed in the
+//! fast path's maps, each allocation's slot, and what was last read of
+//! the slot's counters.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{FastPath, MAX_SLOTS};
+use crate::core::alloc::Traffic;
+use crate::core::{AllocId, FiveTuple, Offload};
+use crate::policy::canonical;
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// `struct client_key` in `bpf/relay_xdp.c`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClientKey {
+    family: u8,
+    pad: u8,
+    channel: u16,
+    client_port: u16,
+    server_port: u16,
+    client_ip: [u8; 16],
+}
+
+/// `struct hop`: learned by the program; installed as zero (unknown).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Hop {
+    their_mac: [u8; 6],
+    our_mac: [u8; 6],
+    ifindex: u32,
+}
+
+/// `struct to_peer`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ToPeer {
+    relay_ip: [u8; 16],
+    peer_ip: [u8; 16],
+    relay_port: u16,
+    peer_port: u16,
+    slot: u32,
+    expires_ns: u64,
+    peer: Hop,
+}
+
+/// `struct peer_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerKey {
+    family: u8,
+    pad: [u8; 3],
+    peer_port: u16,
+    relay_port: u16,
+    peer_ip: [u8; 16],
+    relay_ip: [u8; 16],
+}
+
+/// `struct to_client`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ToClient {
+    server_ip: [u8; 16],
+    client_ip: [u8; 16],
+    server_port: u16,
+    client_port: u16,
+    channel: u16,
+    pad: u16,
+    slot: u32,
+    pad2: u32,
+    expires_ns: u64,
+    pushed: Hop,
+}
+
+/// What one allocation has installed.
+#[derive(Debug)]
+struct Installed {
+    slot: u32,
+    keys: Vec<(ClientKey, PeerKey)>,
+    /// The slot's counters as last read.
+    seen: Traffic,
+}
+
+/// One worker's offloaded allocations.
+#[derive(Debug)]
+pub struct Offloads {
+    path: Arc<FastPath>,
+    /// Slots of this worker's range not in use, oldest freed first (a
+    /// datagram in flight as a slot is freed counts against whoever
+    /// held it, not its next holder).
+    free: VecDeque<u32>,
+    allocs: HashMap<AllocId, Installed>,
+    /// Bandwidth limit per allocation and direction, bytes per second.
+    rate: u64,
+    /// Installs that failed (a full map): those stay in userspace.
+    pub failed: u64,
+}
+
+impl Offloads {
+    /// Worker `worker` of `workers`: it uses its own share of the slots.
+    pub fn new(path: Arc<FastPath>, worker: usize, workers: usize) -> Self {
+        let per = MAX_SLOTS / workers.max(1) as u32;
+        let first = per * worker as u32;
+        Self {
+            path,
+            free: (first..first + per).collect(),
+            allocs: HashMap::new(),
+            rate: 0,
+            failed: 0,
+        }
+    }
+
+    /// The bandwidth limit per allocation and direction (0: unlimited),
+    /// for slots installed from now on and those in use.
+    pub fn set_rate(&mut self, rate: u64) {
+        self.rate = rate;
+        for i in self.allocs.values() {
+            if let Some(s) = self.path.slot(i.slot) {
+                s[6].store(rate, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Allocations with entries installed.
+    pub fn len(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.allocs.is_empty()
+    }
+
+    /// Install `channels` for allocation `alloc` (client `client`, relay
+    /// socket bound at `relay`) in place of what it had; none withdraws
+    /// it. Returns what the fast path relayed for it since the last read.
+    pub fn set(
+        &mut self,
+        alloc: AllocId,
+        client: &FiveTuple,
+        relay: Option<SocketAddr>,
+        channels: &[Offload],
+    ) -> Traffic {
+        let wanted = match relay {
+            Some(relay) if !channels.is_empty() => self.entries(client, relay, channels),
+            _ => Vec::new(),
+        };
+        if wanted.is_empty() {
+            return self.withdraw(alloc);
+        }
+        let slot = match self.allocs.get(&alloc) {
+            Some(i) => i.slot,
+            None => match self.free.pop_front() {
+                Some(slot) => {
+                    let seen = self.counters(slot);
+                    if let Some(s) = self.path.slot(slot) {
+                        // A full bucket each way, the limit, the MTU
+                        // towards clients, nothing learned of the client.
+                        for w in [4, 5, 8, 9, 10, 11] {
+                            s[w].store(0, Ordering::Relaxed);
+                        }
+                        s[6].store(self.rate, Ordering::Relaxed);
+                        s[7].store(self.path.mtu, Ordering::Relaxed);
+                    }
+                    self.allocs.insert(
+                        alloc,
+                        Installed {
+                            slot,
+                            keys: Vec::new(),
+                            seen,
+                        },
+                    );
+                    slot
+                }
+                None => {
+                    self.failed += 1;
+                    return self.withdraw(alloc);
+                }
+            },
+        };
+        let mut keys = Vec::with_capacity(wanted.len());
+        for (ck, mut tp, pk, mut tc) in wanted {
+            tp.slot = slot;
+            tc.slot = slot;
+            let a = update(&self.path.from_client, &ck, &tp);
+            let b = update(&self.path.from_peer, &pk, &tc);
+            if a.is_ok() && b.is_ok() {
+                keys.push((ck, pk));
+            } else {
+                tracing::debug!(%alloc, "xdp: an entry could not be installed; its channel stays in userspace");
+                self.failed += 1;
+                let _ = delete(&self.path.from_client, &ck);
+                let _ = delete(&self.path.from_peer, &pk);
+            }
+        }
+        let Some(installed) = self.allocs.get_mut(&alloc) else {
+            return Traffic::default();
+        };
+        for (ck, pk) in &installed.keys {
+            if !keys.iter().any(|(c, _)| c == ck) {
+                let _ = delete(&self.path.from_client, ck);
+            }
+            if !keys.iter().any(|(_, p)| p == pk) {
+                let _ = delete(&self.path.from_peer, pk);
+            }
+        }
+        installed.keys = keys;
+        self.read(alloc)
+    }
+
+    /// What the fast path relayed for `alloc` since the last read.
+    pub fn read(&mut self, alloc: AllocId) -> Traffic {
+        let Some(slot) = self.allocs.get(&alloc).map(|i| i.slot) else {
+            return Traffic::default();
+        };
+        let now = self.counters(slot);
+        let Some(i) = self.allocs.get_mut(&alloc) else {
+            return Traffic::default();
+        };
+        let delta = now.since(i.seen);
+        i.seen = now;
+        delta
+    }
+
+    /// Remove every entry of `alloc` and free its slot; returns what was
+    /// relayed since the last read.
+    fn withdraw(&mut self, alloc: AllocId) -> Traffic {
+        let Some(i) = self.allocs.get(&alloc) else {
+            return Traffic::default();
+        };
+        for (ck, pk) in &i.keys {
+            let _ = delete(&self.path.from_client, ck);
+            let _ = delete(&self.path.from_peer, pk);
+        }
+        let traffic = self.read(alloc);
+        if let Some(i) = self.allocs.remove(&alloc) {
+            self.free.push_back(i.slot);
+        }
+        traffic
+    }
+
+    fn counters(&self, slot: u32) -> Traffic {
+        let Some(s) = self.path.slot(slot) else {
+            return Traffic::default();
+        };
+        let v = |i: usize| s[i].load(Ordering::Relaxed);
+        Traffic {
+            packets_to_peer: v(0),
+            bytes_to_peer: v(1),
+            packets_to_client: v(2),
+            bytes_to_client: v(3),
+        }
+    }
+
+    /// The map entries for `channels`: only where the client, the relay
+    /// and the peer are of one family (cross-family stays in userspace).
+    fn entries(
+        &self,
+        client: &FiveTuple,
+        relay: SocketAddr,
+        channels: &[Offload],
+    ) -> Vec<(ClientKey, ToPeer, PeerKey, ToClient)> {
+        let client_ip = canonical(client.remote.ip());
+        let relay_ip = canonical(relay.ip());
+        let server_ip = canonical(client.local.ip());
+        let fam = family(&client_ip);
+        if fam != family(&relay_ip) {
+            return Vec::new();
+        }
+        // A wildcard listener: the kernel's route lookup picks the source,
+        // as it does for tern's own answers from that socket.
+        let server = if server_ip.is_unspecified() || family(&server_ip) != fam {
+            [0u8; 16]
+        } else {
+            ip16(server_ip)
+        };
+        let started = Instant::now();
+        let mono = monotonic_ns();
+        channels
+            .iter()
+            .filter(|o| family(&canonical(o.peer.ip())) == fam)
+            .map(|o| {
+                let expires_ns = mono
+                    .saturating_add(o.expires.saturating_duration_since(started).as_nanos() as u64);
+                let peer_ip = ip16(canonical(o.peer.ip()));
+                let ck = ClientKey {
+                    family: fam,
+                    pad: 0,
+                    channel: o.channel.to_be(),
+                    client_port: client.remote.port().to_be(),
+                    server_port: client.local.port().to_be(),
+                    client_ip: ip16(client_ip),
+                };
+                let tp = ToPeer {
+                    relay_ip: ip16(relay_ip),
+                    peer_ip,
+                    relay_port: relay.port().to_be(),
+                    peer_port: o.peer.port().to_be(),
+                    slot: 0,
+                    expires_ns,
+                    peer: Hop::default(),
+                };
+                let pk = PeerKey {
+                    family: fam,
+                    pad: [0; 3],
+                    peer_port: o.peer.port().to_be(),
+                    relay_port: relay.port().to_be(),
+                    peer_ip,
+                    relay_ip: ip16(relay_ip),
+                };
+                let tc = ToClient {
+                    server_ip: server,
+                    client_ip: ip16(client_ip),
+                    server_port: client.local.port().to_be(),
+                    client_port: client.remote.port().to_be(),
+                    channel: o.channel.to_be(),
+                    pad: 0,
+                    slot: 0,
+                    pad2: 0,
+                    expires_ns,
+                    pushed: Hop::default(),
+                };
+                (ck, tp, pk, tc)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Offloads {
+    fn drop(&mut self) {
+        let ids: Vec<AllocId> = self.allocs.keys().copied().collect();
+        for id in ids {
+            self.withdraw(id);
+        }
+    }
+}
+
+fn family(ip: &IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 4,
+        IpAddr::V6(_) => 6,
+    }
+}
+
+/// An address as the maps hold it: IPv4 in the first 4 bytes.
+fn ip16(ip: IpAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out = v6.octets(),
+    }
+    out
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the program's `bpf_ktime_get_ns`.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn update<K, V>(map: &OwnedFd, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = (key as *const K) as u64;
+    attr[2] = (value as *const V) as u64;
+    attr[3] = 0; // BPF_ANY
+    crate::io::sklookup::bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+fn delete<K>(map: &OwnedFd, key: &K) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = (key as *const K) as u64;
+    match crate::io::sklookup::bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_c_source() {
+        assert_eq!(size_of::<ClientKey>(), 24);
+        assert_eq!(size_of::<ToPeer>(), 64);
+        assert_eq!(size_of::<PeerKey>(), 40);
+        assert_eq!(size_of::<ToClient>(), 72);
+    }
+}
