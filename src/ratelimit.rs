@@ -5,6 +5,8 @@
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Buckets per table (each 8 bytes).
@@ -72,19 +74,27 @@ impl SourceLimiter {
     }
 }
 
-/// A token bucket for one allocation's bandwidth in one direction.
-#[derive(Debug, Clone, Copy)]
+/// One allocation's bandwidth limit in one direction: a bucket refilled at
+/// the rate that holds one second's worth, kept as GCRA's theoretical
+/// arrival time (nanoseconds) so that it fits one atomic word. The word is
+/// this allocation's own, or, while its channels are offloaded, a word the
+/// XDP program spends from too ([`SharedCell`]), so the limit holds for
+/// both paths together.
+#[derive(Debug)]
 pub struct Bandwidth {
-    tokens: f64,
-    last: Instant,
+    /// Own cell: the theoretical arrival time, nanoseconds after `epoch`.
+    tat: u64,
+    epoch: Instant,
+    shared: Option<SharedCell>,
 }
 
 impl Bandwidth {
     /// A full bucket at `now`.
-    pub fn new(now: Instant, bytes_per_second: u64) -> Self {
+    pub fn new(now: Instant) -> Self {
         Self {
-            tokens: bytes_per_second as f64,
-            last: now,
+            tat: 0,
+            epoch: now,
+            shared: None,
         }
     }
 
@@ -94,15 +104,109 @@ impl Bandwidth {
         if bytes_per_second == 0 {
             return true;
         }
-        let rate = bytes_per_second as f64;
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate).min(rate);
-        self.last = now;
-        if self.tokens >= bytes as f64 {
-            self.tokens -= bytes as f64;
-            true
-        } else {
-            false
+        let inc = (bytes as u128 * NS_PER_S as u128 / u128::from(bytes_per_second)) as u64;
+        match &self.shared {
+            Some(cell) => cell.spend(cell.ns(now), inc),
+            None => {
+                let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+                match gcra(self.tat, now, inc) {
+                    Some(tat) => {
+                        self.tat = tat;
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
+    }
+
+    /// Spend from `cell` from now on (its state is the fast path's), or
+    /// from this bucket's own word again (`None`).
+    pub fn share(&mut self, cell: Option<SharedCell>) {
+        self.shared = cell;
+    }
+
+    /// Whether it spends from a shared cell.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+}
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// GCRA: the new theoretical arrival time if `inc` more nanoseconds of
+/// traffic keep it within a second of `now`.
+fn gcra(tat: u64, now: u64, inc: u64) -> Option<u64> {
+    let next = tat.max(now).saturating_add(inc);
+    (next - now <= NS_PER_S).then_some(next)
+}
+
+/// A bandwidth word shared with the XDP program (`io::xdp`): GCRA's
+/// theoretical arrival time on CLOCK_MONOTONIC nanoseconds, the clock of
+/// `bpf_ktime_get_ns`, spent with compare-and-swap by both sides.
+pub struct SharedCell {
+    cell: std::ptr::NonNull<AtomicU64>,
+    /// Keeps the memory the cell lives in mapped.
+    _owner: Arc<dyn Send + Sync>,
+    /// An instant and CLOCK_MONOTONIC at that instant.
+    base: Instant,
+    base_ns: u64,
+}
+
+// SAFETY: the cell is only ever accessed atomically, and the memory it
+// points into lives as long as `_owner`.
+unsafe impl Send for SharedCell {}
+// SAFETY: as above.
+unsafe impl Sync for SharedCell {}
+
+impl std::fmt::Debug for SharedCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCell").finish_non_exhaustive()
+    }
+}
+
+impl SharedCell {
+    /// A cell at `cell`, whose memory `owner` keeps alive; `base` is an
+    /// instant and `base_ns` CLOCK_MONOTONIC at that instant.
+    ///
+    /// # Safety
+    /// `cell` must stay valid, and be accessed only atomically, for as
+    /// long as `owner` lives.
+    pub unsafe fn new(
+        cell: &AtomicU64,
+        owner: Arc<dyn Send + Sync>,
+        base: Instant,
+        base_ns: u64,
+    ) -> Self {
+        Self {
+            cell: std::ptr::NonNull::from(cell),
+            _owner: owner,
+            base,
+            base_ns,
+        }
+    }
+
+    fn ns(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.base) {
+            Some(d) => self.base_ns.saturating_add(d.as_nanos() as u64),
+            None => self
+                .base_ns
+                .saturating_sub(self.base.duration_since(now).as_nanos() as u64),
+        }
+    }
+
+    fn spend(&self, now: u64, inc: u64) -> bool {
+        // SAFETY: valid while `_owner` lives (the constructor's contract).
+        let cell = unsafe { self.cell.as_ref() };
+        let mut tat = cell.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = gcra(tat, now, inc) else {
+                return false;
+            };
+            match cell.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => tat = seen,
+            }
         }
     }
 }
@@ -143,10 +247,33 @@ mod tests {
     #[test]
     fn bandwidth_buckets_refill_at_their_rate() {
         let t0 = Instant::now();
-        let mut b = Bandwidth::new(t0, 1000);
+        let mut b = Bandwidth::new(t0);
         assert!(b.spend(600, t0, 1000));
         assert!(!b.spend(600, t0, 1000));
         assert!(b.spend(600, t0 + Duration::from_millis(200), 1000));
         assert!(b.spend(1_000_000, t0, 0), "0 is unlimited");
+    }
+
+    #[test]
+    fn a_shared_cell_is_one_bucket_for_both_sides() {
+        let t0 = Instant::now();
+        let owner: Arc<AtomicU64> = Arc::new(AtomicU64::new(0));
+        let base_ns = 5_000_000_000;
+        let cell = |o: &Arc<AtomicU64>| {
+            // SAFETY: the cell is the owner's own word.
+            unsafe { SharedCell::new(o, Arc::clone(o) as Arc<dyn Send + Sync>, t0, base_ns) }
+        };
+        let mut b = Bandwidth::new(t0);
+        b.share(Some(cell(&owner)));
+        assert!(b.is_shared());
+        assert!(b.spend(600, t0, 1000));
+        // The other side (the XDP program) spent 300 bytes' worth: 0.3 s.
+        owner.fetch_add(300_000_000, Ordering::Relaxed);
+        assert!(!b.spend(200, t0, 1000), "600 + 300 + 200 > 1000");
+        assert!(b.spend(100, t0, 1000));
+        assert_eq!(owner.load(Ordering::Relaxed), base_ns + 1_000_000_000);
+        // Back to its own word: a full bucket of its own again.
+        b.share(None);
+        assert!(b.spend(1000, t0, 1000));
     }
 }

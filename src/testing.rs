@@ -45,6 +45,14 @@ pub struct Recorder {
     pub fail: Option<RelayError>,
     /// Allocation records written.
     pub records: Vec<crate::core::Record>,
+    /// Every offer of channels to a fast path, in order.
+    pub offers: Vec<(AllocId, Vec<crate::core::Offload>)>,
+    /// What the pretend fast path relayed, reported (and reset) at the
+    /// next offer or read.
+    pub fast_path: crate::core::alloc::Traffic,
+    /// The pretend fast path's bandwidth cells (to the peer, to the
+    /// client), handed to the core while anything is offloaded.
+    pub cells: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
     counting: bool,
 }
 
@@ -104,6 +112,36 @@ impl Io for Recorder {
 
     fn record(&mut self, record: crate::core::Record) {
         self.records.push(record);
+    }
+
+    fn offload(
+        &mut self,
+        alloc: AllocId,
+        _client: &FiveTuple,
+        channels: &[crate::core::Offload],
+    ) -> crate::core::Offered {
+        self.offers.push((alloc, channels.to_vec()));
+        let cell = |i: usize| {
+            let owner = std::sync::Arc::clone(&self.cells);
+            // SAFETY: the cell is a word of `owner`, which the shared
+            // cell keeps alive; it is only accessed atomically.
+            unsafe {
+                crate::ratelimit::SharedCell::new(
+                    &self.cells[i],
+                    owner as std::sync::Arc<dyn Send + Sync>,
+                    Instant::now(),
+                    0,
+                )
+            }
+        };
+        crate::core::Offered {
+            traffic: std::mem::take(&mut self.fast_path),
+            buckets: (!channels.is_empty()).then(|| [cell(0), cell(1)]),
+        }
+    }
+
+    fn offloaded(&mut self, _alloc: AllocId) -> crate::core::alloc::Traffic {
+        std::mem::take(&mut self.fast_path)
     }
 }
 

@@ -20,6 +20,10 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 stack.push(path);
                 continue;
             }
+            // Only Rust sources (src/io/xdp/ also holds the BPF object).
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
             let rel = path.strip_prefix(&src).unwrap();
             // Unit tests (`tests.rs`, `tests/`) may use the test support.
             if rel

@@ -125,8 +125,8 @@ impl Allocation {
             traffic: Traffic::default(),
             recorded: Traffic::default(),
             recorded_at: now,
-            bandwidth_to_peer: Bandwidth::new(now, u64::MAX),
-            bandwidth_to_client: Bandwidth::new(now, u64::MAX),
+            bandwidth_to_peer: Bandwidth::new(now),
+            bandwidth_to_client: Bandwidth::new(now),
             offloaded_until: None,
         }
     }

@@ -33,7 +33,7 @@ use crate::wire::{self, Class, Kind, StunView, attr, method};
 
 use alloc::{Allocation, Traffic};
 pub use labels::{Family, Transport};
-pub use offload::Offload;
+pub use offload::{Offered, Offload};
 pub use quotas::{QuotaError, Quotas};
 pub use records::{EndReason, Record};
 use response::{Code, Seal};
@@ -123,9 +123,11 @@ pub trait Io {
     /// until each one's `expires` (none: withdraw every one), called
     /// whenever they may have changed once the core offloads
     /// ([`Core::set_offloading`]). Returns what the fast path relayed for
-    /// the allocation since the last call of this or [`Io::offloaded`].
-    fn offload(&mut self, _alloc: AllocId, _client: &FiveTuple, _channels: &[Offload]) -> Traffic {
-        Traffic::default()
+    /// the allocation since the last call of this or [`Io::offloaded`],
+    /// and while any channel is offloaded, the bandwidth cells the fast
+    /// path spends from.
+    fn offload(&mut self, _alloc: AllocId, _client: &FiveTuple, _channels: &[Offload]) -> Offered {
+        Offered::default()
     }
     /// What the fast path relayed for allocation `alloc` since the last
     /// call of this or [`Io::offload`].

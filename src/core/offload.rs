@@ -9,14 +9,17 @@
 //! for every allocation when the configuration changes, so a reload that
 //! denies a peer withdraws it at once), the allocation's lifetime and,
 //! with strict expiry, the REST credential's. The bandwidth limit is the
-//! one check both paths make on every datagram, from one bucket that the
-//! I/O layer shares with the fast path (`Io::offload` says how).
+//! one check both paths make on every datagram, from one bucket: while
+//! anything is offloaded, the allocation's buckets spend from the cells
+//! the I/O layer hands back ([`Offered::buckets`]), which the fast path
+//! spends from too.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::alloc::Traffic;
 use super::{AllocId, Allocation, Core, Io, Now, Transport};
+use crate::ratelimit::SharedCell;
 
 /// A channel the fast path may relay until `expires`, both ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,17 @@ pub struct Offload {
     pub expires: Instant,
 }
 
+/// What the I/O layer answers an offer with.
+#[derive(Debug, Default)]
+pub struct Offered {
+    /// What the fast path relayed for the allocation since the last
+    /// report.
+    pub traffic: Traffic,
+    /// While channels are offloaded: the bandwidth cells towards the peer
+    /// and towards the client, which the fast path spends from too.
+    pub buckets: Option<[SharedCell; 2]>,
+}
+
 impl Core {
     /// Offer channels to the I/O layer's fast path from now on (off by
     /// default: nothing is offered).
@@ -40,10 +54,6 @@ impl Core {
     /// The channels of `a` that may be relayed without the core now.
     fn offloads(&self, a: &Allocation, now: Now) -> Vec<Offload> {
         if !self.offloading || a.client.transport != Transport::Udp {
-            return Vec::new();
-        }
-        // TEMPORARY until both paths spend from one bucket.
-        if self.cfg.limits.max_bandwidth != 0 {
             return Vec::new();
         }
         let mut until = a.expires;
@@ -80,12 +90,8 @@ impl Core {
         };
         let offers = self.offloads(a, now);
         let client = a.client;
-        let traffic = io.offload(id, &client, &offers);
-        let until = offers.iter().map(|o| o.expires).min();
-        if let Some(a) = self.allocs.get_mut(id) {
-            a.offloaded_until = until;
-        }
-        self.count_offloaded(id, traffic);
+        let offered = io.offload(id, &client, &offers);
+        self.offered(id, offers.iter().map(|o| o.expires).min(), offered);
     }
 
     /// Withdraw everything offered for allocation `id` before it goes, and
@@ -98,11 +104,24 @@ impl Core {
             return;
         }
         let client = a.client;
-        let traffic = io.offload(id, &client, &[]);
+        let offered = io.offload(id, &client, &[]);
+        self.offered(id, None, offered);
+    }
+
+    /// Take the I/O layer's answer to an offer for allocation `id`: count
+    /// its traffic, and spend from the shared bandwidth cells while
+    /// anything is offloaded (`until`: the earliest offer's expiry).
+    fn offered(&mut self, id: AllocId, until: Option<Instant>, offered: Offered) {
         if let Some(a) = self.allocs.get_mut(id) {
-            a.offloaded_until = None;
+            a.offloaded_until = until.filter(|_| offered.buckets.is_some());
+            let [to_peer, to_client] = match offered.buckets {
+                Some([p, c]) => [Some(p), Some(c)],
+                None => [None, None],
+            };
+            a.bandwidth_to_peer.share(to_peer);
+            a.bandwidth_to_client.share(to_client);
         }
-        self.count_offloaded(id, traffic);
+        self.count_offloaded(id, offered.traffic);
     }
 
     /// Re-offer every allocation's channels (after a configuration change:

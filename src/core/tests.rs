@@ -735,6 +735,7 @@ fn draining_refuses_new_allocations() {
     assert_eq!(SocketAddr::new(a.ip, a.port), alt);
 }
 
+mod offload;
 mod props;
 mod sessions;
 mod stun_only;

@@ -31,8 +31,8 @@ use super::xdp::Offloads;
 use super::{Phase, Shared, WorkerState, net, now};
 use crate::core::alloc::Traffic;
 use crate::core::{
-    AllocId, Core, DropReason, Family, FiveTuple, Io, Now, Offload, RelayError, RelayGrant,
-    RelayRequest, Transport,
+    AllocId, Core, DropReason, Family, FiveTuple, Io, Now, Offered, Offload, RelayError,
+    RelayGrant, RelayRequest, Transport,
 };
 use crate::metrics::{HandoffPath, IoStats, Report};
 use crate::wire::PEER_HEADROOM;
@@ -227,11 +227,11 @@ impl Io for WorkerIo {
         Ok(RelayGrant { local, token })
     }
 
-    fn offload(&mut self, alloc: AllocId, client: &FiveTuple, channels: &[Offload]) -> Traffic {
+    fn offload(&mut self, alloc: AllocId, client: &FiveTuple, channels: &[Offload]) -> Offered {
         let relay = self.relays.get(alloc).map(|r| r.local);
         match &mut self.offloads {
             Some(o) => o.set(alloc, client, relay, channels),
-            None => Traffic::default(),
+            None => Offered::default(),
         }
     }
 

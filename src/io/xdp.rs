@@ -28,7 +28,10 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+
+use crate::ratelimit::SharedCell;
 
 pub use table::Offloads;
 
@@ -103,6 +106,8 @@ pub struct FastPath {
     /// The smallest MTU of the interfaces: ChannelData towards a client
     /// that would exceed it is left to userspace.
     mtu: u64,
+    /// An instant and CLOCK_MONOTONIC then: the program's clock.
+    clock: (std::time::Instant, u64),
     /// Detach the program when dropped.
     _links: Vec<OwnedFd>,
     _prog: OwnedFd,
@@ -162,6 +167,7 @@ impl FastPath {
             .min()
             .unwrap_or(1500);
         Ok(Self {
+            clock: (std::time::Instant::now(), table::monotonic_ns()),
             mtu,
             mode,
             interfaces: interfaces.to_vec(),
@@ -199,6 +205,22 @@ impl FastPath {
             }
         }
         out
+    }
+
+    /// Slot `index`'s bandwidth cells (towards the peer, towards the
+    /// client), for the core's buckets to spend from.
+    pub(crate) fn cells(self: &Arc<Self>, index: u32) -> Option<[SharedCell; 2]> {
+        let s = self.slot(index)?;
+        let owner = || Arc::clone(self) as Arc<dyn Send + Sync>;
+        let (base, base_ns) = self.clock;
+        // SAFETY: the slot lives in the mapping `self` owns, which the
+        // cells keep alive; both sides access it only atomically.
+        Some(unsafe {
+            [
+                SharedCell::new(&s[4], owner(), base, base_ns),
+                SharedCell::new(&s[5], owner(), base, base_ns),
+            ]
+        })
     }
 
     pub(crate) fn slot(&self, index: u32) -> Option<&[AtomicU64; SLOT_WORDS]> {

@@ -279,6 +279,15 @@ impl RawClient {
         Self::new(Wire::Udp(s), server, user, pass)
     }
 
+    /// A UDP client bound at `local` (e.g. an address in a network
+    /// namespace).
+    pub fn udp_from(local: SocketAddr, server: SocketAddr, user: &str, pass: &str) -> Self {
+        let s = UdpSocket::bind(local).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        big_receive_buffer(&s);
+        Self::new(Wire::Udp(s), server, user, pass)
+    }
+
     pub fn tcp(server: SocketAddr, user: &str, pass: &str) -> Self {
         let s = TcpStream::connect_timeout(&server, TIMEOUT).unwrap();
         Self::over_tcp(s, user, pass)

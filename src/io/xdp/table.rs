@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::{FastPath, MAX_SLOTS};
 use crate::core::alloc::Traffic;
-use crate::core::{AllocId, FiveTuple, Offload};
+use crate::core::{AllocId, FiveTuple, Offered, Offload};
 use crate::policy::canonical;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -148,13 +148,16 @@ impl Offloads {
         client: &FiveTuple,
         relay: Option<SocketAddr>,
         channels: &[Offload],
-    ) -> Traffic {
+    ) -> Offered {
         let wanted = match relay {
             Some(relay) if !channels.is_empty() => self.entries(client, relay, channels),
             _ => Vec::new(),
         };
         if wanted.is_empty() {
-            return self.withdraw(alloc);
+            return Offered {
+                traffic: self.withdraw(alloc),
+                buckets: None,
+            };
         }
         let slot = match self.allocs.get(&alloc) {
             Some(i) => i.slot,
@@ -182,7 +185,10 @@ impl Offloads {
                 }
                 None => {
                     self.failed += 1;
-                    return self.withdraw(alloc);
+                    return Offered {
+                        traffic: self.withdraw(alloc),
+                        buckets: None,
+                    };
                 }
             },
         };
@@ -201,8 +207,14 @@ impl Offloads {
                 let _ = delete(&self.path.from_peer, &pk);
             }
         }
+        if keys.is_empty() {
+            return Offered {
+                traffic: self.withdraw(alloc),
+                buckets: None,
+            };
+        }
         let Some(installed) = self.allocs.get_mut(&alloc) else {
-            return Traffic::default();
+            return Offered::default();
         };
         for (ck, pk) in &installed.keys {
             if !keys.iter().any(|(c, _)| c == ck) {
@@ -213,7 +225,10 @@ impl Offloads {
             }
         }
         installed.keys = keys;
-        self.read(alloc)
+        Offered {
+            traffic: self.read(alloc),
+            buckets: self.path.cells(slot),
+        }
     }
 
     /// What the fast path relayed for `alloc` since the last read.
