@@ -322,10 +322,12 @@ async fn receive(
 }
 
 fn udp_to(server: SocketAddr) -> Result<AsyncFd<UdpSocket>> {
+    // Any local address: `connect` picks the route's source (loopback for
+    // a server on loopback, the veth's address in bench/veth).
     let bind: SocketAddr = if server.is_ipv4() {
-        "127.0.0.1:0".parse()?
+        "0.0.0.0:0".parse()?
     } else {
-        "[::1]:0".parse()?
+        "[::]:0".parse()?
     };
     let s = UdpSocket::bind(bind)?;
     s.connect(server)?;

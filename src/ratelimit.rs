@@ -104,7 +104,8 @@ impl Bandwidth {
         if bytes_per_second == 0 {
             return true;
         }
-        let inc = (bytes as u128 * NS_PER_S as u128 / u128::from(bytes_per_second)) as u64;
+        // A datagram is at most 64 KiB: bytes × 10^9 fits in a u64.
+        let inc = (bytes as u64).saturating_mul(NS_PER_S) / bytes_per_second;
         match &self.shared {
             Some(cell) => cell.spend(cell.ns(now), inc),
             None => {

@@ -310,14 +310,30 @@ fn relayed_bytes(page: &str, direction: &str) -> f64 {
 #[test]
 #[ignore = "needs root: network namespaces, veth, XDP (as root, scripts/test runs it)"]
 fn the_fast_path_relays_both_ways_with_valid_checksums_and_counts_every_byte() {
+    relays_both_ways("generic");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, veth, XDP (as root, scripts/test runs it)"]
+fn native_mode_relays_both_ways_too() {
+    relays_both_ways("native");
+}
+
+fn relays_both_ways(mode: &str) {
     let mut b = Bench::new();
+    // A veth sends an XDP_TX'd frame on only when its peer has an XDP
+    // program of its own (any, in native mode).
+    let _pass = (mode == "native").then(|| in_ns(&b.client_ns, || xdp_pass_on(&b.client_if)));
     let records = b.dir.join("records.jsonl");
     b.start(
-        "generic",
+        mode,
         &format!("{ALLOW}[records]\nfile = \"{}\"\n", records.display()),
     );
     assert!(b.xdp_attached());
-    assert_eq!(metric(&b.metrics(), "tern_xdp{mode=\"generic\"}"), 1.0);
+    assert_eq!(
+        metric(&b.metrics(), &format!("tern_xdp{{mode=\"{mode}\"}}")),
+        1.0
+    );
     const N: usize = 300;
     let (sent, frames) = in_ns(&b.client_ns, || {
         let capture = Capture::open(&b.client_if);
@@ -566,6 +582,35 @@ fn without_the_capabilities_auto_falls_back_and_generic_refuses() {
         "{page}"
     );
     assert_eq!(counted(&page, "client_to_peer", "xdp"), 0.0);
+}
+
+/// Attach a program that passes everything (two instructions, loaded with
+/// `bpf(2)`) to `dev` in native mode; detached when the link is dropped.
+fn xdp_pass_on(dev: &str) -> OwnedFd {
+    fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> OwnedFd {
+        // SAFETY: `attr` is a zero-padded bpf_attr prefix whose pointers
+        // outlive the call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+        assert!(r >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+        // SAFETY: the kernel just returned this descriptor.
+        unsafe { OwnedFd::from_raw_fd(r as i32) }
+    }
+    // r0 = XDP_PASS; exit
+    let insns: [u64; 2] = [0xb7 | (2u64 << 32), 0x95];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    attr[0] = 6 | (2u64 << 32); // BPF_PROG_TYPE_XDP, two instructions
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[8] = 37u64 << 32; // expected_attach_type BPF_XDP
+    let prog = bpf(5, &mut attr);
+    let name = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(index) << 32);
+    attr[1] = 37 | (u64::from(1u32 << 2) << 32); // BPF_XDP, XDP_FLAGS_DRV_MODE
+    bpf(28, &mut attr)
 }
 
 /// An AF_PACKET socket on the client's veth: every IPv4 and IPv6 UDP
