@@ -21,6 +21,8 @@
 //! bandwidth cells (`ratelimit::Gcra`), spent by both paths.
 
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::CString;
 use std::fmt;
@@ -109,8 +111,8 @@ pub struct FastPath {
     /// An instant and CLOCK_MONOTONIC then: the program's clock.
     clock: (std::time::Instant, u64),
     /// Detach the program when dropped.
-    _links: Vec<OwnedFd>,
-    _prog: OwnedFd,
+    links: Vec<OwnedFd>,
+    prog: OwnedFd,
 }
 
 impl fmt::Debug for FastPath {
@@ -126,6 +128,19 @@ impl FastPath {
     /// Load the program and attach it to `interfaces` in `modes[0]`, or
     /// if that fails on the first interface, in the next mode.
     pub fn attach(interfaces: &[String], modes: &[Mode]) -> Result<Self, AttachError> {
+        let mut path = Self::load()?;
+        let (mode, links) = attach_all(&path.prog, interfaces, modes)?;
+        path.mode = mode;
+        path.links = links;
+        path.interfaces = interfaces.to_vec();
+        if let Some(mtu) = interfaces.iter().filter_map(|i| mtu_of(i)).min() {
+            path.mtu = mtu;
+        }
+        Ok(path)
+    }
+
+    /// Load the program and its maps, attached nowhere yet.
+    fn load() -> Result<Self, AttachError> {
         let err = |what: &str, e: &dyn fmt::Display| AttachError(format!("{what}: {e}"));
         // aya parses the ELF in place: give it an 8-byte aligned copy.
         let mut aligned = vec![0u64; OBJECT.len().div_ceil(8)];
@@ -160,23 +175,17 @@ impl FastPath {
         );
         drop(ebpf);
         let slots = Slots::map(slots).map_err(|e| err("mapping the XDP slots", &e))?;
-        let (mode, links) = attach_all(&prog, interfaces, modes)?;
-        let mtu = interfaces
-            .iter()
-            .filter_map(|i| mtu_of(i))
-            .min()
-            .unwrap_or(1500);
         Ok(Self {
             clock: (std::time::Instant::now(), table::monotonic_ns()),
-            mtu,
-            mode,
-            interfaces: interfaces.to_vec(),
+            mtu: 1500,
+            mode: Mode::Generic,
+            interfaces: Vec::new(),
             from_client,
             from_peer,
             stats,
             slots,
-            _links: links,
-            _prog: prog,
+            links: Vec::new(),
+            prog,
         })
     }
 
