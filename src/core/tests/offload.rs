@@ -7,6 +7,8 @@
 
 use std::sync::atomic::Ordering;
 
+use proptest::prelude::*;
+
 use super::*;
 use crate::core::alloc::{CHANNEL_LIFETIME, PERMISSION_LIFETIME, Traffic};
 use crate::policy::{PeerPolicy, PortRange};
@@ -157,4 +159,97 @@ fn tcp_clients_and_cores_that_do_not_offload_offer_nothing() {
     );
     assert_eq!(h.io.last().typ.class, CLASS_SUCCESS_RESPONSE);
     assert!(last_offer(&h).is_empty());
+}
+
+/// What a client or the operator does, for the property below.
+#[derive(Debug, Clone)]
+enum Op {
+    Bind(u16, usize),
+    Permit(usize),
+    Refresh(bool),
+    Advance(u64),
+    Tick,
+    Deny(Option<usize>),
+}
+
+const PEERS: [&str; 3] = ["8.8.8.8:5000", "1.1.1.1:6000", "9.9.9.9:7000"];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0x4000u16..0x4003, 0usize..3).prop_map(|(n, p)| Op::Bind(n, p)),
+        (0usize..3).prop_map(Op::Permit),
+        any::<bool>().prop_map(Op::Refresh),
+        (0u64..400).prop_map(Op::Advance),
+        Just(Op::Tick),
+        proptest::option::of(0usize..3).prop_map(Op::Deny),
+    ]
+}
+
+/// The channels the per-packet path would relay for `id` right now, on a
+/// live allocation.
+fn relayable(h: &Harness, id: AllocId) -> Vec<(u16, SocketAddr)> {
+    let now = h.clock.now().instant;
+    // A live allocation (one past its lifetime goes at the next tick).
+    let Some(a) = h.core.allocs.get(id).filter(|a| a.expires > now) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u16, SocketAddr)> = a
+        .live_channel_list(now)
+        .filter(|(_, p)| a.permits(&p.ip(), now))
+        .filter(|(_, p)| h.core.cfg.policy.check_addr(*p).is_ok())
+        .collect();
+    v.sort();
+    v
+}
+
+proptest! {
+    /// Whatever a client and the operator do, the fast path holds exactly
+    /// what the per-packet path would relay: every live offer is a channel
+    /// it would relay now, and every channel it would relay is offered;
+    /// a deleted allocation's last offer is empty.
+    #[test]
+    fn offers_are_exactly_what_userspace_would_relay(ops in proptest::collection::vec(op(), 1..40)) {
+        let (mut h, c, id) = offloading();
+        let mut deleted = false;
+        for op in ops {
+            if deleted {
+                break;
+            }
+            match op {
+                Op::Bind(n, p) => { h.bind(&c, n, PEERS[p]); }
+                Op::Permit(p) => { h.request(&c, method::CREATE_PERMISSION, vec![peer_attr(PEERS[p])]); }
+                Op::Refresh(keep) => {
+                    let life = if keep { 600 } else { 0 };
+                    h.request(&c, method::REFRESH, vec![Box::new(Lifetime(Duration::from_secs(life)))]);
+                }
+                Op::Advance(s) => h.clock.advance(s),
+                Op::Tick => h.tick(),
+                Op::Deny(p) => {
+                    let mut cfg = core_config();
+                    let deny = p.map(|p| PEERS[p].parse::<SocketAddr>().unwrap().ip());
+                    cfg.policy = PeerPolicy::new(
+                        vec![],
+                        deny.map(ipnet::IpNet::from).into_iter().collect(),
+                        vec![],
+                        vec![],
+                        PortRange::new(49152, 65535).unwrap(),
+                    );
+                    h.core.set_config(Arc::new(cfg));
+                    h.core.reoffload_all(h.clock.now(), &mut h.io);
+                }
+            }
+            deleted = h.core.allocs.get(id).is_none();
+            let now = h.clock.now().instant;
+            let mut offered: Vec<(u16, SocketAddr)> = h
+                .io
+                .offers
+                .iter()
+                .rev()
+                .find(|(a, _)| *a == id)
+                .map(|(_, o)| o.iter().filter(|o| o.expires > now).map(|o| (o.channel, o.peer)).collect())
+                .unwrap_or_default();
+            offered.sort();
+            prop_assert_eq!(offered, relayable(&h, id));
+        }
+    }
 }
