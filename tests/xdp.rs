@@ -517,6 +517,57 @@ fn indication(mut raw: Vec<u8>) -> Vec<u8> {
 
 #[test]
 #[ignore = "needs root: network namespaces, veth, XDP (as root, scripts/test runs it)"]
+fn relay_to_relay_keeps_working_with_the_fast_path_on() {
+    let mut b = Bench::new();
+    b.start("generic", ALLOW);
+    let b = &b;
+    in_ns(&b.client_ns, || {
+        let server: SocketAddr = format!("{SERVER4}:3478").parse().unwrap();
+        let mut a = RawClient::udp_from(
+            "10.99.0.2:0".parse().unwrap(),
+            server,
+            "alice",
+            "wonderland",
+        );
+        let mut z = RawClient::udp_from(
+            "10.99.0.3:0".parse().unwrap(),
+            server,
+            "alice",
+            "wonderland",
+        );
+        let (ra, rz) = (
+            allocate(&mut a, family(false)),
+            allocate(&mut z, family(false)),
+        );
+        for (c, to) in [(&mut a, rz), (&mut z, ra)] {
+            let m = c.request(method::CHANNEL_BIND, || {
+                vec![Box::new(ChannelNumber(CHANNEL)), peer(to)]
+            });
+            assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{:?}", error_code(&m));
+        }
+        for i in 0..50u32 {
+            let payload = i.to_be_bytes();
+            a.send_raw(&channel_data(&payload));
+            assert_eq!(z.recv_raw().expect("z got it"), channel_data(&payload));
+            z.send_raw(&channel_data(&payload));
+            assert_eq!(a.recv_raw().expect("a got it"), channel_data(&payload));
+        }
+    });
+    // Handed over in-process, never through the program (the peer, one of
+    // tern's own relays, never sends anything the program could learn).
+    let mut page = String::new();
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            page = b.metrics();
+            metric(&page, "tern_relay_to_relay_packets_total") >= 100.0
+        }),
+        "{page}"
+    );
+    assert_eq!(counted(&page, "client_to_peer", "xdp"), 0.0, "{page}");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, veth, XDP (as root, scripts/test runs it)"]
 fn the_program_is_gone_after_kill_9() {
     let mut b = Bench::new();
     b.start("generic", ALLOW);
