@@ -39,7 +39,9 @@
 //!   send queue; relay-to-relay datagrams between workers go through
 //!   bounded per-pair queues (`io/handoff.rs`). Stream clients (TCP, and
 //!   TLS after a handshake under its limits, `io/tls.rs`) are read and
-//!   written by the worker on their socket (`io/tcp.rs`).
+//!   written by the worker on their socket (`io/tcp.rs`). With `[relay]
+//!   xdp`, `io/xdp.rs` attaches the XDP fast path (`bpf/relay_xdp.c`) and
+//!   each worker installs what its core offers (`core/offload.rs`).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` over HTTP (hyper), from
 //!   the board, and the token-authenticated JSON API under `/v1/`
 //!   (sessions, disconnect, blocks), whose orders reach the workers
@@ -73,6 +75,11 @@
 //!   relay socket yields a batch → `Core::on_peer` → the worker's send
 //!   queue, which leaves in one `sendmmsg` per listener when the batch
 //!   settles.
+//! - **The XDP fast path** (`[relay] xdp`): for a channel the core has
+//!   offered, the kernel program rewrites a UDP client's ChannelData into
+//!   the relay's datagram to the peer, and the peer's datagram into
+//!   ChannelData to the client, before any socket; what it relayed comes
+//!   back to the core as counts on the worker's tick.
 
 pub(crate) mod admin;
 pub(crate) mod api;

@@ -664,6 +664,41 @@ fn xdp_pass_on(dev: &str) -> OwnedFd {
     bpf(28, &mut attr)
 }
 
+#[test]
+#[ignore = "needs root: network namespaces, veth, XDP (as root, scripts/test runs it)"]
+fn a_service_user_with_the_documented_capabilities_attaches_it() {
+    // What the systemd unit's comment says to grant: CAP_BPF,
+    // CAP_NET_ADMIN and CAP_PERFMON, as an unprivileged user.
+    let mut b = Bench::new();
+    std::fs::write(b.dir.join("tern.toml"), config("generic", ALLOW)).unwrap();
+    let caps = "+bpf,+net_admin,+perfmon,+net_bind_service";
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &b.server_ns,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+    ])
+    .args([
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+    ])
+    .args(["--", TERN]);
+    b.spawn(&mut cmd);
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            &b.metrics(),
+            "tern_xdp{mode=\"generic\"}"
+        ) == 1.0),
+        "{}",
+        b.log()
+    );
+    assert!(b.xdp_attached());
+}
+
 /// An AF_PACKET socket on the client's veth: every IPv4 and IPv6 UDP
 /// frame tern's side sent, checked for valid checksums.
 struct Capture(OwnedFd);
