@@ -85,7 +85,8 @@ pub struct Bandwidth {
     /// Own cell: the theoretical arrival time, nanoseconds after `epoch`.
     tat: u64,
     epoch: Instant,
-    shared: Option<SharedCell>,
+    /// Boxed: an idle allocation carries two of these, mostly unshared.
+    shared: Option<Box<SharedCell>>,
 }
 
 impl Bandwidth {
@@ -124,7 +125,7 @@ impl Bandwidth {
     /// Spend from `cell` from now on (its state is the fast path's), or
     /// from this bucket's own word again (`None`).
     pub fn share(&mut self, cell: Option<SharedCell>) {
-        self.shared = cell;
+        self.shared = cell.map(Box::new);
     }
 
     /// Whether it spends from a shared cell.

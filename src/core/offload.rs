@@ -97,12 +97,10 @@ impl Core {
     /// Withdraw everything offered for allocation `id` before it goes, and
     /// count what the fast path relayed for it until then.
     pub(super) fn withdraw(&mut self, id: AllocId, io: &mut impl Io) {
-        let Some(a) = self.allocs.get(id) else {
+        // Nothing installed: nothing to withdraw, nothing left to count.
+        let Some(a) = self.allocs.get(id).filter(|a| a.offloaded_until.is_some()) else {
             return;
         };
-        if a.offloaded_until.is_none() && !self.offloading {
-            return;
-        }
         let client = a.client;
         let offered = io.offload(id, &client, &[]);
         self.offered(id, None, offered);

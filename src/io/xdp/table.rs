@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::{FastPath, MAX_SLOTS};
 use crate::core::alloc::Traffic;
@@ -32,7 +31,7 @@ struct ClientKey {
 
 /// `struct hop`: learned by the program; installed as zero (unknown).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Hop {
     their_mac: [u8; 6],
     our_mac: [u8; 6],
@@ -41,7 +40,7 @@ struct Hop {
 
 /// `struct to_peer`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ToPeer {
     relay_ip: [u8; 16],
     peer_ip: [u8; 16],
@@ -66,7 +65,7 @@ struct PeerKey {
 
 /// `struct to_client`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ToClient {
     server_ip: [u8; 16],
     client_ip: [u8; 16],
@@ -80,11 +79,21 @@ struct ToClient {
     pushed: Hop,
 }
 
+/// One channel's entries in the two maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    ck: ClientKey,
+    tp: ToPeer,
+    pk: PeerKey,
+    tc: ToClient,
+}
+
 /// What one allocation has installed.
 #[derive(Debug)]
 struct Installed {
     slot: u32,
-    keys: Vec<(ClientKey, PeerKey)>,
+    /// Each channel's two entries, as installed (hops unknown).
+    entries: Vec<Entry>,
     /// The slot's counters as last read.
     seen: Traffic,
 }
@@ -177,7 +186,7 @@ impl Offloads {
                         alloc,
                         Installed {
                             slot,
-                            keys: Vec::new(),
+                            entries: Vec::new(),
                             seen,
                         },
                     );
@@ -192,21 +201,30 @@ impl Offloads {
                 }
             },
         };
-        let mut keys = Vec::with_capacity(wanted.len());
+        let old = self
+            .allocs
+            .get(&alloc)
+            .map(|i| i.entries.clone())
+            .unwrap_or_default();
+        let mut entries = Vec::with_capacity(wanted.len());
         for (ck, mut tp, pk, mut tc) in wanted {
             tp.slot = slot;
             tc.slot = slot;
-            let a = update(&self.path.from_client, &ck, &tp);
-            let b = update(&self.path.from_peer, &pk, &tc);
-            if a.is_ok() && b.is_ok() {
-                keys.push((ck, pk));
-            } else {
-                tracing::debug!(%alloc, "xdp: an entry could not be installed; its channel stays in userspace");
+            let e = Entry { ck, tp, pk, tc };
+            if old.contains(&e) {
+                entries.push(e);
+                continue;
+            }
+            if let Err(err) = self.install(&e, &old) {
+                tracing::debug!(%alloc, %err, "xdp: an entry could not be installed; its channel stays in userspace");
                 self.failed += 1;
                 let _ = delete(&self.path.from_client, &ck);
                 let _ = delete(&self.path.from_peer, &pk);
+                continue;
             }
+            entries.push(e);
         }
+        let keys: Vec<(ClientKey, PeerKey)> = entries.iter().map(|e| (e.ck, e.pk)).collect();
         if keys.is_empty() {
             return Offered {
                 traffic: self.withdraw(alloc),
@@ -216,19 +234,38 @@ impl Offloads {
         let Some(installed) = self.allocs.get_mut(&alloc) else {
             return Offered::default();
         };
-        for (ck, pk) in &installed.keys {
-            if !keys.iter().any(|(c, _)| c == ck) {
-                let _ = delete(&self.path.from_client, ck);
+        for e in &installed.entries {
+            if !keys.iter().any(|(c, _)| *c == e.ck) {
+                let _ = delete(&self.path.from_client, &e.ck);
             }
-            if !keys.iter().any(|(_, p)| p == pk) {
-                let _ = delete(&self.path.from_peer, pk);
+            if !keys.iter().any(|(_, p)| *p == e.pk) {
+                let _ = delete(&self.path.from_peer, &e.pk);
             }
         }
-        installed.keys = keys;
+        installed.entries = entries;
         Offered {
             traffic: self.read(alloc),
             buckets: self.path.cells(slot),
         }
+    }
+
+    /// Write `e` into the maps. Where the same channel is installed (a
+    /// refresh: only the expiry changed), the hops the program learned are
+    /// carried over, so a refresh sends no datagram back to userspace.
+    fn install(&self, e: &Entry, old: &[Entry]) -> io::Result<()> {
+        let (mut tp, mut tc) = (e.tp, e.tc);
+        if old.iter().any(|o| o.ck == e.ck && o.pk == e.pk) {
+            let mut cur = [tp];
+            if super::lookup(&self.path.from_client, &e.ck, &mut cur).is_ok() {
+                tp.peer = cur[0].peer;
+            }
+            let mut cur = [tc];
+            if super::lookup(&self.path.from_peer, &e.pk, &mut cur).is_ok() {
+                tc.pushed = cur[0].pushed;
+            }
+        }
+        update(&self.path.from_client, &e.ck, &tp)?;
+        update(&self.path.from_peer, &e.pk, &tc)
     }
 
     /// What the fast path relayed for `alloc` since the last read.
@@ -251,9 +288,9 @@ impl Offloads {
         let Some(i) = self.allocs.get(&alloc) else {
             return Traffic::default();
         };
-        for (ck, pk) in &i.keys {
-            let _ = delete(&self.path.from_client, ck);
-            let _ = delete(&self.path.from_peer, pk);
+        for e in &i.entries {
+            let _ = delete(&self.path.from_client, &e.ck);
+            let _ = delete(&self.path.from_peer, &e.pk);
         }
         let traffic = self.read(alloc);
         if let Some(i) = self.allocs.remove(&alloc) {
@@ -297,14 +334,15 @@ impl Offloads {
         } else {
             ip16(server_ip)
         };
-        let started = Instant::now();
-        let mono = monotonic_ns();
+        // On the program's clock, through one fixed pair of readings, so
+        // the same expiry always gives the same value.
+        let (base, base_ns) = self.path.clock;
         channels
             .iter()
             .filter(|o| family(&canonical(o.peer.ip())) == fam)
             .map(|o| {
-                let expires_ns = mono
-                    .saturating_add(o.expires.saturating_duration_since(started).as_nanos() as u64);
+                let expires_ns = base_ns
+                    .saturating_add(o.expires.saturating_duration_since(base).as_nanos() as u64);
                 let peer_ip = ip16(canonical(o.peer.ip()));
                 let ck = ClientKey {
                     family: fam,

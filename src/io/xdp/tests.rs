@@ -263,6 +263,15 @@ fn relays_both_ways(v6: bool) {
         }
     );
     assert_eq!(s.stats()[..2], [2, 1]);
+    // A refresh (a later expiry) keeps what was learned: no datagram goes
+    // back to userspace for it.
+    s.offer(Duration::from_secs(120));
+    let (verdict, out) = run(&s.path, &s.client_frame(&channel_data(0x4000, b"again")));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(parse(&out).2, b"again");
+    assert_eq!(run(&s.path, &s.peer_frame(b"again")).0, XDP_TX);
+    assert_eq!(s.stats()[..2], [3, 2]);
+    s.offloads.read(s.id);
 
     // An expired entry: left to userspace, counted.
     s.offer(Duration::ZERO);
@@ -278,7 +287,7 @@ fn relays_both_ways(v6: bool) {
     ] {
         assert_eq!(run(&s.path, &f), (XDP_PASS, f.clone()));
     }
-    assert_eq!(s.stats()[..3], [2, 1, 1]);
+    assert_eq!(s.stats()[..3], [3, 2, 1]);
 }
 
 #[test]
