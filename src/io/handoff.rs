@@ -270,6 +270,30 @@ impl Handoffs {
     }
 }
 
+/// Hand each datagram of `batch` to its relay's allocation in `core`, as
+/// if it had arrived on the relay socket, sending through `io`. A relay
+/// that closed meanwhile, or whose port now belongs to another worker's
+/// allocation, drops it.
+pub(super) fn deliver(
+    shared: &super::Shared,
+    me: usize,
+    core: &mut crate::core::Core,
+    batch: &Batch,
+    io: &mut impl crate::core::Io,
+    scratch: &mut [u8],
+    now: crate::core::Now,
+) {
+    use crate::wire::PEER_HEADROOM;
+    for (to, from, bytes) in batch.iter() {
+        let Some(alloc) = shared.relays.get(&to).filter(|a| a.worker() == me) else {
+            continue;
+        };
+        let payload = PEER_HEADROOM..PEER_HEADROOM + bytes.len();
+        scratch[payload.clone()].copy_from_slice(bytes);
+        core.on_peer(now, alloc, from, scratch, payload, io);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

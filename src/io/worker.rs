@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::batch::{self, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
-use super::handoff::Batch;
+use super::handoff::{Batch, deliver};
 use super::mailbox::{Order, Target};
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
 use super::tcp::{self, Queued, TcpOut};
@@ -585,29 +585,6 @@ async fn serve(w: Rc<Worker>, sock: Rc<Udp>, source: Source) {
         w.on_batch(source, rx, n);
     })
     .await;
-}
-
-/// Hand each datagram of `batch` to its relay's allocation in `core`, as
-/// if it had arrived on the relay socket, sending through `io`. A relay
-/// that closed meanwhile, or whose port now belongs to another worker's
-/// allocation, drops it.
-fn deliver(
-    shared: &Shared,
-    me: usize,
-    core: &mut Core,
-    batch: &Batch,
-    io: &mut WorkerIo,
-    scratch: &mut [u8],
-    now: Now,
-) {
-    for (to, from, bytes) in batch.iter() {
-        let Some(alloc) = shared.relays.get(&to).filter(|a| a.worker() == me) else {
-            continue;
-        };
-        let payload = PEER_HEADROOM..PEER_HEADROOM + bytes.len();
-        scratch[payload.clone()].copy_from_slice(bytes);
-        core.on_peer(now, alloc, from, scratch, payload, io);
-    }
 }
 
 /// The next order, or never when this worker has no mailbox.
