@@ -148,6 +148,12 @@ impl Offloads {
         self.allocs.is_empty()
     }
 
+    /// Slots of this worker's share not in use.
+    #[cfg(test)]
+    pub(super) fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
     /// Install `channels` for allocation `alloc` (client `client`, relay
     /// socket bound at `relay`) in place of what it had; none withdraws
     /// it. Returns what the fast path relayed for it since the last read.

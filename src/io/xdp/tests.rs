@@ -371,3 +371,81 @@ fn malformed_and_unexpected_frames_pass_untouched_and_count_nothing() {
     // And the good frame still goes.
     assert_eq!(run(&s.path, &good).0, XDP_TX);
 }
+
+/// Keys of `size` bytes in a hash map (BPF_MAP_GET_NEXT_KEY from none).
+fn count_keys(map: &std::os::fd::OwnedFd, size: usize) -> usize {
+    let mut n = 0;
+    let mut key: Option<Vec<u8>> = None;
+    loop {
+        let mut next = vec![0u8; size];
+        let mut attr = [0u64; 4];
+        attr[0] = u64::from(map.as_raw_fd() as u32);
+        attr[1] = key.as_ref().map_or(0, |k| k.as_ptr() as u64);
+        attr[2] = next.as_mut_ptr() as u64;
+        if super::super::sklookup::bpf(4, &mut attr).is_err() {
+            return n;
+        }
+        n += 1;
+        key = Some(next);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+    /// Whatever sequence of offers a worker makes, the maps hold exactly
+    /// the entries of what is offered now (nothing leaks, nothing is
+    /// lost), each allocation keeps one slot while it has entries, and
+    /// once everything is withdrawn the maps are empty and every slot is
+    /// free again.
+    #[test]
+    #[ignore = "needs CAP_BPF (as root, scripts/test runs it)"]
+    fn the_maps_hold_exactly_what_is_offered(
+        ops in proptest::collection::vec((0u64..3, proptest::collection::vec((0u16..4, 0u16..3), 0..4)), 1..30)
+    ) {
+        let path = Arc::new(FastPath::load().unwrap());
+        let mut offloads = Offloads::new(Arc::clone(&path), 0, 1);
+        let free = offloads.free_slots();
+        let mut live: std::collections::HashMap<u64, usize> = Default::default();
+        for (alloc, channels) in ops {
+            let id = AllocId::from_bits(alloc + 1).unwrap();
+            let client = FiveTuple {
+                transport: Transport::Udp,
+                local: "192.0.2.1:3478".parse().unwrap(),
+                remote: SocketAddr::from(([192, 0, 2, 10 + alloc as u8], 5000)),
+            };
+            let relay = SocketAddr::from(([192, 0, 2, 1], 50_000 + alloc as u16));
+            // One peer per channel number (the core never offers two
+            // channels to one peer).
+            let mut offers: Vec<Offload> = Vec::new();
+            for (n, p) in channels {
+                if offers.iter().any(|o| o.channel == 0x4000 + n || o.peer.port() == 6000 + n) {
+                    continue;
+                }
+                offers.push(Offload {
+                    channel: 0x4000 + n,
+                    peer: SocketAddr::from(([198, 51, 100, 1 + p as u8], 6000 + n)),
+                    expires: Instant::now() + Duration::from_secs(60),
+                });
+            }
+            let offered = offloads.set(id, &client, Some(relay), &offers);
+            proptest::prop_assert_eq!(offered.buckets.is_some(), !offers.is_empty());
+            live.insert(alloc, offers.len());
+            let total: usize = live.values().sum();
+            proptest::prop_assert_eq!(count_keys(&path.from_client, 24), total);
+            proptest::prop_assert_eq!(count_keys(&path.from_peer, 40), total);
+            let holding = live.values().filter(|n| **n > 0).count();
+            proptest::prop_assert_eq!(offloads.len(), holding);
+            proptest::prop_assert_eq!(offloads.free_slots(), free - holding);
+        }
+        for alloc in 0..3 {
+            offloads.set(AllocId::from_bits(alloc + 1).unwrap(), &FiveTuple {
+                transport: Transport::Udp,
+                local: "192.0.2.1:3478".parse().unwrap(),
+                remote: "192.0.2.9:1".parse().unwrap(),
+            }, None, &[]);
+        }
+        proptest::prop_assert_eq!(count_keys(&path.from_client, 24), 0);
+        proptest::prop_assert_eq!(count_keys(&path.from_peer, 40), 0);
+        proptest::prop_assert_eq!(offloads.free_slots(), free);
+    }
+}
