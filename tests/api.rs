@@ -53,7 +53,9 @@ fn exchange(
     headers: &[&str],
     body: &str,
 ) -> Answer {
-    write_http_request(&mut s, method, path, headers, body);
+    // A server that refuses the request (plain HTTP on its HTTPS port)
+    // may close before it is all written: that is an answer of nothing.
+    let _ = write_http_request(&mut s, method, path, headers, body);
     let mut raw = Vec::new();
     // A TLS peer may close without close_notify after the answer.
     let _ = s.read_to_end(&mut raw);

@@ -445,28 +445,30 @@ pub fn http(
 ) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write_http_request(&mut s, method, path, headers, body);
+    write_http_request(&mut s, method, path, headers, body).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (code, _, body) = parse_http_response(&text);
     (code, body.to_owned())
 }
 
-/// Write a `Connection: close` HTTP/1.1 request to `s`.
+/// Write a `Connection: close` HTTP/1.1 request to `s`, in one write (a
+/// server that closes on the first bytes, as an HTTPS listener does on
+/// plain HTTP, then fails no later write of ours).
 pub fn write_http_request(
     s: &mut impl Write,
     method: &str,
     path: &str,
     headers: &[&str],
     body: &str,
-) {
+) -> std::io::Result<()> {
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    );
+    s.write_all(request.as_bytes())?;
+    s.flush()
 }
 
 /// A whole HTTP/1.1 response: (status code, header block, body); status 0
