@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -57,7 +58,7 @@ impl Steering {
         let map = map_create(ports)?;
         let prog = prog_load(&program(map.as_raw_fd(), address, first, last))?;
         let netns = std::fs::File::open("/proc/self/ns/net")?;
-        let link = link_create(prog.as_raw_fd(), netns.as_raw_fd())?;
+        let link = link_create(prog.as_raw_fd(), netns.as_raw_fd() as u32, BPF_SK_LOOKUP, 0)?;
         Ok(Self {
             map,
             first_port: first,
@@ -72,24 +73,12 @@ impl Steering {
     pub fn set(&self, port: u16, sock: RawFd) -> io::Result<()> {
         let key = self.key(port)?;
         let value = u64::try_from(sock).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let mut attr = [0u64; 4];
-        attr[0] = u64::from(self.map.as_raw_fd() as u32);
-        attr[1] = (&raw const key) as u64;
-        attr[2] = (&raw const value) as u64;
-        attr[3] = 0; // BPF_ANY
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+        map_update(&self.map, &key, &value)
     }
 
     /// Stop steering `port`: datagrams go to whatever socket is bound to it.
     pub fn clear(&self, port: u16) -> io::Result<()> {
-        let key = self.key(port)?;
-        let mut attr = [0u64; 4];
-        attr[0] = u64::from(self.map.as_raw_fd() as u32);
-        attr[1] = (&raw const key) as u64;
-        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            r => r.map(drop),
-        }
+        map_delete(&self.map, &self.key(port)?)
     }
 
     fn key(&self, port: u16) -> io::Result<u32> {
@@ -152,11 +141,49 @@ fn prog_load(insns: &[u64]) -> io::Result<OwnedFd> {
     })
 }
 
-fn link_create(prog: RawFd, netns: RawFd) -> io::Result<OwnedFd> {
+/// A BPF link of `prog` to `target` (a descriptor or an interface index,
+/// as `attach_type` wants), with `flags`; the kernel detaches it when the
+/// descriptor closes.
+pub(super) fn link_create(
+    prog: RawFd,
+    target: u32,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 8];
-    attr[0] = u64::from(prog as u32) | (u64::from(netns as u32) << 32);
-    attr[1] = u64::from(BPF_SK_LOOKUP);
+    attr[0] = u64::from(prog as u32) | (u64::from(target) << 32);
+    attr[1] = u64::from(attach_type) | (u64::from(flags) << 32);
     fd(bpf(BPF_LINK_CREATE, &mut attr)?)
+}
+
+/// Set `key` to `value` in `map` (BPF_ANY).
+pub(super) fn map_update<K, V>(map: &OwnedFd, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = (key as *const K) as u64;
+    attr[2] = (value as *const V) as u64;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Remove `key` from `map`; a key that is not there is no error.
+pub(super) fn map_delete<K>(map: &OwnedFd, key: &K) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = (key as *const K) as u64;
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+/// Look `key` up in `map`, into `value` (for a per-CPU map, one value per
+/// possible CPU).
+pub(super) fn map_lookup<K, V>(map: &OwnedFd, key: &K, value: &mut [V]) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = (key as *const K) as u64;
+    attr[2] = value.as_mut_ptr() as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
 }
 
 /// One `struct bpf_insn`.

@@ -38,6 +38,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::sklookup::map_lookup;
 use crate::ratelimit::SharedCell;
 
 pub use table::Offloads;
@@ -45,8 +46,6 @@ pub use table::Offloads;
 /// The compiled program (see the module docs).
 static OBJECT: &[u8] = include_bytes!("xdp/relay_xdp.o");
 
-/// Entries in each of the two lookup maps (`MAX_ENTRIES` in the C source).
-pub const MAX_ENTRIES: u32 = 65_536;
 /// Slots: offloaded allocations at once, over all workers (`MAX_SLOTS`).
 pub const MAX_SLOTS: u32 = 65_536;
 /// `struct slot` in u64s: the counters (0-3), the bandwidth cells (4, 5),
@@ -56,8 +55,6 @@ pub const SLOT_WORDS: usize = 16;
 /// The program's counters (`STAT_*` in the C source).
 pub const PROGRAM_COUNTERS: usize = 6;
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
@@ -109,6 +106,8 @@ pub struct FastPath {
     from_client: OwnedFd,
     from_peer: OwnedFd,
     stats: OwnedFd,
+    /// Possible CPUs: the length of a per-CPU map's value.
+    cpus: usize,
     slots: Slots,
     /// The smallest MTU of the interfaces: ChannelData towards a client
     /// that would exceed it is left to userspace.
@@ -188,6 +187,7 @@ impl FastPath {
             from_client,
             from_peer,
             stats,
+            cpus: possible_cpus(),
             slots,
             links: Vec::new(),
             prog,
@@ -210,11 +210,10 @@ impl FastPath {
     /// was reached, or the datagram would exceed the MTU.
     pub fn stats(&self) -> [u64; PROGRAM_COUNTERS] {
         let mut out = [0u64; PROGRAM_COUNTERS];
-        let cpus = possible_cpus();
-        let mut values = vec![0u64; cpus];
+        let mut values = vec![0u64; self.cpus];
         for (i, o) in out.iter_mut().enumerate() {
             let key = i as u32;
-            if lookup(&self.stats, &key, &mut values).is_ok() {
+            if map_lookup(&self.stats, &key, &mut values).is_ok() {
                 *o = values.iter().sum();
             }
         }
@@ -290,20 +289,7 @@ fn link(prog: &OwnedFd, name: &str, mode: Mode) -> io::Result<OwnedFd> {
     if index == 0 {
         return Err(io::Error::new(io::ErrorKind::NotFound, "no such interface"));
     }
-    let mut attr = [0u64; 8];
-    // prog_fd, target_ifindex; attach_type, flags.
-    attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(index) << 32);
-    attr[1] = u64::from(BPF_XDP) | (u64::from(mode.flags()) << 32);
-    super::sklookup::bpf(BPF_LINK_CREATE, &mut attr).and_then(super::sklookup::fd)
-}
-
-/// Look `key` up in a map, into `value` (a per-CPU map: one per CPU).
-fn lookup<K, V>(map: &OwnedFd, key: &K, value: &mut [V]) -> io::Result<()> {
-    let mut attr = [0u64; 4];
-    attr[0] = u64::from(map.as_raw_fd() as u32);
-    attr[1] = (key as *const K) as u64;
-    attr[2] = value.as_mut_ptr() as u64;
-    super::sklookup::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+    super::sklookup::link_create(prog.as_raw_fd(), index, BPF_XDP, mode.flags())
 }
 
 fn dup(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, AttachError> {

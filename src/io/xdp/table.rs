@@ -5,17 +5,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{FastPath, MAX_SLOTS};
 use crate::core::alloc::Traffic;
 use crate::core::{AllocId, FiveTuple, Offered, Offload};
+use crate::io::sklookup::{map_delete, map_lookup, map_update};
 use crate::policy::canonical;
-
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 /// `struct client_key` in `bpf/relay_xdp.c`.
 #[repr(C)]
@@ -224,8 +221,8 @@ impl Offloads {
             if let Err(err) = self.install(&e, &old) {
                 tracing::debug!(%alloc, %err, "xdp: an entry could not be installed; its channel stays in userspace");
                 self.failed += 1;
-                let _ = delete(&self.path.from_client, &ck);
-                let _ = delete(&self.path.from_peer, &pk);
+                let _ = map_delete(&self.path.from_client, &ck);
+                let _ = map_delete(&self.path.from_peer, &pk);
                 continue;
             }
             entries.push(e);
@@ -242,10 +239,10 @@ impl Offloads {
         };
         for e in &installed.entries {
             if !keys.iter().any(|(c, _)| *c == e.ck) {
-                let _ = delete(&self.path.from_client, &e.ck);
+                let _ = map_delete(&self.path.from_client, &e.ck);
             }
             if !keys.iter().any(|(_, p)| *p == e.pk) {
-                let _ = delete(&self.path.from_peer, &e.pk);
+                let _ = map_delete(&self.path.from_peer, &e.pk);
             }
         }
         installed.entries = entries;
@@ -262,16 +259,16 @@ impl Offloads {
         let (mut tp, mut tc) = (e.tp, e.tc);
         if old.iter().any(|o| o.ck == e.ck && o.pk == e.pk) {
             let mut cur = [tp];
-            if super::lookup(&self.path.from_client, &e.ck, &mut cur).is_ok() {
+            if map_lookup(&self.path.from_client, &e.ck, &mut cur).is_ok() {
                 tp.peer = cur[0].peer;
             }
             let mut cur = [tc];
-            if super::lookup(&self.path.from_peer, &e.pk, &mut cur).is_ok() {
+            if map_lookup(&self.path.from_peer, &e.pk, &mut cur).is_ok() {
                 tc.pushed = cur[0].pushed;
             }
         }
-        update(&self.path.from_client, &e.ck, &tp)?;
-        update(&self.path.from_peer, &e.pk, &tc)
+        map_update(&self.path.from_client, &e.ck, &tp)?;
+        map_update(&self.path.from_peer, &e.pk, &tc)
     }
 
     /// What the fast path relayed for `alloc` since the last read.
@@ -295,8 +292,8 @@ impl Offloads {
             return Traffic::default();
         };
         for e in &i.entries {
-            let _ = delete(&self.path.from_client, &e.ck);
-            let _ = delete(&self.path.from_peer, &e.pk);
+            let _ = map_delete(&self.path.from_client, &e.ck);
+            let _ = map_delete(&self.path.from_peer, &e.pk);
         }
         let traffic = self.read(alloc);
         if let Some(i) = self.allocs.remove(&alloc) {
@@ -428,25 +425,6 @@ pub(super) fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid timespec to write.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn update<K, V>(map: &OwnedFd, key: &K, value: &V) -> io::Result<()> {
-    let mut attr = [0u64; 4];
-    attr[0] = u64::from(map.as_raw_fd() as u32);
-    attr[1] = (key as *const K) as u64;
-    attr[2] = (value as *const V) as u64;
-    attr[3] = 0; // BPF_ANY
-    crate::io::sklookup::bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
-}
-
-fn delete<K>(map: &OwnedFd, key: &K) -> io::Result<()> {
-    let mut attr = [0u64; 4];
-    attr[0] = u64::from(map.as_raw_fd() as u32);
-    attr[1] = (key as *const K) as u64;
-    match crate::io::sklookup::bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        r => r.map(drop),
-    }
 }
 
 #[cfg(test)]
