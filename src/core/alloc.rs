@@ -200,17 +200,12 @@ impl Allocation {
             .map(|(n, _)| *n)
     }
 
-    /// Live channels: number and peer.
-    pub fn live_channel_list(&self, now: Instant) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
+    /// Live channels: number and binding.
+    pub fn live_channel_list(&self, now: Instant) -> impl Iterator<Item = (u16, Channel)> + '_ {
         self.channels
             .iter()
             .filter(move |(_, c)| c.expires > now)
-            .map(|(n, c)| (*n, c.peer))
-    }
-
-    /// When channel `number` expires, if bound.
-    pub fn channel_expiry(&self, number: u16) -> Option<Instant> {
-        self.channel(number).map(|c| c.expires)
+            .copied()
     }
 
     /// When the live permission for `ip` expires, if there is one.

@@ -64,14 +64,13 @@ impl Core {
             }
         }
         a.live_channel_list(now.instant)
-            .filter(|(_, peer)| self.cfg.policy.check_addr(*peer).is_ok())
-            .filter_map(|(channel, peer)| {
-                let expires = a.channel_expiry(channel)?;
-                let permission = a.permission_expiry(&peer.ip(), now.instant)?;
-                let expires = expires.min(permission).min(until);
+            .filter(|(_, c)| self.cfg.policy.check_addr(c.peer).is_ok())
+            .filter_map(|(channel, c)| {
+                let permission = a.permission_expiry(&c.peer.ip(), now.instant)?;
+                let expires = c.expires.min(permission).min(until);
                 (expires > now.instant).then_some(Offload {
                     channel,
-                    peer,
+                    peer: c.peer,
                     expires,
                 })
             })

@@ -195,6 +195,7 @@ fn relayable(h: &Harness, id: AllocId) -> Vec<(u16, SocketAddr)> {
     };
     let mut v: Vec<(u16, SocketAddr)> = a
         .live_channel_list(now)
+        .map(|(n, c)| (n, c.peer))
         .filter(|(_, p)| a.permits(&p.ip(), now))
         .filter(|(_, p)| h.core.cfg.policy.check_addr(*p).is_ok())
         .collect();
