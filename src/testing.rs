@@ -418,3 +418,17 @@ pub fn proxy_v2(command: u8, src: SocketAddr, dst: SocketAddr, tlvs: &[(u8, &[u8
     h.extend_from_slice(&body);
     h
 }
+
+/// The Internet checksum (RFC 1071) over `parts` in order, each an even
+/// number of bytes but the last: 0 when the bytes hold a valid checksum.
+pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u64 = parts
+        .iter()
+        .flat_map(|p| p.chunks(2))
+        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::{self, wait_until};
+use tern::testing::internet_checksum;
 
 pub const TERN: &str = env!("CARGO_BIN_EXE_tern");
 pub const ROOT: &str = "needs root: network namespaces, veth, XDP (as root, scripts/test runs it)";
@@ -316,12 +317,12 @@ impl Capture {
             let ip = &f[14..];
             let ok = match ty {
                 0x0800 if ip.len() >= 28 && ip[9] == 17 && ip[12..16] == [10, 99, 0, 1] => {
-                    assert_eq!(fold(sum(&ip[..20])), 0xffff, "IPv4 header checksum");
+                    assert_eq!(internet_checksum(&[&ip[..20]]), 0, "IPv4 header checksum");
                     let len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
                     let udp = &ip[20..len];
                     let pseudo =
                         [&ip[12..20], &[0, 17], &(udp.len() as u16).to_be_bytes()].concat();
-                    fold(sum(&pseudo) + sum(udp)) == 0xffff
+                    internet_checksum(&[&pseudo, udp]) == 0
                 }
                 0x86dd
                     if ip.len() >= 48
@@ -332,7 +333,7 @@ impl Capture {
                     let udp = &ip[40..40 + len];
                     let pseudo =
                         [&ip[8..40], &(len as u32).to_be_bytes()[..], &[0, 0, 0, 17]].concat();
-                    fold(sum(&pseudo) + sum(udp)) == 0xffff
+                    internet_checksum(&[&pseudo, udp]) == 0
                 }
                 _ => continue,
             };
@@ -340,18 +341,4 @@ impl Capture {
             checked += 1;
         }
     }
-}
-
-pub fn sum(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-pub fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }

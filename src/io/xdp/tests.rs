@@ -14,6 +14,7 @@ use super::table::Offloads;
 use super::{FastPath, PROGRAM_COUNTERS};
 use crate::core::alloc::Traffic;
 use crate::core::{AllocId, FiveTuple, Offload, Transport};
+use crate::testing::internet_checksum;
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -37,21 +38,6 @@ fn run(path: &FastPath, frame: &[u8]) -> (u32, Vec<u8>) {
     (retval as u32, out)
 }
 
-fn sum(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn checksum(s: u64) -> u16 {
-    let mut s = s;
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
 /// An Ethernet frame with a UDP datagram, checksums right.
 fn frame(src_mac: [u8; 6], from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -71,7 +57,7 @@ fn frame(src_mac: [u8; 6], from: SocketAddr, to: SocketAddr, payload: &[u8]) -> 
             ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
             ip.extend_from_slice(&s.octets());
             ip.extend_from_slice(&d.octets());
-            let c = checksum(sum(&ip));
+            let c = internet_checksum(&[&ip]);
             ip[10..12].copy_from_slice(&c.to_be_bytes());
             let pseudo = [
                 &s.octets()[..],
@@ -80,7 +66,7 @@ fn frame(src_mac: [u8; 6], from: SocketAddr, to: SocketAddr, payload: &[u8]) -> 
                 &udp_len.to_be_bytes(),
             ]
             .concat();
-            let c = checksum(sum(&pseudo) + sum(&udp));
+            let c = internet_checksum(&[&pseudo, &udp]);
             udp[6..8].copy_from_slice(&c.to_be_bytes());
             f.extend_from_slice(&ip);
         }
@@ -98,7 +84,7 @@ fn frame(src_mac: [u8; 6], from: SocketAddr, to: SocketAddr, payload: &[u8]) -> 
                 &[0, 0, 0, 17],
             ]
             .concat();
-            let c = checksum(sum(&pseudo) + sum(&udp));
+            let c = internet_checksum(&[&pseudo, &udp]);
             udp[6..8].copy_from_slice(&c.to_be_bytes());
             f.extend_from_slice(&ip);
         }
@@ -115,13 +101,13 @@ fn parse(f: &[u8]) -> (SocketAddr, SocketAddr, Vec<u8>, [u8; 6], [u8; 6]) {
     let (from_ip, to_ip, udp): (IpAddr, IpAddr, &[u8]) = match u16::from_be_bytes([f[12], f[13]]) {
         0x0800 => {
             let ip = &f[14..34];
-            assert_eq!(checksum(sum(ip)), 0, "IPv4 header checksum");
+            assert_eq!(internet_checksum(&[ip]), 0, "IPv4 header checksum");
             assert_eq!(ip[8], 64, "TTL");
             let len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             assert_eq!(len, f.len() - 14, "IPv4 total length");
             let udp = &f[34..];
             let pseudo = [&ip[12..20], &[0, 17], &(udp.len() as u16).to_be_bytes()].concat();
-            assert_eq!(checksum(sum(&pseudo) + sum(udp)), 0, "UDP checksum");
+            assert_eq!(internet_checksum(&[&pseudo, udp]), 0, "UDP checksum");
             let s: [u8; 4] = ip[12..16].try_into().unwrap();
             let d: [u8; 4] = ip[16..20].try_into().unwrap();
             (s.into(), d.into(), udp)
@@ -132,7 +118,7 @@ fn parse(f: &[u8]) -> (SocketAddr, SocketAddr, Vec<u8>, [u8; 6], [u8; 6]) {
             assert_eq!(len, f.len() - 54, "IPv6 payload length");
             let udp = &f[54..];
             let pseudo = [&ip[8..40], &(len as u32).to_be_bytes()[..], &[0, 0, 0, 17]].concat();
-            assert_eq!(checksum(sum(&pseudo) + sum(udp)), 0, "UDP checksum");
+            assert_eq!(internet_checksum(&[&pseudo, udp]), 0, "UDP checksum");
             let s: [u8; 16] = ip[8..24].try_into().unwrap();
             let d: [u8; 16] = ip[24..40].try_into().unwrap();
             (s.into(), d.into(), udp)
