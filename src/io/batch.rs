@@ -22,24 +22,33 @@ const SEND_BATCH: usize = 64;
 pub const SEND_QUEUE_LIMIT: usize = 256;
 
 /// `RECV_BATCH` receive slots, each `slot_len` bytes, with the `recvmmsg`
-/// headers built once: a call only re-aims the buffers when the offset
-/// changes and resets the address lengths the last call used (rebuilding
-/// 32 headers per call was a quarter of tern's own instructions when most
-/// calls return one datagram).
+/// headers built once: a call resets only the address and control lengths
+/// the last call used (rebuilding 32 headers per call was a quarter of
+/// tern's own instructions when most calls return one datagram). A worker
+/// reads client datagrams at offset 0 and peer datagrams after the
+/// re-framing headroom, often in turn, so there are two sets of headers,
+/// each aimed at one offset, and switching offsets rewrites nothing.
 pub struct RecvBatch {
     buf: Box<[u8]>,
     slot_len: usize,
     names: Box<[libc::sockaddr_storage]>,
     lens: [usize; RECV_BATCH],
+    /// `SETS` header sets, `RECV_BATCH` headers (and iovecs) each.
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
-    /// The offset `iov` points at, once aimed.
-    aimed: Option<usize>,
-    /// Headers the last call filled.
-    used: usize,
-    /// Per-slot control buffers, when destinations are asked for.
+    /// The offset each set points at, once aimed.
+    aimed: [Option<usize>; SETS],
+    /// Headers each set's last call filled.
+    used: [usize; SETS],
+    /// The set the last call used.
+    last: usize,
+    /// Per-slot control buffers, when destinations are asked for (shared
+    /// by the sets: one call uses one set).
     control: Option<Box<[[u64; CONTROL_WORDS]]>>,
 }
+
+/// Header sets, one per receive offset in use.
+const SETS: usize = 2;
 
 /// Control buffer per slot: room for one IP(V6)_ORIGDSTADDR message.
 const CONTROL_WORDS: usize = 8;
@@ -60,18 +69,20 @@ impl RecvBatch {
             slot_len,
             names: vec![zero; RECV_BATCH].into_boxed_slice(),
             lens: [0; RECV_BATCH],
-            iov: vec![iov; RECV_BATCH].into_boxed_slice(),
-            hdrs: vec![hdr; RECV_BATCH].into_boxed_slice(),
-            aimed: None,
-            used: RECV_BATCH,
+            iov: vec![iov; SETS * RECV_BATCH].into_boxed_slice(),
+            hdrs: vec![hdr; SETS * RECV_BATCH].into_boxed_slice(),
+            aimed: [None; SETS],
+            used: [RECV_BATCH; SETS],
+            last: 0,
             control: None,
         };
         // The boxed slices never move or resize, so these pointers stay
-        // valid for the batch's life (`msg_iov` is set when aiming).
-        for i in 0..RECV_BATCH {
-            let h = &mut b.hdrs[i].msg_hdr;
-            h.msg_name = (&raw mut b.names[i]).cast();
+        // valid for the batch's life (the buffers are aimed per set).
+        for (j, h) in b.hdrs.iter_mut().enumerate() {
+            let h = &mut h.msg_hdr;
+            h.msg_name = (&raw mut b.names[j % RECV_BATCH]).cast();
             h.msg_iovlen = 1;
+            h.msg_iov = &raw mut b.iov[j];
         }
         b
     }
@@ -84,8 +95,8 @@ impl RecvBatch {
         let control = b
             .control
             .insert(vec![[0; CONTROL_WORDS]; RECV_BATCH].into_boxed_slice());
-        for (h, c) in b.hdrs.iter_mut().zip(control.iter_mut()) {
-            h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+        for (j, h) in b.hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_control = control[j % RECV_BATCH].as_mut_ptr().cast();
         }
         b
     }
@@ -94,7 +105,10 @@ impl RecvBatch {
     /// (`None` unless made [`RecvBatch::with_destinations`]).
     pub fn destination(&self, i: usize) -> Option<SocketAddr> {
         self.control.as_ref()?;
-        let h = &self.hdrs.get(i)?.msg_hdr;
+        if i >= RECV_BATCH {
+            return None;
+        }
+        let h = &self.hdrs.get(self.last * RECV_BATCH + i)?.msg_hdr;
         // SAFETY: the header's control buffer is ours and the kernel set
         // its length; the CMSG macros stay within it.
         unsafe {
@@ -127,17 +141,27 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
         let offset = offset.min(self.slot_len);
         let room = self.slot_len - offset;
-        if self.aimed != Some(offset) {
-            let base = self.buf.as_mut_ptr();
-            for i in 0..RECV_BATCH {
-                // SAFETY: i * slot_len + offset stays inside `buf` (offset
-                // <= slot_len, i < RECV_BATCH).
-                self.iov[i].iov_base = unsafe { base.add(i * self.slot_len + offset) }.cast();
-                self.iov[i].iov_len = room;
-                self.hdrs[i].msg_hdr.msg_iov = &raw mut self.iov[i];
+        let set = match self.aimed.iter().position(|a| *a == Some(offset)) {
+            Some(set) => set,
+            None => {
+                // Re-aim the set not used last.
+                let set = (self.last + 1) % SETS;
+                let base = self.buf.as_mut_ptr();
+                for (i, v) in self.iov[set * RECV_BATCH..][..RECV_BATCH]
+                    .iter_mut()
+                    .enumerate()
+                {
+                    // SAFETY: i * slot_len + offset stays inside `buf`
+                    // (offset <= slot_len, i < RECV_BATCH).
+                    v.iov_base = unsafe { base.add(i * self.slot_len + offset) }.cast();
+                    v.iov_len = room;
+                }
+                self.aimed[set] = Some(offset);
+                set
             }
-            self.aimed = Some(offset);
-        }
+        };
+        self.last = set;
+        let hdrs = &mut self.hdrs[set * RECV_BATCH..][..RECV_BATCH];
         // The kernel rewrites the address and control lengths of each
         // header it fills.
         let control_len = if self.control.is_some() {
@@ -145,30 +169,30 @@ impl RecvBatch {
         } else {
             0
         };
-        for h in &mut self.hdrs[..self.used] {
+        for h in &mut hdrs[..self.used[set]] {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_hdr.msg_controllen = control_len;
         }
-        // SAFETY: every header points at a live iovec and name buffer of
-        // the stated sizes, and at a control buffer of `control_len` (or
-        // none), all owned by `self` (see `new`).
+        // SAFETY: every header of the set points at a live iovec and name
+        // buffer of the stated sizes, and at a control buffer of
+        // `control_len` (or none), all owned by `self` (see `new`).
         let n = unsafe {
             libc::recvmmsg(
                 fd,
-                self.hdrs.as_mut_ptr(),
+                hdrs.as_mut_ptr(),
                 RECV_BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
         if n < 0 {
-            self.used = 1;
+            self.used[set] = 1;
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
         // Also the header after the last datagram, which the kernel tried.
-        self.used = (n + 1).min(RECV_BATCH);
-        for (len, h) in self.lens.iter_mut().zip(self.hdrs.iter()).take(n) {
+        self.used[set] = (n + 1).min(RECV_BATCH);
+        for (len, h) in self.lens.iter_mut().zip(hdrs.iter()).take(n) {
             *len = (h.msg_len as usize).min(room);
         }
         Ok(n)
@@ -444,6 +468,38 @@ mod tests {
         // Nothing left: WouldBlock, not a wait.
         let e = b.recv(rx.as_raw_fd(), 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn offsets_can_alternate_between_calls() {
+        // A worker reads clients at offset 0 and peers after the headroom,
+        // in turn: each call must land every datagram at its own offset,
+        // with its source and destination, whichever set served the last.
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receive_destinations(&rx).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut b = RecvBatch::with_destinations(256);
+        for (round, offset) in [0, 48, 0, 48, 20, 0].into_iter().enumerate() {
+            let count = round % 3 + 1;
+            for i in 0..count {
+                tx.send_to(&[round as u8, i as u8, 7], to).unwrap();
+            }
+            let mut got = 0;
+            while got < count {
+                rx.set_nonblocking(false).unwrap();
+                rx.peek(&mut [0u8; 1]).unwrap();
+                let n = b.recv(rx.as_raw_fd(), offset).unwrap();
+                for i in 0..n {
+                    assert_eq!(b.destination(i), Some(to));
+                    let (slot, len, from) = b.slot(i);
+                    assert_eq!(len, 3);
+                    assert_eq!(from, Some(tx.local_addr().unwrap()));
+                    assert_eq!(slot[offset..offset + 3], [round as u8, (got + i) as u8, 7]);
+                }
+                got += n;
+            }
+        }
     }
 
     #[test]

@@ -150,8 +150,17 @@ pub(crate) struct Handoffs {
     /// Indexed by `from * workers + to`.
     lanes: Box<[Lane]>,
     wakes: Box<[Arc<Notify>]>,
-    parked: Box<[AtomicBool]>,
+    /// One flag per worker, each on its own cache line: a worker writes
+    /// its flag at every park and unpark, and flags sharing a line would
+    /// move it between cores on every wake-up of any worker.
+    parked: Box<[Parked]>,
 }
+
+/// A worker's parked flag, alone on its cache line (128 bytes: adjacent
+/// lines are fetched in pairs on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Parked(AtomicBool);
 
 impl Handoffs {
     /// Lanes between `workers` workers.
@@ -167,7 +176,7 @@ impl Handoffs {
                 })
                 .collect(),
             wakes: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
-            parked: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            parked: (0..workers).map(|_| Parked::default()).collect(),
         }
     }
 
@@ -177,7 +186,7 @@ impl Handoffs {
         let Some(parked) = self.parked.get(worker) else {
             return;
         };
-        parked.store(true, Ordering::SeqCst);
+        parked.0.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let waiting = (0..self.workers)
             .filter_map(|from| self.lane(from, worker))
@@ -190,7 +199,7 @@ impl Handoffs {
     /// Worker `worker` runs again.
     pub(crate) fn unpark(&self, worker: usize) {
         if let Some(parked) = self.parked.get(worker) {
-            parked.store(false, Ordering::SeqCst);
+            parked.0.store(false, Ordering::SeqCst);
         }
     }
 
@@ -239,7 +248,7 @@ impl Handoffs {
         if self
             .parked
             .get(to)
-            .is_some_and(|p| p.load(Ordering::SeqCst))
+            .is_some_and(|p| p.0.load(Ordering::SeqCst))
         {
             self.wakes[to].notify_one();
         }
@@ -255,6 +264,12 @@ impl Handoffs {
             let Some(lane) = self.lane(from, to) else {
                 continue;
             };
+            // Nothing reserved, nothing to take: skip the queue (an empty
+            // pop costs a fence). A batch pushed after this look is taken
+            // at the next settle, or on the wake-up `park` asks for.
+            if lane.datagrams.load(Ordering::Acquire) == 0 {
+                continue;
+            }
             while let Some(mut batch) = lane.full.pop() {
                 n += batch.len();
                 deliver(&batch);

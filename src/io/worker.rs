@@ -60,7 +60,15 @@ pub fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     let worker = Worker::new(index, core, shared);
-    let result = local.block_on(&rt, Rc::clone(&worker).serve_all(udp, tcp, state));
+    // The worker's control loop runs as a task of its own, like its
+    // sockets: the future the runtime polls after every wake-up is then
+    // only a join handle, not the control loop's three branches.
+    let result = local.block_on(&rt, async {
+        let control = tokio::task::spawn_local(Rc::clone(&worker).serve_all(udp, tcp, state));
+        control
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    });
     // Dropping the LocalSet cancels the worker's remaining tasks.
     drop(local);
     rt.shutdown_timeout(Duration::from_secs(1));
