@@ -59,16 +59,12 @@ pub fn run(
         .on_thread_unpark(move || unpark.handoffs.unpark(index))
         .build()?;
     let local = tokio::task::LocalSet::new();
+    // The control loop is a task like the sockets' (the future the runtime
+    // polls after every wake-up is then a join handle, not its select!).
     let worker = Worker::new(index, core, shared);
-    // The worker's control loop runs as a task of its own, like its
-    // sockets: the future the runtime polls after every wake-up is then
-    // only a join handle, not the control loop's three branches.
-    let result = local.block_on(&rt, async {
-        let control = tokio::task::spawn_local(Rc::clone(&worker).serve_all(udp, tcp, state));
-        control
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    });
+    let control = local.spawn_local(worker.serve_all(udp, tcp, state));
+    let joined = local.block_on(&rt, control);
+    let result = joined.unwrap_or_else(|e| Err(std::io::Error::other(e)));
     // Dropping the LocalSet cancels the worker's remaining tasks.
     drop(local);
     rt.shutdown_timeout(Duration::from_secs(1));
