@@ -17,6 +17,8 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+#[cfg(test)]
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_SOCKMAP: u32 = 15;
@@ -184,6 +186,17 @@ pub(super) fn map_lookup<K, V>(map: &OwnedFd, key: &K, value: &mut [V]) -> io::R
     attr[1] = (key as *const K) as u64;
     attr[2] = value.as_mut_ptr() as u64;
     bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+}
+
+/// The key after `key` in `map` (the first key for `None`), into `next`;
+/// an error once there is none.
+#[cfg(test)]
+pub(super) fn map_next_key(map: &OwnedFd, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<()> {
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = key.map_or(0, |k| k.as_ptr() as u64);
+    attr[2] = next.as_mut_ptr() as u64;
+    bpf(BPF_MAP_GET_NEXT_KEY, &mut attr).map(drop)
 }
 
 /// One `struct bpf_insn`.

@@ -227,8 +227,7 @@ impl Offloads {
             }
             entries.push(e);
         }
-        let keys: Vec<(ClientKey, PeerKey)> = entries.iter().map(|e| (e.ck, e.pk)).collect();
-        if keys.is_empty() {
+        if entries.is_empty() {
             return Offered {
                 traffic: self.withdraw(alloc),
                 buckets: None,
@@ -238,10 +237,10 @@ impl Offloads {
             return Offered::default();
         };
         for e in &installed.entries {
-            if !keys.iter().any(|(c, _)| *c == e.ck) {
+            if !entries.iter().any(|n| n.ck == e.ck) {
                 let _ = map_delete(&self.path.from_client, &e.ck);
             }
-            if !keys.iter().any(|(_, p)| *p == e.pk) {
+            if !entries.iter().any(|n| n.pk == e.pk) {
                 let _ = map_delete(&self.path.from_peer, &e.pk);
             }
         }

@@ -364,11 +364,7 @@ fn count_keys(map: &std::os::fd::OwnedFd, size: usize) -> usize {
     let mut key: Option<Vec<u8>> = None;
     loop {
         let mut next = vec![0u8; size];
-        let mut attr = [0u64; 4];
-        attr[0] = u64::from(map.as_raw_fd() as u32);
-        attr[1] = key.as_ref().map_or(0, |k| k.as_ptr() as u64);
-        attr[2] = next.as_mut_ptr() as u64;
-        if super::super::sklookup::bpf(4, &mut attr).is_err() {
+        if super::super::sklookup::map_next_key(map, key.as_deref(), &mut next).is_err() {
             return n;
         }
         n += 1;
