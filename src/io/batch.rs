@@ -234,12 +234,8 @@ pub fn receive_destinations(sock: &UdpSocket) -> io::Result<()> {
     }
 }
 
-/// Read `sock` until it fails: one `recvmmsg` into `rx` per batch (each
-/// datagram at `offset` in its slot), handed whole to `handle(rx, count)`;
-/// up to `rounds` batches per readiness event, then a yield. A short batch
-/// means the socket is drained, so readiness is cleared without the extra
-/// call that would only return `EAGAIN`. `rx` is borrowed for one batch at
-/// a time, never across an await, so tasks of a thread share it.
+/// Read `sock` until it fails: [`drain`] it whenever it is readable, and
+/// yield to the thread's other tasks when it was not drained.
 pub async fn receive_batches(
     sock: &AsyncFd<UdpSocket>,
     rx: &RefCell<RecvBatch>,
@@ -252,33 +248,44 @@ pub async fn receive_batches(
         let Ok(mut ready) = sock.readable().await else {
             return;
         };
-        let mut drained = false;
-        for _ in 0..rounds {
-            let mut rx = rx.borrow_mut();
-            match rx.recv(fd, offset) {
-                Ok(n) => {
-                    handle(&mut rx, n);
-                    if n < RECV_BATCH {
-                        drained = true;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    drained = true;
-                    break;
-                }
-                // Interrupted, or an error reported for an earlier
-                // datagram: try again.
-                Err(_) => {}
-            }
-        }
-        if drained {
+        if drain(fd, rx, offset, rounds, &mut handle) {
             ready.clear_ready();
         } else {
             drop(ready);
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Up to `rounds` batches from `fd` (`recvmmsg`, without blocking), each
+/// datagram at `offset` in its slot, each batch handed whole to
+/// `handle(rx, count)`; whether the socket is drained. A short batch means
+/// it is, so the caller clears its readiness without the extra call that
+/// would only return `EAGAIN`. `rx` is borrowed for one batch at a time,
+/// so the sockets of a thread share it.
+pub fn drain(
+    fd: RawFd,
+    rx: &RefCell<RecvBatch>,
+    offset: usize,
+    rounds: usize,
+    handle: &mut impl FnMut(&mut RecvBatch, usize),
+) -> bool {
+    for _ in 0..rounds {
+        let mut rx = rx.borrow_mut();
+        match rx.recv(fd, offset) {
+            Ok(n) => {
+                handle(&mut rx, n);
+                if n < RECV_BATCH {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            // Interrupted, or an error reported for an earlier datagram:
+            // try again.
+            Err(_) => {}
+        }
+    }
+    false
 }
 
 /// A kernel socket address as a `SocketAddr`.

@@ -16,6 +16,8 @@
 //! Modules:
 //! - `worker`: the event loop, the one receive adapter and the core's
 //!   [`Io`](crate::core::Io).
+//! - `pump`: who reads which UDP socket: the runtime's own future the hot
+//!   ones (listeners, steered sockets), a task each polled relay.
 //! - `relay`: relay sockets, steered and polled, and the port →
 //!   allocation table.
 //! - `handoff`: relay-to-relay datagrams, in order, between workers.
@@ -39,6 +41,7 @@ mod mailbox;
 pub mod net;
 pub mod ports;
 mod proxy;
+mod pump;
 mod relay;
 pub mod sklookup;
 mod tcp;

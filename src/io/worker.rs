@@ -4,9 +4,11 @@
 //! other thread can reach it: other workers hand datagrams over through
 //! `handoff` lanes, which this worker drains into its own core.
 //!
-//! Every socket of the worker is read by one adapter, [`serve`], a batch
-//! (`recvmmsg`) at a time. Each batch is handed to the core with one read
-//! of the clock, and then [`Worker::settle`] finishes it: relay-to-relay
+//! Every UDP socket of the worker is read a batch (`recvmmsg`) at a time:
+//! the hot ones (listeners, steered sockets) by the future the runtime
+//! polls itself, each polled relay by a task of its own (`pump`). Each
+//! batch goes to [`Worker::on_batch`], which hands it to the core with one
+//! read of the clock, and then [`Worker::settle`] finishes it: relay-to-relay
 //! datagrams are delivered (this worker's) or sent on (other workers'),
 //! and what the core queued for clients leaves in one `sendmmsg` per
 //! listener (TCP: one write per connection), with no task hop.
@@ -24,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use super::batch::{self, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use super::handoff::{Batch, deliver};
 use super::mailbox::{Order, Target};
+use super::pump::{self, Source};
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
 use super::tcp::{self, Queued, TcpOut};
 use super::tls::StreamMode;
@@ -38,7 +41,7 @@ use crate::metrics::{HandoffPath, IoStats, Report};
 use crate::wire::PEER_HEADROOM;
 
 /// `recvmmsg` calls per readiness event before yielding to other tasks.
-const RECV_ROUNDS: usize = 4;
+pub(super) const RECV_ROUNDS: usize = 4;
 /// Receive slot: headroom for re-framing, the largest UDP payload, padding.
 const BUF_LEN: usize = PEER_HEADROOM + 65_535 + 4;
 
@@ -59,27 +62,19 @@ pub fn run(
         .on_thread_unpark(move || unpark.handoffs.unpark(index))
         .build()?;
     let local = tokio::task::LocalSet::new();
-    // The control loop is a task like the sockets' (the future the runtime
-    // polls after every wake-up is then a join handle, not its select!).
     let worker = Worker::new(index, core, shared);
-    let control = local.spawn_local(worker.serve_all(udp, tcp, state));
-    let joined = local.block_on(&rt, control);
-    let result = joined.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let result = local
+        .block_on(&rt, async { worker.start_sockets(udp, tcp) })
+        .and_then(|hot| {
+            // The control loop is a task; the hot sockets are polled by the
+            // future the runtime itself polls (see `pump`).
+            let control = local.spawn_local(Rc::clone(&worker).control(state));
+            local.block_on(&rt, pump::pump(worker, hot, control))
+        });
     // Dropping the LocalSet cancels the worker's remaining tasks.
     drop(local);
     rt.shutdown_timeout(Duration::from_secs(1));
     result
-}
-
-/// Where a socket's datagrams come from.
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    /// Clients, on the listener bound at this address.
-    Listener(SocketAddr),
-    /// Peers of one polled relay.
-    Relay(AllocId),
-    /// Peers of every steered relay of this worker.
-    Steered,
 }
 
 /// One worker thread's state.
@@ -219,7 +214,8 @@ impl Io for WorkerIo {
         } else {
             let sock = Rc::new(register(std_sock).map_err(|_| RelayError::NoCapacity)?);
             let me = self.me.upgrade().ok_or(RelayError::NoCapacity)?;
-            let task = tokio::task::spawn_local(serve(me, Rc::clone(&sock), Source::Relay(alloc)));
+            let task =
+                tokio::task::spawn_local(pump::serve(me, Rc::clone(&sock), Source::Relay(alloc)));
             RelaySocket::Polled(sock, task)
         };
         self.relays.insert(Relay {
@@ -304,15 +300,26 @@ impl Worker {
         &self.shared
     }
 
-    /// Serve on the given sockets until the phase turns to stopping. Must
-    /// run inside a `LocalSet`.
-    async fn serve_all(
+    /// The receive slots every socket of this worker is read into.
+    pub(super) fn rx(&self) -> &RefCell<RecvBatch> {
+        &self.rx
+    }
+
+    /// Up to [`RECV_ROUNDS`] batches from `sock`, each handed to the core
+    /// and settled; whether the socket is drained.
+    pub(super) fn receive(&self, sock: &Udp, source: Source) -> bool {
+        let fd = sock.get_ref().as_raw_fd();
+        batch::drain(fd, &self.rx, source.offset(), RECV_ROUNDS, &mut |rx, n| {
+            self.on_batch(source, rx, n);
+        })
+    }
+
+    /// The worker's control loop: ticks, orders and state changes, until
+    /// the phase turns to stopping. Must run inside a `LocalSet`.
+    async fn control(
         self: Rc<Self>,
-        udp: Vec<UdpSocket>,
-        tcp: Vec<(std::net::TcpListener, StreamMode)>,
         mut state: watch::Receiver<WorkerState>,
     ) -> std::io::Result<()> {
-        self.start_sockets(udp, tcp)?;
         if let Some(o) = &mut self.io.borrow_mut().offloads {
             o.set_rate(state.borrow().config.limits.max_bandwidth);
             self.core.borrow_mut().set_offloading(true);
@@ -356,21 +363,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Register the listeners and the steered sockets, and start a task
-    /// reading each.
+    /// Register the listeners and the steered sockets (returned, for the
+    /// pump to read) and start a task accepting on each TCP listener. Must
+    /// run inside a `LocalSet`.
     fn start_sockets(
         self: &Rc<Self>,
         udp: Vec<UdpSocket>,
         tcp: Vec<(std::net::TcpListener, StreamMode)>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Vec<pump::Hot>> {
+        let mut hot = Vec::new();
         for s in udp {
             let local = s.local_addr()?;
             let sock = Rc::new(register(s)?);
             let mut io = self.io.borrow_mut();
             io.listener_addrs.push(local);
             io.listeners.push(Rc::clone(&sock));
-            drop(io);
-            tokio::task::spawn_local(serve(Rc::clone(self), sock, Source::Listener(local)));
+            hot.push(pump::Hot::new(sock, Source::Listener(local)));
         }
         let (v4, v6) = self.shared.ports.addresses();
         for (i, ip) in [v4, v6].into_iter().enumerate() {
@@ -381,13 +389,13 @@ impl Worker {
             batch::receive_destinations(&s)?;
             let sock = Rc::new(register(s)?);
             self.io.borrow_mut().steered[i] = Some(sock.get_ref().as_raw_fd());
-            tokio::task::spawn_local(serve(Rc::clone(self), sock, Source::Steered));
+            hot.push(pump::Hot::new(sock, Source::Steered));
         }
         for (l, mode) in tcp {
             let listener = tokio::net::TcpListener::from_std(l)?;
             tokio::task::spawn_local(tcp::accept_loop(Rc::clone(self), listener, mode));
         }
-        Ok(())
+        Ok(hot)
     }
 
     /// An operator's order, between batches.
@@ -420,7 +428,7 @@ impl Worker {
 
     /// Hand one batch of `n` datagrams from `source` to the core, then
     /// settle it.
-    fn on_batch(&self, source: Source, rx: &mut RecvBatch, n: usize) {
+    pub(super) fn on_batch(&self, source: Source, rx: &mut RecvBatch, n: usize) {
         let now = now();
         {
             let mut core = self.core.borrow_mut();
@@ -576,19 +584,6 @@ async fn inbox_loop(w: Rc<Worker>) {
         w.wake.notified().await;
         w.settle(now());
     }
-}
-
-/// Read `sock` a batch at a time for as long as the worker runs, handing
-/// each batch to [`Worker::on_batch`].
-async fn serve(w: Rc<Worker>, sock: Rc<Udp>, source: Source) {
-    let offset = match source {
-        Source::Listener(_) => 0,
-        Source::Relay(_) | Source::Steered => PEER_HEADROOM,
-    };
-    batch::receive_batches(&sock, &w.rx, offset, RECV_ROUNDS, |rx, n| {
-        w.on_batch(source, rx, n);
-    })
-    .await;
 }
 
 /// The next order, or never when this worker has no mailbox.
