@@ -1,0 +1,106 @@
+//! tern-latfloor: the round-trip floor of `bench/compare --latency`.
+//!
+//! The least a relay built on sockets can add to a round trip: one
+//! thread, its own level-triggered `epoll`, one `recvfrom` and one
+//! `sendto` per datagram, no async runtime, no TURN. Datagrams from a
+//! client go to `--peer` from an upstream socket of that client's own
+//! (as a relay's allocation has); the peer's answers go back to the
+//! client from the listener. At light load a round trip through it is
+//! the kernel's part of any relay (wake-ups, context switches, loopback
+//! deliveries), so tern's and coturn's distance to it is what their user
+//! space adds.
+//!
+//! Loopback use only: it forwards to one peer, and holds at most
+//! `--max-clients` upstream sockets.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use clap::Parser;
+
+/// Forward UDP between clients and one peer, for latency floors.
+#[derive(Parser)]
+struct Args {
+    /// Address to receive clients' datagrams on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where clients' datagrams go.
+    #[arg(long)]
+    peer: SocketAddr,
+    /// Clients served at most (one upstream socket each).
+    #[arg(long, default_value_t = 1000)]
+    max_clients: usize,
+}
+
+/// The listener's token in the epoll set; upstream socket `i` is `i + 1`.
+const LISTENER: u64 = 0;
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let listener = UdpSocket::bind(args.listen)?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: epoll_create1 takes no pointers; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ep` is a new descriptor that nothing else owns.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    watch(&ep, listener.as_raw_fd(), LISTENER)?;
+    let mut upstream: Vec<(UdpSocket, SocketAddr)> = Vec::new();
+    let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut buf = [0u8; 65_536];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    loop {
+        // SAFETY: `events` is valid for 64 entries, which the kernel writes.
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 64, -1) };
+        let Ok(n) = usize::try_from(n) else {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        };
+        for ev in &events[..n] {
+            let token = ev.u64;
+            if token == LISTENER {
+                let Ok((len, client)) = listener.recv_from(&mut buf) else {
+                    continue;
+                };
+                let i = match by_client.get(&client) {
+                    Some(&i) => i,
+                    None if upstream.len() < args.max_clients => {
+                        let sock = UdpSocket::bind(SocketAddr::new(args.listen.ip(), 0))?;
+                        sock.set_nonblocking(true)?;
+                        watch(&ep, sock.as_raw_fd(), upstream.len() as u64 + 1)?;
+                        upstream.push((sock, client));
+                        by_client.insert(client, upstream.len() - 1);
+                        upstream.len() - 1
+                    }
+                    None => continue,
+                };
+                let _ = upstream[i].0.send_to(&buf[..len], args.peer);
+            } else if let Some((sock, client)) = upstream.get(token as usize - 1) {
+                if let Ok((len, _)) = sock.recv_from(&mut buf) {
+                    let _ = listener.send_to(&buf[..len], *client);
+                }
+            }
+        }
+    }
+}
+
+/// Add `fd` to the epoll set `ep` for reading (level-triggered).
+fn watch(ep: &OwnedFd, fd: RawFd, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: `ev` is a valid event for the call's duration; both
+    // descriptors are open.
+    if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
