@@ -72,9 +72,11 @@ fn main() -> io::Result<()> {
                 let i = match by_client.get(&client) {
                     Some(&i) => i,
                     None if upstream.len() < args.max_clients => {
-                        let sock = UdpSocket::bind(SocketAddr::new(args.listen.ip(), 0))?;
-                        sock.set_nonblocking(true)?;
-                        watch(&ep, sock.as_raw_fd(), upstream.len() as u64 + 1)?;
+                        let token = upstream.len() as u64 + 1;
+                        // Out of descriptors or ports: drop the datagram.
+                        let Ok(sock) = open_upstream(&ep, args.listen, token) else {
+                            continue;
+                        };
                         upstream.push((sock, client));
                         by_client.insert(client, upstream.len() - 1);
                         upstream.len() - 1
@@ -89,6 +91,14 @@ fn main() -> io::Result<()> {
             }
         }
     }
+}
+
+/// A new upstream socket on `listen`'s address, in the epoll set as `token`.
+fn open_upstream(ep: &OwnedFd, listen: SocketAddr, token: u64) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(listen.ip(), 0))?;
+    sock.set_nonblocking(true)?;
+    watch(ep, sock.as_raw_fd(), token)?;
+    Ok(sock)
 }
 
 /// Add `fd` to the epoll set `ep` for reading (level-triggered).
