@@ -108,8 +108,18 @@ fn bind_all<S: LocalAddr>(
     let mut per_worker: Vec<Vec<S>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in addrs {
         let tcp = transport == "tcp";
-        let group = net::probe_unused(*addr, tcp)
-            .and_then(|probed| bind_for_workers(probed, workers, &bind));
+        let mut group = probe_and_bind(*addr, tcp, workers, &bind);
+        // With port 0 nobody else can serve the address asked for: an
+        // `AddrInUse` means another process took the port the probe found
+        // before the group bound it (the probe closes first). Probe again.
+        for _ in 0..PORT_ZERO_RETRIES {
+            match &group {
+                Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    group = probe_and_bind(*addr, tcp, workers, &bind);
+                }
+                _ => break,
+            }
+        }
         match group {
             Ok((actual, socks)) => {
                 bound.push((*addr, actual));
@@ -136,6 +146,20 @@ fn bind_all<S: LocalAddr>(
         }
     }
     Ok((bound, per_worker))
+}
+
+/// Times a port-0 listener is probed and bound again after another process
+/// took the port between the two.
+const PORT_ZERO_RETRIES: usize = 8;
+
+/// Check that no other process serves `addr`, then bind it once per worker.
+fn probe_and_bind<S: LocalAddr>(
+    addr: SocketAddr,
+    tcp: bool,
+    workers: usize,
+    bind: &impl Fn(SocketAddr) -> std::io::Result<S>,
+) -> std::io::Result<(SocketAddr, Vec<S>)> {
+    net::probe_unused(addr, tcp).and_then(|probed| bind_for_workers(probed, workers, bind))
 }
 
 /// Bind one socket per worker on `addr`; with port 0, the first socket's
