@@ -108,19 +108,7 @@ fn bind_all<S: LocalAddr>(
     let mut per_worker: Vec<Vec<S>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in addrs {
         let tcp = transport == "tcp";
-        let mut group = probe_and_bind(*addr, tcp, workers, &bind);
-        // With port 0 nobody else can serve the address asked for: an
-        // `AddrInUse` means another process took the port the probe found
-        // before the group bound it (the probe closes first). Probe again.
-        for _ in 0..PORT_ZERO_RETRIES {
-            match &group {
-                Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
-                    group = probe_and_bind(*addr, tcp, workers, &bind);
-                }
-                _ => break,
-            }
-        }
-        match group {
+        match probe_and_bind(*addr, tcp, workers, &bind) {
             Ok((actual, socks)) => {
                 bound.push((*addr, actual));
                 for (w, s) in socks.into_iter().enumerate() {
@@ -153,13 +141,26 @@ fn bind_all<S: LocalAddr>(
 const PORT_ZERO_RETRIES: usize = 8;
 
 /// Check that no other process serves `addr`, then bind it once per worker.
+/// With port 0 nobody else can serve the address asked for: an `AddrInUse`
+/// means another process took the port the probe found before the group
+/// bound it (the probe closes first), so probe again.
 fn probe_and_bind<S: LocalAddr>(
     addr: SocketAddr,
     tcp: bool,
     workers: usize,
     bind: &impl Fn(SocketAddr) -> std::io::Result<S>,
 ) -> std::io::Result<(SocketAddr, Vec<S>)> {
-    net::probe_unused(addr, tcp).and_then(|probed| bind_for_workers(probed, workers, bind))
+    let attempt = || net::probe_unused(addr, tcp).and_then(|p| bind_for_workers(p, workers, bind));
+    let mut group = attempt();
+    for _ in 0..PORT_ZERO_RETRIES {
+        match &group {
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                group = attempt();
+            }
+            _ => break,
+        }
+    }
+    group
 }
 
 /// Bind one socket per worker on `addr`; with port 0, the first socket's
