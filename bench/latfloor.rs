@@ -10,6 +10,11 @@
 //! deliveries), so tern's and coturn's distance to it is what their user
 //! space adds.
 //!
+//! With `--tokio` the same forwarding runs on a current-thread tokio
+//! runtime, the sockets polled by one future as tern's workers poll
+//! theirs (`src/io/pump.rs`): the difference between the two floors is
+//! what the runtime's wake-up path adds.
+//!
 //! Loopback use only: it forwards to one peer, and holds at most
 //! `--max-clients` upstream sockets.
 
@@ -19,6 +24,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use clap::Parser;
+use tokio::io::unix::AsyncFd;
 
 /// Forward UDP between clients and one peer, for latency floors.
 #[derive(Parser)]
@@ -32,6 +38,11 @@ struct Args {
     /// Clients served at most (one upstream socket each).
     #[arg(long, default_value_t = 1000)]
     max_clients: usize,
+    /// Forward on a current-thread tokio runtime (sockets' readiness
+    /// polled by one future, as tern's workers do) instead of a bare
+    /// epoll loop: the runtime's share of tern's round trip.
+    #[arg(long)]
+    tokio: bool,
 }
 
 /// The listener's token in the epoll set; upstream socket `i` is `i + 1`.
@@ -39,6 +50,9 @@ const LISTENER: u64 = 0;
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
+    if args.tokio {
+        return on_tokio(&args);
+    }
     let listener = UdpSocket::bind(args.listen)?;
     listener.set_nonblocking(true)?;
     // SAFETY: epoll_create1 takes no pointers; the result is checked.
@@ -113,4 +127,82 @@ fn watch(ep: &OwnedFd, fd: RawFd, token: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The same forwarding on a current-thread tokio runtime: one future
+/// polls every socket's readiness (as tern's `io/pump.rs` does) and
+/// reads and writes as the epoll loop does. Its distance to the epoll
+/// loop is what the runtime's wake-up path costs.
+fn on_tokio(args: &Args) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = registered(args.listen)?;
+        let mut upstream: Vec<(AsyncFd<UdpSocket>, SocketAddr)> = Vec::new();
+        let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut buf = [0u8; 65_536];
+        // A timer as tern's workers have (their tick), so the runtime's
+        // timer wheel takes part in each park.
+        tokio::spawn(async {
+            let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                t.tick().await;
+            }
+        });
+        std::future::poll_fn(|cx| {
+            while let Some((len, client)) = read(&listener, cx, &mut buf) {
+                let i = match by_client.get(&client) {
+                    Some(&i) => i,
+                    None if upstream.len() < args.max_clients => {
+                        let Ok(sock) = registered(SocketAddr::new(args.listen.ip(), 0)) else {
+                            continue;
+                        };
+                        upstream.push((sock, client));
+                        by_client.insert(client, upstream.len() - 1);
+                        upstream.len() - 1
+                    }
+                    None => continue,
+                };
+                let _ = upstream[i].0.get_ref().send_to(&buf[..len], args.peer);
+            }
+            for (sock, client) in &upstream {
+                while let Some((len, _)) = read(sock, cx, &mut buf) {
+                    let _ = listener.get_ref().send_to(&buf[..len], *client);
+                }
+            }
+            std::task::Poll::<io::Result<()>>::Pending
+        })
+        .await
+    })
+}
+
+/// A non-blocking UDP socket bound to `addr`, registered with the
+/// runtime's reactor.
+fn registered(addr: SocketAddr) -> io::Result<AsyncFd<UdpSocket>> {
+    let sock = UdpSocket::bind(addr)?;
+    sock.set_nonblocking(true)?;
+    // SAFETY: the AsyncFd owns the socket, so the descriptor stays open
+    // for as long as it is registered.
+    unsafe { AsyncFd::register(sock) }.map_err(io::Error::from)
+}
+
+/// One datagram from `sock` if it has one; otherwise `None`, with the
+/// waker registered for the next.
+fn read(
+    sock: &AsyncFd<UdpSocket>,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut [u8],
+) -> Option<(usize, SocketAddr)> {
+    loop {
+        let std::task::Poll::Ready(Ok(mut ready)) = sock.poll_read_ready(cx) else {
+            return None;
+        };
+        match sock.get_ref().recv_from(buf) {
+            Ok(got) => return Some(got),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+            // An error queued for an earlier datagram: read on.
+            Err(_) => {}
+        }
+    }
 }

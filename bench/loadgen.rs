@@ -17,7 +17,13 @@
 //!   the first to overflow: the same service with batched I/O, so the
 //!   servers under test, not the peer, meet the load.
 //!
+//! - `paired`: the round trips of several targets (tern, coturn, the
+//!   floors, the peer alone) in one run, in interleaved slots, with a
+//!   paired comparison (`bench/paired.rs`).
+//!
 //! Loopback use only; every run is bounded by `--seconds`.
+
+mod paired;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -128,6 +134,8 @@ enum Mode {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Round trips of several targets in one run, interleaved slot by slot.
+    Paired(paired::Paired),
 }
 
 fn main() -> Result<()> {
@@ -146,6 +154,7 @@ fn main() -> Result<()> {
             upstream,
         } => forward(listen, peer, workers, upstream),
         Mode::Echo { listen } => echo(listen),
+        Mode::Paired(p) => paired::run(p),
     }
 }
 

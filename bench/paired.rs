@@ -1,0 +1,447 @@
+//! `tern-loadgen paired`: the round trips of several relays (and of the
+//! echo peer alone) in one run, their datagrams interleaved.
+//!
+//! Why: at light load a round trip is mostly wake-ups, and on a shared
+//! VM their cost drifts by tens of microseconds over seconds, so relays
+//! measured one after the other differ by the drift, not by what they
+//! add (docs/performance.md, "The added round trip at light load").
+//! Here every target is set up first; then either
+//! - `--slot-ms N` (the default, 100): time is cut into slots, each
+//!   driving one target at `--rate` per session while the others idle,
+//!   in turn, so each target is timed alone (as in a round of its own)
+//!   and any drift slower than one cycle of slots meets all alike. The
+//!   first datagram of a slot finds its target idle for (T − 1) slots:
+//!   its cold start is counted, and shows in the p99.
+//! - `--slot-ms 0`: datagram `j` goes to target `j mod T`, every target
+//!   at `--rate` per session all along: the same load per target, each
+//!   beside the others' traffic.
+//!
+//! Round trips are kept per block (one cycle of slots, or `--block-ms`
+//! when interleaved) and each comparison's 95 % interval comes from a
+//! block bootstrap: whole blocks are resampled, so the targets' samples
+//! stay paired.
+//!
+//! Loopback use only; bounded by `--seconds`.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::{RecvBatch, Session, Turn, on_local_runtime, open_session, receive_loop};
+
+/// Time the round trips of several targets, their datagrams interleaved.
+#[derive(clap::Args)]
+pub(crate) struct Paired {
+    /// A target as NAME=turn:ADDR (a TURN server, through a channel to
+    /// `--peer`) or NAME=raw:ADDR (plain UDP: a forwarder to the peer, or
+    /// the peer itself). Repeat it; the first is the baseline the others'
+    /// added round trips are measured from.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// The REST API shared secret of the TURN targets.
+    #[arg(long, default_value = "")]
+    secret: String,
+    /// The echo peer the TURN targets relay to.
+    #[arg(long)]
+    peer: SocketAddr,
+    /// Sessions per target (one client socket each).
+    #[arg(long, default_value_t = 10)]
+    sessions: usize,
+    /// Datagrams per second per session.
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Payload bytes per datagram (at least 16).
+    #[arg(long, default_value_t = 120)]
+    size: usize,
+    /// Seconds of sending (at most 240: the TURN targets' permissions
+    /// are not refreshed).
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Milliseconds each slot drives one target; 0: no slots, the
+    /// targets' datagrams interleaved one by one.
+    #[arg(long, default_value_t = 100)]
+    slot_ms: u64,
+    /// Milliseconds per block of the bootstrap when interleaved (with
+    /// slots, a block is one cycle of them).
+    #[arg(long, default_value_t = 100)]
+    block_ms: u64,
+}
+
+/// One target's sessions and what came back.
+struct Target {
+    name: String,
+    sessions: Vec<Rc<Session>>,
+    failed: usize,
+    sent: u64,
+    /// Round trips in nanoseconds, per block.
+    rtt: Rc<RefCell<Vec<Vec<u32>>>>,
+}
+
+/// Run the interleaved measurement and print one line per target and
+/// one per pair of targets and statistic.
+pub(crate) fn run(p: Paired) -> Result<()> {
+    if p.size < 16 {
+        bail!("--size must be at least 16");
+    }
+    if !(p.seconds > 0.0 && p.seconds <= 240.0) {
+        bail!("--seconds must be above 0 and at most 240");
+    }
+    if p.block_ms == 0 || p.rate == 0 || p.sessions == 0 {
+        bail!("--block-ms, --rate and --sessions must be above 0");
+    }
+    let kinds = p
+        .targets
+        .iter()
+        .map(|t| parse_target(t))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan::new(&p, kinds.len());
+    let blocks = plan.blocks;
+    on_local_runtime(async move {
+        let epoch = Instant::now();
+        let turn = Turn {
+            secret: p.secret.clone(),
+            peer: p.peer,
+        };
+        let mut targets = Vec::new();
+        for (name, is_turn, addr) in kinds {
+            let mut t = Target {
+                name,
+                sessions: Vec::new(),
+                failed: 0,
+                sent: 0,
+                rtt: Rc::new(RefCell::new(vec![Vec::new(); blocks])),
+            };
+            for i in 0..p.sessions {
+                match open_session(addr, is_turn.then_some(&turn), i, p.size).await {
+                    Ok(s) => t.sessions.push(Rc::new(s)),
+                    Err(e) => {
+                        eprintln!("{} session {i}: {e:#}", t.name);
+                        t.failed += 1;
+                    }
+                }
+            }
+            targets.push(t);
+        }
+        let rx = Rc::new(RefCell::new(RecvBatch::new(2048)));
+        for t in &targets {
+            for s in &t.sessions {
+                tokio::task::spawn_local(receive(
+                    Rc::clone(s),
+                    Rc::clone(&t.rtt),
+                    Rc::clone(&rx),
+                    epoch,
+                ));
+            }
+        }
+        send(&mut targets, &plan, epoch).await;
+        // Let the last echoes arrive.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && targets.iter().any(|t| received(t) < t.sent) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        report(&targets, blocks);
+        Ok(())
+    })
+}
+
+/// NAME=turn:ADDR or NAME=raw:ADDR.
+fn parse_target(s: &str) -> Result<(String, bool, SocketAddr)> {
+    let (name, rest) = s
+        .split_once('=')
+        .context("a target is NAME=turn:ADDR or NAME=raw:ADDR")?;
+    let (kind, addr) = rest
+        .split_once(':')
+        .context("a target is NAME=turn:ADDR or NAME=raw:ADDR")?;
+    let is_turn = match kind {
+        "turn" => true,
+        "raw" => false,
+        _ => bail!("target {name}: kind {kind:?} is neither turn nor raw"),
+    };
+    Ok((
+        name.to_owned(),
+        is_turn,
+        addr.parse()
+            .with_context(|| format!("target {name}: address {addr:?}"))?,
+    ))
+}
+
+/// When each datagram of the run is sent, and to whom.
+struct Plan {
+    size: usize,
+    targets: u64,
+    sessions: u64,
+    /// Datagrams per second of one target while it is driven.
+    per_second: f64,
+    /// Datagrams in one slot; 0 when interleaved.
+    per_slot: u64,
+    slot: f64,
+    block: f64,
+    blocks: usize,
+    total: u64,
+}
+
+impl Plan {
+    fn new(p: &Paired, targets: usize) -> Self {
+        let targets = targets as u64;
+        let sessions = p.sessions as u64;
+        let per_second = p.sessions as f64 * f64::from(p.rate);
+        let slot = p.slot_ms as f64 / 1000.0;
+        if p.slot_ms == 0 {
+            let block = p.block_ms as f64 / 1000.0;
+            return Self {
+                size: p.size,
+                targets,
+                sessions,
+                per_second,
+                per_slot: 0,
+                slot,
+                block,
+                blocks: (p.seconds / block).ceil().max(1.0) as usize,
+                total: (per_second * targets as f64 * p.seconds) as u64,
+            };
+        }
+        let per_slot = ((per_second * slot).round() as u64).max(1);
+        let blocks = (p.seconds / (slot * targets as f64)).ceil().max(1.0) as usize;
+        Self {
+            size: p.size,
+            targets,
+            sessions,
+            per_second,
+            per_slot,
+            slot,
+            block: slot * targets as f64,
+            blocks,
+            total: blocks as u64 * targets * per_slot,
+        }
+    }
+
+    /// Datagram `j`: its send time (seconds from the start), target,
+    /// session and block.
+    fn at(&self, j: u64) -> (f64, usize, usize, u64) {
+        if self.per_slot == 0 {
+            let time = j as f64 / (self.per_second * self.targets as f64);
+            let session = (j / self.targets) % self.sessions;
+            let target = j % self.targets;
+            return (
+                time,
+                target as usize,
+                session as usize,
+                (time / self.block) as u64,
+            );
+        }
+        let (k, i) = (j / self.per_slot, j % self.per_slot);
+        let time = k as f64 * self.slot + i as f64 / self.per_second;
+        (
+            time,
+            (k % self.targets) as usize,
+            (i % self.sessions) as usize,
+            k / self.targets,
+        )
+    }
+}
+
+/// Send every datagram of `plan` at its time; each payload carries its
+/// send time and block.
+async fn send(targets: &mut [Target], plan: &Plan, start: Instant) {
+    let mut payload = vec![0u8; plan.size];
+    let mut frame = Vec::with_capacity(payload.len() + 8);
+    let mut j = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while j < plan.total {
+        tick.tick().await;
+        let elapsed = start.elapsed().as_secs_f64();
+        while j < plan.total {
+            let (time, target, session, block) = plan.at(j);
+            if time > elapsed {
+                break;
+            }
+            j += 1;
+            let t = &mut targets[target];
+            let Some(s) = t.sessions.get(session) else {
+                continue;
+            };
+            let stamp = start.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&stamp.to_be_bytes());
+            payload[8..16].copy_from_slice(&block.to_be_bytes());
+            frame.clear();
+            frame.extend_from_slice(&s.header);
+            frame.extend_from_slice(&payload);
+            let _ = socket2::SockRef::from(s.sock.get_ref()).send(&frame);
+            t.sent += 1;
+        }
+    }
+}
+
+/// Record each echo's round trip under its block.
+async fn receive(
+    s: Rc<Session>,
+    rtt: Rc<RefCell<Vec<Vec<u32>>>>,
+    rx: Rc<RefCell<RecvBatch>>,
+    start: Instant,
+) {
+    let skip = s.header.len();
+    receive_loop(&s.sock, &rx, 0, 1, |slot, len, _| {
+        if len < skip + 16 || slot[..skip] != s.header[..] {
+            return;
+        }
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&slot[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        let (sent_ns, b) = (word(skip), word(skip + 8));
+        let now_ns = start.elapsed().as_nanos() as u64;
+        let rtt_ns = u32::try_from(now_ns.saturating_sub(sent_ns)).unwrap_or(u32::MAX);
+        if let Some(c) = rtt
+            .borrow_mut()
+            .get_mut(usize::try_from(b).unwrap_or(usize::MAX))
+        {
+            c.push(rtt_ns);
+        }
+    })
+    .await;
+}
+
+fn received(t: &Target) -> u64 {
+    t.rtt.borrow().iter().map(|c| c.len() as u64).sum()
+}
+
+/// Percentile `q` of `v` (reordered), in microseconds; NaN if empty.
+fn pct(v: &mut [u32], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 * q) as usize).min(v.len() - 1);
+    f64::from(*v.select_nth_unstable(i).1) / 1000.0
+}
+
+/// The samples of `blocks` (by index) of one target, in one vector.
+fn gather(rtt: &[Vec<u32>], blocks: impl Iterator<Item = usize>, into: &mut Vec<u32>) {
+    into.clear();
+    for c in blocks {
+        into.extend_from_slice(&rtt[c]);
+    }
+}
+
+/// Resamples of the block bootstrap.
+const RESAMPLES: usize = 1000;
+/// The statistics compared: median and p99.
+const STATS: [(&str, f64); 2] = [("p50", 0.5), ("p99", 0.99)];
+
+fn report(targets: &[Target], blocks: usize) {
+    let rtts: Vec<_> = targets.iter().map(|t| t.rtt.borrow().clone()).collect();
+    let mut buf = Vec::new();
+    // Each target's median and p99 over the whole run.
+    let whole: Vec<[f64; 2]> = rtts
+        .iter()
+        .map(|r| {
+            gather(r, 0..blocks, &mut buf);
+            STATS.map(|(_, q)| pct(&mut buf, q))
+        })
+        .collect();
+    for (i, t) in targets.iter().enumerate() {
+        let got = received(t);
+        let loss = if t.sent > 0 {
+            100.0 * t.sent.saturating_sub(got) as f64 / t.sent as f64
+        } else {
+            0.0
+        };
+        println!(
+            "target={} sessions={} failed={} sent={} received={} loss_pct={loss:.3} rtt_p50_us={:.1} rtt_p99_us={:.1} added_p50_us={:.1} added_p99_us={:.1}",
+            t.name,
+            t.sessions.len(),
+            t.failed,
+            t.sent,
+            got,
+            whole[i][0],
+            whole[i][1],
+            whole[i][0] - whole[0][0],
+            whole[i][1] - whole[0][1],
+        );
+    }
+    // Block bootstrap: resample whole blocks, recompute every target's
+    // statistics on the same blocks.
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut boot: Vec<Vec<[f64; 2]>> = Vec::with_capacity(RESAMPLES);
+    let mut pick = Vec::with_capacity(blocks);
+    for _ in 0..RESAMPLES {
+        pick.clear();
+        pick.extend((0..blocks).map(|_| rng.below(blocks)));
+        boot.push(
+            rtts.iter()
+                .map(|r| {
+                    gather(r, pick.iter().copied(), &mut buf);
+                    STATS.map(|(_, q)| pct(&mut buf, q))
+                })
+                .collect(),
+        );
+    }
+    for a in 0..targets.len() {
+        for b in 0..targets.len() {
+            if a == b || (b != 0 && a > b) || a == 0 {
+                continue;
+            }
+            for (s, (stat, _)) in STATS.iter().enumerate() {
+                print_pair(targets, &rtts, &whole, &boot, (a, b), (s, stat));
+            }
+        }
+    }
+}
+
+/// One line: target `a` minus target `b` for statistic `s`, its 95 %
+/// interval, and in how many blocks `a`'s median was at or below `b`'s.
+fn print_pair(
+    targets: &[Target],
+    rtts: &[Vec<Vec<u32>>],
+    whole: &[[f64; 2]],
+    boot: &[Vec<[f64; 2]>],
+    (a, b): (usize, usize),
+    (s, stat): (usize, &str),
+) {
+    let mut diffs: Vec<f64> = boot
+        .iter()
+        .map(|r| r[a][s] - r[b][s])
+        .filter(|d| !d.is_nan())
+        .collect();
+    diffs.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        diffs
+            .get(((diffs.len() as f64 * q) as usize).min(diffs.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut below = 0;
+    for (ca, cb) in rtts[a].iter().zip(&rtts[b]) {
+        x.clone_from(ca);
+        y.clone_from(cb);
+        if pct(&mut x, 0.5) <= pct(&mut y, 0.5) {
+            below += 1;
+        }
+    }
+    println!(
+        "pair={}-{} stat={stat} diff_us={:+.1} lo_us={:+.1} hi_us={:+.1} blocks_at_or_below={below}/{}",
+        targets[a].name,
+        targets[b].name,
+        whole[a][s] - whole[b][s],
+        at(0.025),
+        at(0.975),
+        rtts[a].len(),
+    );
+}
+
+/// A small deterministic generator for the bootstrap (xorshift64*).
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
