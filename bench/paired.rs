@@ -445,3 +445,88 @@ impl XorShift {
         (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        p: Paired,
+    }
+
+    fn plan(args: &[&str], targets: usize) -> Plan {
+        let mut argv = vec![
+            "paired",
+            "--peer",
+            "127.0.0.1:9",
+            "--target",
+            "a=raw:127.0.0.1:9",
+        ];
+        argv.extend_from_slice(args);
+        Plan::new(&Cli::parse_from(argv).p, targets)
+    }
+
+    #[test]
+    fn slots_drive_one_target_at_a_time_in_turn() {
+        // 10 sessions x 50 pps, 100 ms slots: 50 datagrams per slot, 2 ms apart.
+        let p = plan(&["--seconds", "2", "--slot-ms", "100"], 4);
+        assert_eq!(p.per_slot, 50);
+        assert_eq!(p.blocks, 5);
+        assert_eq!(p.total, 5 * 4 * 50);
+        let mut last = -1.0;
+        for j in 0..p.total {
+            let (time, target, session, block) = p.at(j);
+            let k = j / 50;
+            assert_eq!(target, (k % 4) as usize, "datagram {j}");
+            assert_eq!(session, ((j % 50) % 10) as usize);
+            assert_eq!(block, k / 4);
+            assert!(time > last && time >= k as f64 * 0.1 && time < (k + 1) as f64 * 0.1);
+            last = time;
+        }
+        // Each target's slot holds all of its sessions, 5 datagrams each.
+        let mut per_session = [0; 10];
+        for j in 0..50 {
+            per_session[p.at(j).2] += 1;
+        }
+        assert_eq!(per_session, [5; 10]);
+    }
+
+    #[test]
+    fn interleaved_targets_take_turns_datagram_by_datagram() {
+        let p = plan(
+            &["--seconds", "1", "--slot-ms", "0", "--block-ms", "250"],
+            3,
+        );
+        assert_eq!(p.total, 3 * 500);
+        assert_eq!(p.blocks, 4);
+        for j in 0..p.total {
+            let (time, target, session, block) = p.at(j);
+            assert_eq!(target, (j % 3) as usize);
+            assert_eq!(session, ((j / 3) % 10) as usize);
+            // 1,500 datagrams a second in all, 500 per target.
+            assert!((time - j as f64 / 1500.0).abs() < 1e-9);
+            assert_eq!(block, (time / 0.25) as u64);
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_in_microseconds() {
+        let mut v: Vec<u32> = (1..=100).rev().map(|x| x * 1000).collect();
+        assert_eq!(pct(&mut v, 0.5), 51.0);
+        assert_eq!(pct(&mut v, 0.99), 100.0);
+        assert!(pct(&mut [], 0.5).is_nan());
+    }
+
+    #[test]
+    fn the_bootstrap_generator_stays_in_range_and_spreads() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut seen = [0u32; 7];
+        for _ in 0..7000 {
+            seen[rng.below(7)] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
+}
