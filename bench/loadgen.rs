@@ -116,7 +116,7 @@ enum Mode {
         #[arg(long)]
         listen: SocketAddr,
     },
-    /// Round trips of several targets in one run, interleaved slot by slot.
+    /// Round trips of several targets in one run, driven in turns.
     Paired(paired::Paired),
 }
 

@@ -1,5 +1,5 @@
 //! `tern-loadgen paired`: the round trips of several relays (and of the
-//! echo peer alone) in one run, their datagrams interleaved.
+//! echo peer alone) in one run, the targets driven in turns.
 //!
 //! Why: at light load a round trip is mostly wake-ups, and on a shared
 //! VM their cost drifts by tens of microseconds over seconds, so relays
@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{RecvBatch, Session, Turn, on_local_runtime, open_session, receive_loop};
 
-/// Time the round trips of several targets, their datagrams interleaved.
+/// Time the round trips of several targets in one run, driven in turns.
 #[derive(clap::Args)]
 pub(crate) struct Paired {
     /// A target as NAME=turn:ADDR (a TURN server, through a channel to
@@ -80,8 +80,8 @@ struct Target {
     rtt: Rc<RefCell<Vec<Vec<u32>>>>,
 }
 
-/// Run the interleaved measurement and print one line per target and
-/// one per pair of targets and statistic.
+/// Run the measurement and print one line per target and one per pair
+/// of targets and statistic.
 pub(crate) fn run(p: Paired) -> Result<()> {
     if p.size < 16 {
         bail!("--size must be at least 16");
@@ -306,6 +306,7 @@ async fn receive(
     .await;
 }
 
+/// Echoes received so far by `t`'s sessions.
 fn received(t: &Target) -> u64 {
     t.rtt.borrow().iter().map(|c| c.len() as u64).sum()
 }
@@ -332,6 +333,8 @@ const RESAMPLES: usize = 1000;
 /// The statistics compared: median and p99.
 const STATS: [(&str, f64); 2] = [("p50", 0.5), ("p99", 0.99)];
 
+/// Print each target's line, then each pair's: every target against the
+/// baseline (the first), and every other pair in the order given.
 fn report(targets: &[Target], blocks: usize) {
     let rtts: Vec<_> = targets.iter().map(|t| t.rtt.borrow().clone()).collect();
     let mut buf = Vec::new();
@@ -380,14 +383,12 @@ fn report(targets: &[Target], blocks: usize) {
                 .collect(),
         );
     }
-    for a in 0..targets.len() {
-        for b in 0..targets.len() {
-            if a == b || (b != 0 && a > b) || a == 0 {
-                continue;
-            }
-            for (s, (stat, _)) in STATS.iter().enumerate() {
-                print_pair(targets, &rtts, &whole, &boot, (a, b), (s, stat));
-            }
+    let n = targets.len();
+    let against_baseline = (1..n).map(|a| (a, 0));
+    let others = (1..n).flat_map(|a| (a + 1..n).map(move |b| (a, b)));
+    for pair in against_baseline.chain(others) {
+        for (s, (stat, _)) in STATS.iter().enumerate() {
+            print_pair(targets, &rtts, &whole, &boot, pair, (s, stat));
         }
     }
 }
