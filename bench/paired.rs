@@ -223,23 +223,38 @@ impl Plan {
     fn at(&self, j: u64) -> (f64, usize, usize, u64) {
         if self.per_slot == 0 {
             let time = j as f64 / (self.per_second * self.targets as f64);
-            let session = (j / self.targets) % self.sessions;
-            let target = j % self.targets;
+            let (round, turn) = (j / self.targets, j % self.targets);
+            let session = round % self.sessions;
             return (
                 time,
-                target as usize,
+                self.order(round, turn),
                 session as usize,
                 (time / self.block) as u64,
             );
         }
         let (k, i) = (j / self.per_slot, j % self.per_slot);
         let time = k as f64 * self.slot + i as f64 / self.per_second;
+        let (cycle, turn) = (k / self.targets, k % self.targets);
         (
             time,
-            (k % self.targets) as usize,
+            self.order(cycle, turn),
             (i % self.sessions) as usize,
-            k / self.targets,
+            cycle,
         )
+    }
+
+    /// Which target takes turn `turn` of round `round`: each round's order
+    /// is shuffled afresh, so that no target always follows the same one
+    /// (a target's round trip depends on what ran just before it: kernel
+    /// paths and caches it leaves warm).
+    fn order(&self, round: u64, turn: u64) -> usize {
+        let n = self.targets as usize;
+        let mut perm: Vec<usize> = (0..n).collect();
+        let mut rng = XorShift(round.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        for i in (1..n).rev() {
+            perm.swap(i, rng.below(i + 1));
+        }
+        perm[turn as usize]
     }
 }
 
@@ -478,14 +493,25 @@ mod tests {
         assert_eq!(p.blocks, 5);
         assert_eq!(p.total, 5 * 4 * 50);
         let mut last = -1.0;
+        let mut slot_target = vec![usize::MAX; 20];
         for j in 0..p.total {
             let (time, target, session, block) = p.at(j);
-            let k = j / 50;
-            assert_eq!(target, (k % 4) as usize, "datagram {j}");
+            let k = (j / 50) as usize;
+            // One target for the whole slot.
+            if slot_target[k] == usize::MAX {
+                slot_target[k] = target;
+            }
+            assert_eq!(target, slot_target[k], "datagram {j}");
             assert_eq!(session, ((j % 50) % 10) as usize);
-            assert_eq!(block, k / 4);
+            assert_eq!(block, k as u64 / 4);
             assert!(time > last && time >= k as f64 * 0.1 && time < (k + 1) as f64 * 0.1);
             last = time;
+        }
+        // Each cycle of four slots drives every target once.
+        for cycle in slot_target.chunks(4) {
+            let mut seen = cycle.to_vec();
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2, 3]);
         }
         // Each target's slot holds all of its sessions, 5 datagrams each.
         let mut per_session = [0; 10];
@@ -503,13 +529,40 @@ mod tests {
         );
         assert_eq!(p.total, 3 * 500);
         assert_eq!(p.blocks, 4);
+        let mut round = Vec::new();
         for j in 0..p.total {
             let (time, target, session, block) = p.at(j);
-            assert_eq!(target, (j % 3) as usize);
+            round.push(target);
+            if round.len() == 3 {
+                // Each round of three datagrams goes to every target once.
+                round.sort_unstable();
+                assert_eq!(round, [0, 1, 2], "round ending at {j}");
+                round.clear();
+            }
             assert_eq!(session, ((j / 3) % 10) as usize);
             // 1,500 datagrams a second in all, 500 per target.
             assert!((time - j as f64 / 1500.0).abs() < 1e-9);
             assert_eq!(block, (time / 0.25) as u64);
+        }
+    }
+
+    #[test]
+    fn no_target_always_follows_the_same_one() {
+        // Over many rounds, every target comes right after every other.
+        let p = plan(&["--seconds", "10", "--slot-ms", "0"], 4);
+        let mut follows = [[0u32; 4]; 4];
+        let mut prev: Option<usize> = None;
+        for j in 0..4 * 1000 {
+            let target = p.at(j).1;
+            if let Some(before) = prev {
+                follows[before][target] += 1;
+            }
+            prev = Some(target);
+        }
+        for (a, row) in follows.iter().enumerate() {
+            for (b, &n) in row.iter().enumerate() {
+                assert!(a == b || n > 150, "{b} after {a}: {n} times: {follows:?}");
+            }
         }
     }
 
