@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(p.blocks, 5);
         assert_eq!(p.total, 5 * 4 * 50);
         let mut last = -1.0;
-        let mut slot_target = vec![usize::MAX; 20];
+        let mut slot_target = [usize::MAX; 20];
         for j in 0..p.total {
             let (time, target, session, block) = p.at(j);
             let k = (j / 50) as usize;
