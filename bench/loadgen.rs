@@ -152,6 +152,41 @@ struct Session {
     header: Vec<u8>,
 }
 
+impl Session {
+    /// Send `payload` (at least 16 bytes) behind this session's header,
+    /// its first two words set to `words` (the send time in nanoseconds,
+    /// and one of the caller's); `frame` is scratch space.
+    fn send_stamped(
+        &self,
+        frame: &mut Vec<u8>,
+        payload: &mut [u8],
+        words: [u64; 2],
+    ) -> std::io::Result<usize> {
+        payload[..8].copy_from_slice(&words[0].to_be_bytes());
+        payload[8..16].copy_from_slice(&words[1].to_be_bytes());
+        frame.clear();
+        frame.extend_from_slice(&self.header);
+        frame.extend_from_slice(payload);
+        // ChannelData over UDP needs no padding (RFC 8656 §12.5).
+        socket2::SockRef::from(self.sock.get_ref()).send(frame)
+    }
+
+    /// The two words of our own frame echoed back (see `send_stamped`);
+    /// `None` for anything else, such as a STUN answer.
+    fn echoed(&self, slot: &[u8], len: usize) -> Option<[u64; 2]> {
+        let skip = self.header.len();
+        if len < skip + 16 || slot[..skip] != self.header[..] {
+            return None;
+        }
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&slot[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        Some([word(skip), word(skip + 8)])
+    }
+}
+
 /// Everything the receivers record.
 #[derive(Default)]
 struct Tally {
@@ -268,14 +303,7 @@ async fn send(sessions: &[Rc<Session>], load: &Load, epoch: Instant) -> (u64, u6
         while sent < due {
             let s = &sessions[(sent % n) as usize];
             let stamp = epoch.elapsed().as_nanos() as u64;
-            payload[..8].copy_from_slice(&stamp.to_be_bytes());
-            payload[8..16].copy_from_slice(&(sent / n).to_be_bytes());
-            frame.clear();
-            frame.extend_from_slice(&s.header);
-            frame.extend_from_slice(&payload);
-            // ChannelData over UDP needs no padding (RFC 8656 §12.5).
-            if socket2::SockRef::from(s.sock.get_ref())
-                .send(&frame)
+            if s.send_stamped(&mut frame, &mut payload, [stamp, sent / n])
                 .is_err()
             {
                 errors += 1;
@@ -295,13 +323,8 @@ async fn receive(
     rx: Rc<RefCell<RecvBatch>>,
     epoch: Instant,
 ) {
-    let skip = s.header.len();
     receive_loop(&s.sock, &rx, 0, 1, |slot, len, _| {
-        // Our own frame echoed (a STUN answer would differ).
-        if len >= skip + 16 && slot[..skip] == s.header[..] {
-            let mut stamp = [0u8; 8];
-            stamp.copy_from_slice(&slot[skip..skip + 8]);
-            let sent_ns = u64::from_be_bytes(stamp);
+        if let Some([sent_ns, _]) = s.echoed(slot, len) {
             let now_ns = epoch.elapsed().as_nanos() as u64;
             let mut t = tally.borrow_mut();
             t.received += 1;

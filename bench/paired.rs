@@ -280,12 +280,7 @@ async fn send(targets: &mut [Target], plan: &Plan, start: Instant) {
                 continue;
             };
             let stamp = start.elapsed().as_nanos() as u64;
-            payload[..8].copy_from_slice(&stamp.to_be_bytes());
-            payload[8..16].copy_from_slice(&block.to_be_bytes());
-            frame.clear();
-            frame.extend_from_slice(&s.header);
-            frame.extend_from_slice(&payload);
-            let _ = socket2::SockRef::from(s.sock.get_ref()).send(&frame);
+            let _ = s.send_stamped(&mut frame, &mut payload, [stamp, block]);
             t.sent += 1;
         }
     }
@@ -298,17 +293,10 @@ async fn receive(
     rx: Rc<RefCell<RecvBatch>>,
     start: Instant,
 ) {
-    let skip = s.header.len();
     receive_loop(&s.sock, &rx, 0, 1, |slot, len, _| {
-        if len < skip + 16 || slot[..skip] != s.header[..] {
+        let Some([sent_ns, b]) = s.echoed(slot, len) else {
             return;
-        }
-        let word = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&slot[at..at + 8]);
-            u64::from_be_bytes(b)
         };
-        let (sent_ns, b) = (word(skip), word(skip + 8));
         let now_ns = start.elapsed().as_nanos() as u64;
         let rtt_ns = u32::try_from(now_ns.saturating_sub(sent_ns)).unwrap_or(u32::MAX);
         if let Some(c) = rtt
