@@ -386,21 +386,26 @@ fn report(targets: &[Target], blocks: usize) {
                 .collect(),
         );
     }
+    let medians: Vec<Vec<f64>> = rtts
+        .iter()
+        .map(|r| r.iter().map(|c| pct(&mut c.clone(), 0.5)).collect())
+        .collect();
     let n = targets.len();
     let against_baseline = (1..n).map(|a| (a, 0));
     let others = (1..n).flat_map(|a| (a + 1..n).map(move |b| (a, b)));
     for pair in against_baseline.chain(others) {
         for (s, (stat, _)) in STATS.iter().enumerate() {
-            print_pair(targets, &rtts, &whole, &boot, pair, (s, stat));
+            print_pair(targets, &medians, &whole, &boot, pair, (s, stat));
         }
     }
 }
 
 /// One line: target `a` minus target `b` for statistic `s`, its 95 %
-/// interval, and in how many blocks `a`'s median was at or below `b`'s.
+/// interval, and in how many blocks `a`'s median (of `medians`: per
+/// target, per block) was at or below `b`'s.
 fn print_pair(
     targets: &[Target],
-    rtts: &[Vec<Vec<u32>>],
+    medians: &[Vec<f64>],
     whole: &[[f64; 2]],
     boot: &[Vec<[f64; 2]>],
     (a, b): (usize, usize),
@@ -418,15 +423,11 @@ fn print_pair(
             .copied()
             .unwrap_or(f64::NAN)
     };
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut below = 0;
-    for (ca, cb) in rtts[a].iter().zip(&rtts[b]) {
-        x.clone_from(ca);
-        y.clone_from(cb);
-        if pct(&mut x, 0.5) <= pct(&mut y, 0.5) {
-            below += 1;
-        }
-    }
+    let below = medians[a]
+        .iter()
+        .zip(&medians[b])
+        .filter(|(ma, mb)| ma <= mb)
+        .count();
     println!(
         "pair={}-{} stat={stat} diff_us={:+.1} lo_us={:+.1} hi_us={:+.1} blocks_at_or_below={below}/{}",
         targets[a].name,
@@ -434,7 +435,7 @@ fn print_pair(
         whole[a][s] - whole[b][s],
         at(0.025),
         at(0.975),
-        rtts[a].len(),
+        medians[a].len(),
     );
 }
 
