@@ -63,8 +63,7 @@ fn main() -> io::Result<()> {
     // SAFETY: `ep` is a new descriptor that nothing else owns.
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     watch(&ep, listener.as_raw_fd(), LISTENER)?;
-    let mut upstream: Vec<(UdpSocket, SocketAddr)> = Vec::new();
-    let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut upstream = Upstreams::new(args.max_clients);
     let mut buf = [0u8; 65_536];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     loop {
@@ -83,27 +82,56 @@ fn main() -> io::Result<()> {
                 let Ok((len, client)) = listener.recv_from(&mut buf) else {
                     continue;
                 };
-                let i = match by_client.get(&client) {
-                    Some(&i) => i,
-                    None if upstream.len() < args.max_clients => {
-                        let token = upstream.len() as u64 + 1;
-                        // Out of descriptors or ports: drop the datagram.
-                        let Ok(sock) = open_upstream(&ep, args.listen, token) else {
-                            continue;
-                        };
-                        upstream.push((sock, client));
-                        by_client.insert(client, upstream.len() - 1);
-                        upstream.len() - 1
-                    }
-                    None => continue,
-                };
-                let _ = upstream[i].0.send_to(&buf[..len], args.peer);
-            } else if let Some((sock, client)) = upstream.get(token as usize - 1) {
+                let open = |i: usize| open_upstream(&ep, args.listen, i as u64 + 1);
+                if let Some(sock) = upstream.for_client(client, open) {
+                    let _ = sock.send_to(&buf[..len], args.peer);
+                }
+            } else if let Some((sock, client)) = upstream.socks.get(token as usize - 1) {
                 if let Ok((len, _)) = sock.recv_from(&mut buf) {
                     let _ = listener.send_to(&buf[..len], *client);
                 }
             }
         }
+    }
+}
+
+/// Each client's upstream socket (as a relay's allocation has), opened on
+/// its first datagram; at most `max` of them.
+struct Upstreams<S> {
+    /// The sockets and their clients, in the order they were opened.
+    socks: Vec<(S, SocketAddr)>,
+    by_client: HashMap<SocketAddr, usize>,
+    max: usize,
+}
+
+impl<S> Upstreams<S> {
+    fn new(max: usize) -> Self {
+        Self {
+            socks: Vec::new(),
+            by_client: HashMap::new(),
+            max,
+        }
+    }
+
+    /// `client`'s upstream socket, opened by `open(index)` if it has none
+    /// yet; `None` (drop the datagram) when `max` are open or the open
+    /// fails (out of descriptors or ports).
+    fn for_client(
+        &mut self,
+        client: SocketAddr,
+        open: impl FnOnce(usize) -> io::Result<S>,
+    ) -> Option<&S> {
+        let i = match self.by_client.get(&client) {
+            Some(&i) => i,
+            None if self.socks.len() < self.max => {
+                let sock = open(self.socks.len()).ok()?;
+                self.socks.push((sock, client));
+                self.by_client.insert(client, self.socks.len() - 1);
+                self.socks.len() - 1
+            }
+            None => return None,
+        };
+        Some(&self.socks[i].0)
     }
 }
 
@@ -139,8 +167,7 @@ fn on_tokio(args: &Args) -> io::Result<()> {
         .build()?;
     rt.block_on(async {
         let listener = registered(args.listen)?;
-        let mut upstream: Vec<(AsyncFd<UdpSocket>, SocketAddr)> = Vec::new();
-        let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut upstream = Upstreams::new(args.max_clients);
         let mut buf = [0u8; 65_536];
         // A timer as tern's workers have (their tick), so the runtime's
         // timer wheel takes part in each park.
@@ -152,21 +179,12 @@ fn on_tokio(args: &Args) -> io::Result<()> {
         });
         std::future::poll_fn(|cx| {
             while let Some((len, client)) = read(&listener, cx, &mut buf) {
-                let i = match by_client.get(&client) {
-                    Some(&i) => i,
-                    None if upstream.len() < args.max_clients => {
-                        let Ok(sock) = registered(SocketAddr::new(args.listen.ip(), 0)) else {
-                            continue;
-                        };
-                        upstream.push((sock, client));
-                        by_client.insert(client, upstream.len() - 1);
-                        upstream.len() - 1
-                    }
-                    None => continue,
-                };
-                let _ = upstream[i].0.get_ref().send_to(&buf[..len], args.peer);
+                let open = |_| registered(SocketAddr::new(args.listen.ip(), 0));
+                if let Some(sock) = upstream.for_client(client, open) {
+                    let _ = sock.get_ref().send_to(&buf[..len], args.peer);
+                }
             }
-            for (sock, client) in &upstream {
+            for (sock, client) in &upstream.socks {
                 while let Some((len, _)) = read(sock, cx, &mut buf) {
                     let _ = listener.get_ref().send_to(&buf[..len], *client);
                 }
