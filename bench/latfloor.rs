@@ -13,7 +13,10 @@
 //! With `--tokio` the same forwarding runs on a current-thread tokio
 //! runtime, the sockets polled by one future as tern's workers poll
 //! theirs (`src/io/pump.rs`): the difference between the two floors is
-//! what the runtime's wake-up path adds.
+//! what the runtime's wake-up path adds. Like tern's workers, that
+//! runtime has no time driver; `--time-driver` adds tokio's, with a 1 s
+//! interval as a timer (tern's workers had both until they took their
+//! timers onto a `timerfd`, `src/io/timer.rs`): what the driver costs.
 //!
 //! Loopback use only: it forwards to one peer, and holds at most
 //! `--max-clients` upstream sockets.
@@ -43,6 +46,10 @@ struct Args {
     /// epoll loop: the runtime's share of tern's round trip.
     #[arg(long)]
     tokio: bool,
+    /// With `--tokio`: enable tokio's time driver and keep a 1 s interval
+    /// ticking, so that every park goes through the timer wheel.
+    #[arg(long, requires = "tokio")]
+    time_driver: bool,
 }
 
 /// The listener's token in the epoll set; upstream socket `i` is `i + 1`.
@@ -162,21 +169,27 @@ fn watch(ep: &OwnedFd, fd: RawFd, token: u64) -> io::Result<()> {
 /// reads and writes as the epoll loop does. Its distance to the epoll
 /// loop is what the runtime's wake-up path costs.
 fn on_tokio(args: &Args) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    if args.time_driver {
+        builder.enable_all();
+    } else {
+        builder.enable_io();
+    }
+    let rt = builder.build()?;
     rt.block_on(async {
         let listener = registered(args.listen)?;
         let mut upstream = Upstreams::new(args.max_clients);
         let mut buf = [0u8; 65_536];
-        // A timer as tern's workers have (their tick), so the runtime's
-        // timer wheel takes part in each park.
-        tokio::spawn(async {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                t.tick().await;
-            }
-        });
+        if args.time_driver {
+            // A timer as tern's workers had (their tick), so the timer
+            // wheel takes part in each park.
+            tokio::spawn(async {
+                let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    t.tick().await;
+                }
+            });
+        }
         std::future::poll_fn(|cx| {
             while let Some((len, client)) = read(&listener, cx, &mut buf) {
                 let open = |_| registered(SocketAddr::new(args.listen.ip(), 0));

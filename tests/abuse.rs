@@ -165,3 +165,38 @@ fn a_tcp_client_that_does_not_read_has_its_backlog_bounded_and_counted() {
     let raw = c.build(method::BINDING, vec![], false);
     c.transact(&raw);
 }
+
+#[test]
+fn an_idle_tcp_connection_is_closed_unless_it_carries_an_allocation() {
+    use std::io::Read;
+    let s = TestServer::start("[tcp]\nidle-timeout-seconds = 1\n");
+    // A client with an allocation, then a connection that sends nothing:
+    // the client's last bytes came first, so by the time tern closes the
+    // silent one, the client has been idle past the timeout too.
+    let mut c = RawClient::tcp(s.tcp4(), "alice", "wonderland");
+    allocate(&mut c, none);
+    let opened = std::time::Instant::now();
+    let mut silent = TcpStream::connect_timeout(&s.tcp4(), TIMEOUT).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = silent.read(&mut buf);
+    assert!(
+        matches!(closed, Ok(0))
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{closed:?} after {:?}",
+        opened.elapsed()
+    );
+    // Not before its timeout (a second), and not long after.
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+    // The client's connection was kept for its allocation.
+    let m = c.request(method::REFRESH, none);
+    assert_eq!(m.typ.class, stun::message::CLASS_SUCCESS_RESPONSE, "{m}");
+}

@@ -25,6 +25,8 @@
 //!   limits.
 //! - `tls`: the first-byte sniff, the handshake under its limits and the
 //!   record layer; `limit`: total and per-IP caps.
+//! - `timer`: the worker's timers on one `timerfd` (its runtime has no
+//!   time driver: that costs every wake-up).
 //! - `proxy`: trusted proxies' PROXY headers, read before anything else.
 //! - `mailbox`: operators' orders (list, close) to the workers.
 //! - `batch`: `recvmmsg` into slots, `sendmmsg` from a queue.
@@ -45,6 +47,7 @@ mod pump;
 mod relay;
 pub mod sklookup;
 mod tcp;
+mod timer;
 mod tls;
 mod worker;
 pub mod xdp;

@@ -5,12 +5,14 @@
 //! directly.
 
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::net::TcpStream;
 
+use super::timer::Timers;
 use crate::proxy::{self, Refusal};
 
 /// How long a trusted proxy may take to send its header (a proxy sends
@@ -53,8 +55,9 @@ pub(super) enum Outcome {
 
 /// Read the PROXY header that must begin `stream`, within
 /// [`HEADER_TIMEOUT`].
-pub(super) async fn read_header(stream: &TcpStream) -> Outcome {
-    tokio::time::timeout(HEADER_TIMEOUT, header(stream))
+pub(super) async fn read_header(stream: &TcpStream, timers: &Rc<Timers>) -> Outcome {
+    timers
+        .timeout(HEADER_TIMEOUT, header(stream))
         .await
         .unwrap_or(Outcome::Refused(Refusal::Timeout))
 }

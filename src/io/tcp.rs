@@ -221,7 +221,7 @@ pub(super) async fn accept_loop(w: Rc<Worker>, listener: TcpListener, mode: Stre
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "tcp accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                w.timers().sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -257,12 +257,15 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, mode: StreamMode, slot: Op
     let tls_server = w.shared().tls.clone();
     let (stream, tls) = match (mode, tls_server) {
         (StreamMode::Tcp, _) | (_, None) => (stream, None),
-        (_, Some(server)) => match server.speaks_tls(&stream, mode).await {
+        (_, Some(server)) => match server.speaks_tls(&stream, mode, w.timers()).await {
             None => return,
             Some(false) => (stream, None),
             Some(true) => {
                 let board = Arc::clone(&w.shared().board);
-                match server.handshake(stream, remote.ip(), &board).await {
+                match server
+                    .handshake(stream, remote.ip(), &board, w.timers())
+                    .await
+                {
                     Some((stream, conn)) => (stream, Some(RefCell::new(conn))),
                     None => return,
                 }
@@ -297,7 +300,7 @@ async fn connection(w: Rc<Worker>, stream: TcpStream, mode: StreamMode, slot: Op
 /// when the header is missing or bad (counted) or the limits are reached.
 async fn proxied(w: &Worker, stream: &TcpStream, proxy: SocketAddr) -> Option<(SocketAddr, Slot)> {
     let board = &w.shared().board;
-    let client = match proxy::read_header(stream).await {
+    let client = match proxy::read_header(stream, w.timers()).await {
         Outcome::Client(client) => client.unwrap_or(proxy),
         Outcome::Refused(why) => {
             tracing::debug!(%proxy, reason = why.label(), "no usable PROXY header; closing");
@@ -325,7 +328,7 @@ async fn serve(w: &Rc<Worker>, out: &Rc<TcpOut>, tuple: &FiveTuple) {
     let mut ready = out.tls.is_some();
     loop {
         if !ready {
-            match tokio::time::timeout(idle, out.stream.readable()).await {
+            match w.timers().timeout(idle, out.stream.readable()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
                 Err(_) => {
@@ -362,7 +365,7 @@ async fn serve(w: &Rc<Worker>, out: &Rc<TcpOut>, tuple: &FiveTuple) {
     }
     out.closed.set(true);
     out.wake.notify_one();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    let _ = w.timers().timeout(CLOSE_TIMEOUT, writer).await;
 }
 
 /// Hand every whole frame in `inbuf` to the core, sending what they

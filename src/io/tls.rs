@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rustls::ServerConnection;
 use tokio::net::TcpStream;
 
 use super::limit::PerIpLimit;
+use super::timer::Timers;
 use crate::metrics::{Board, TlsFailure};
 use crate::tls::{HANDSHAKE_RECORD, Tls};
 
@@ -58,13 +60,21 @@ impl TlsServer {
 
     /// Whether `stream` (accepted on a listener in `mode`) speaks TLS;
     /// `None` when a shared port's client sent nothing in time or hung up.
-    pub(super) async fn speaks_tls(&self, stream: &TcpStream, mode: StreamMode) -> Option<bool> {
+    pub(super) async fn speaks_tls(
+        &self,
+        stream: &TcpStream,
+        mode: StreamMode,
+        timers: &Rc<Timers>,
+    ) -> Option<bool> {
         match mode {
             StreamMode::Tcp => Some(false),
             StreamMode::Tls => Some(true),
             StreamMode::Both => {
                 let mut first = [0u8; 1];
-                match tokio::time::timeout(self.handshake_timeout, stream.peek(&mut first)).await {
+                match timers
+                    .timeout(self.handshake_timeout, stream.peek(&mut first))
+                    .await
+                {
                     Ok(Ok(1)) => Some(first[0] == HANDSHAKE_RECORD),
                     _ => None,
                 }
@@ -79,13 +89,14 @@ impl TlsServer {
         stream: TcpStream,
         ip: IpAddr,
         board: &Board,
+        timers: &Rc<Timers>,
     ) -> Option<(TcpStream, ServerConnection)> {
         let Some(_slot) = self.take(ip, board) else {
             board.tls.failure(TlsFailure::Limit);
             return None;
         };
         let accept = tokio_rustls::TlsAcceptor::from(self.tls.server_config()).accept(stream);
-        match tokio::time::timeout(self.handshake_timeout, accept).await {
+        match timers.timeout(self.handshake_timeout, accept).await {
             Ok(Ok(s)) => {
                 board.tls.handshake();
                 Some(s.into_inner())

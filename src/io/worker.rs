@@ -29,6 +29,7 @@ use super::mailbox::{Order, Target};
 use super::pump::{self, Source};
 use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
 use super::tcp::{self, Queued, TcpOut};
+use super::timer::Timers;
 use super::tls::StreamMode;
 use super::xdp::Offloads;
 use super::{Phase, Shared, WorkerState, net, now};
@@ -56,13 +57,19 @@ pub fn run(
     state: watch::Receiver<WorkerState>,
 ) -> std::io::Result<()> {
     let (park, unpark) = (Arc::clone(&shared), Arc::clone(&shared));
+    // No time driver: the worker's timers are its own (`timer`).
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .on_thread_park(move || park.handoffs.park(index))
         .on_thread_unpark(move || unpark.handoffs.unpark(index))
         .build()?;
     let local = tokio::task::LocalSet::new();
-    let worker = Worker::new(index, core, shared);
+    let timers = {
+        let _in = rt.enter();
+        Timers::new()?
+    };
+    local.spawn_local(Rc::clone(&timers).drive());
+    let worker = Worker::new(index, core, shared, timers);
     let result = local
         .block_on(&rt, async { worker.start_sockets(udp, tcp) })
         .and_then(|hot| {
@@ -91,6 +98,7 @@ pub(crate) struct Worker {
     /// parked.
     wake: Arc<Notify>,
     shared: Arc<Shared>,
+    timers: Rc<Timers>,
 }
 
 /// The worker's implementation of [`Io`].
@@ -263,7 +271,7 @@ fn register(sock: UdpSocket) -> std::io::Result<Udp> {
 }
 
 impl Worker {
-    fn new(index: usize, core: Core, shared: Arc<Shared>) -> Rc<Self> {
+    fn new(index: usize, core: Core, shared: Arc<Shared>, timers: Rc<Timers>) -> Rc<Self> {
         let wake = shared.handoffs.wake(index);
         let workers = shared.workers;
         Rc::new_cyclic(|me| Self {
@@ -292,12 +300,18 @@ impl Worker {
             scratch: RefCell::new(vec![0u8; BUF_LEN].into_boxed_slice()),
             wake,
             shared,
+            timers,
         })
     }
 
     /// The state shared with the other workers.
     pub(super) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// This worker's timers.
+    pub(super) fn timers(&self) -> &Rc<Timers> {
+        &self.timers
     }
 
     /// The receive slots every socket of this worker is read into.
@@ -326,8 +340,7 @@ impl Worker {
         }
         tokio::task::spawn_local(inbox_loop(Rc::clone(&self)));
         let mut orders = self.shared.mailboxes.take(self.index);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = self.timers.every(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = tick.tick() => self.tick(),
