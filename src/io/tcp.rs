@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::io::Write;
 
@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use super::limit::PerIpLimit;
 use super::proxy::{self, Outcome, Proxies};
+use super::timer::{FOREVER, Sleep, Timers};
 use super::tls::{self, StreamMode};
 use super::worker::Worker;
 use super::{Shared, now};
@@ -322,25 +323,32 @@ async fn proxied(w: &Worker, stream: &TcpStream, proxy: SocketAddr) -> Option<(S
 async fn serve(w: &Rc<Worker>, out: &Rc<TcpOut>, tuple: &FiveTuple) {
     w.add_tcp(*tuple, Rc::clone(out));
     let writer = tokio::task::spawn_local(writer(Rc::clone(out)));
-    let idle = w.shared().tcp.idle_timeout;
+    let mut idle = Idle::new(w.timers(), w.shared().tcp.idle_timeout);
     let mut inbuf: Vec<u8> = Vec::with_capacity(2048);
     // Over TLS, bytes may have come with the handshake's last flight.
     let mut ready = out.tls.is_some();
     loop {
         if !ready {
-            match w.timers().timeout(idle, out.stream.readable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
+            let readable = tokio::select! {
+                biased;
+                r = out.stream.readable() => Some(r.is_ok()),
+                () = idle.elapsed() => None,
+            };
+            match readable {
+                Some(true) => {}
+                Some(false) => break,
+                None => {
                     // Idle: keep connections that carry an allocation.
                     if !w.has_allocation(tuple) {
                         break;
                     }
+                    idle.restart();
                     continue;
                 }
             }
         }
         ready = false;
+        idle.active();
         match out.read(&mut inbuf) {
             Ok(0) => break,
             Ok(_) => {}
@@ -366,6 +374,51 @@ async fn serve(w: &Rc<Worker>, out: &Rc<TcpOut>, tuple: &FiveTuple) {
     out.closed.set(true);
     out.wake.notify_one();
     let _ = w.timers().timeout(CLOSE_TIMEOUT, writer).await;
+}
+
+/// A connection's idle timeout: one timer for its life, moved on lazily
+/// (a read only notes the time; the timer, when it fires early, waits on
+/// from the last read), instead of a timer set and cancelled per read.
+struct Idle {
+    timers: Rc<Timers>,
+    after: Duration,
+    timer: Sleep,
+    last_read: Instant,
+}
+
+impl Idle {
+    fn new(timers: &Rc<Timers>, after: Duration) -> Self {
+        let after = after.min(FOREVER);
+        Self {
+            timers: Rc::clone(timers),
+            after,
+            timer: timers.sleep(after),
+            last_read: Instant::now(),
+        }
+    }
+
+    /// The connection was read from just now.
+    fn active(&mut self) {
+        self.last_read = Instant::now();
+    }
+
+    /// Completes once nothing has been read for the timeout.
+    async fn elapsed(&mut self) {
+        loop {
+            (&mut self.timer).await;
+            let due = self.last_read + self.after;
+            if due <= self.timer.deadline() {
+                return;
+            }
+            self.timer = self.timers.sleep_until(due);
+        }
+    }
+
+    /// Count the timeout again from now.
+    fn restart(&mut self) {
+        self.active();
+        self.timer = self.timers.sleep(self.after);
+    }
 }
 
 /// Hand every whole frame in `inbuf` to the core, sending what they

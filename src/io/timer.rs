@@ -32,7 +32,7 @@ use tokio::io::unix::AsyncFd;
 
 /// The longest a timer waits (longer durations, e.g. a configured
 /// timeout of `u64::MAX` seconds, wait this long).
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// One worker's timers. Create it inside the worker's runtime and spawn
 /// [`Timers::drive`] on it.
@@ -151,10 +151,14 @@ impl Timers {
 
     /// A future that completes `after` from now.
     pub(crate) fn sleep(self: &Rc<Self>, after: Duration) -> Sleep {
-        let now = Instant::now();
+        self.sleep_until(Instant::now() + after.min(FOREVER))
+    }
+
+    /// A future that completes at `deadline`.
+    pub(crate) fn sleep_until(self: &Rc<Self>, deadline: Instant) -> Sleep {
         Sleep {
             timers: Rc::clone(self),
-            deadline: now + after.min(FOREVER),
+            deadline,
             id: None,
         }
     }
@@ -229,6 +233,11 @@ impl Future for Sleep {
 }
 
 impl Sleep {
+    /// When it completes.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     fn cancel(&mut self) {
         if let Some(id) = self.id.take() {
             self.timers
@@ -257,12 +266,7 @@ impl Every {
     /// Wait for the next tick. Cancel-safe: dropped before it completes,
     /// the tick is still due.
     pub(crate) async fn tick(&mut self) {
-        Sleep {
-            timers: Rc::clone(&self.timers),
-            deadline: self.next,
-            id: None,
-        }
-        .await;
+        self.timers.sleep_until(self.next).await;
         let now = Instant::now();
         self.next += self.period;
         if self.next <= now {
