@@ -1,5 +1,7 @@
 //! One worker: a thread with a current-thread tokio runtime that owns its
 //! [`Core`], its listener sockets, its relays and its clients' send queue.
+//! The runtime has no time driver (its park path costs every wake-up);
+//! the worker's few timers are on its own `timerfd` (`timer`).
 //! The core sits in a `RefCell` inside a thread-local `Rc<Worker>`, so no
 //! other thread can reach it: other workers hand datagrams over through
 //! `handoff` lanes, which this worker drains into its own core.
