@@ -110,3 +110,11 @@ impl Mailboxes {
         closed
     }
 }
+
+/// The next order, or never when this worker has no mailbox.
+pub(super) async fn next(orders: &mut Option<mpsc::Receiver<Order>>) -> Option<Order> {
+    match orders {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

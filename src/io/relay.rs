@@ -27,6 +27,15 @@ use crate::policy::PortRange;
 /// A UDP socket registered with the worker's reactor.
 pub(super) type Udp = AsyncFd<UdpSocket>;
 
+/// Register a UDP socket with this thread's reactor, for readability only
+/// (datagrams are sent straight to the kernel).
+pub(super) fn register(sock: UdpSocket) -> std::io::Result<Udp> {
+    // SAFETY: the `UdpSocket` owns its descriptor and keeps it open, the
+    // same one, for as long as the `AsyncFd` holds it.
+    unsafe { AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
 /// Each relay port's allocation, for both families. Written when a relay
 /// opens or closes; read (one atomic load) per steered or handed-over
 /// datagram.

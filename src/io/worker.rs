@@ -27,9 +27,9 @@ use tokio::sync::{Notify, watch};
 
 use super::batch::{self, RecvBatch, SEND_QUEUE_LIMIT, SendQueue};
 use super::handoff::{Batch, deliver};
-use super::mailbox::{Order, Target};
+use super::mailbox::{self, Order, Target};
 use super::pump::{self, Source};
-use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, send_now};
+use super::relay::{Relay, RelaySocket, Relays, SteeredRelay, Udp, register, send_now};
 use super::tcp::{self, Queued, TcpOut};
 use super::timer::Timers;
 use super::tls::StreamMode;
@@ -263,15 +263,6 @@ impl Io for WorkerIo {
     }
 }
 
-/// Register a UDP socket with this thread's reactor, for readability only
-/// (datagrams are sent straight to the kernel).
-fn register(sock: UdpSocket) -> std::io::Result<Udp> {
-    // SAFETY: the `UdpSocket` owns its descriptor and keeps it open, the
-    // same one, for as long as the `AsyncFd` holds it.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
-        .map_err(std::io::Error::from)
-}
-
 impl Worker {
     fn new(index: usize, core: Core, shared: Arc<Shared>, timers: Rc<Timers>) -> Rc<Self> {
         let wake = shared.handoffs.wake(index);
@@ -346,7 +337,7 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.tick(),
-                Some(order) = recv(&mut orders) => self.obey(order),
+                Some(order) = mailbox::next(&mut orders) => self.obey(order),
                 r = state.changed() => {
                     if r.is_err() {
                         break;
@@ -598,13 +589,5 @@ async fn inbox_loop(w: Rc<Worker>) {
     loop {
         w.wake.notified().await;
         w.settle(now());
-    }
-}
-
-/// The next order, or never when this worker has no mailbox.
-async fn recv(orders: &mut Option<tokio::sync::mpsc::Receiver<Order>>) -> Option<Order> {
-    match orders {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
