@@ -5,16 +5,16 @@
 //! clock before `epoll_wait`, and reads the clock and turns the wheel
 //! after. At light load every relayed datagram pays that, cold, twice per
 //! round trip. Measured side by side in one run (`tern-loadgen paired`,
-//! `tern-latfloor --tokio` with and without `--no-timer`), it is 1.4–2.8 µs
+//! `tern-latfloor --tokio` with and without `--time-driver`), it is 1.4–2.8 µs
 //! of a light-load round trip's median (docs/performance.md).
 //!
 //! A worker's timers are few and never on the per-packet path: its tick,
-//! and per stream connection a PROXY header, TLS handshake, idle and
-//! close timeout. So the worker's runtime has no time driver; its timers
+//! the accept back-off, and per stream connection a PROXY header, TLS
+//! handshake, idle and close timeout. So the worker's runtime has no time driver; its timers
 //! wait in a `BTreeMap` (ordered by deadline; a dropped [`Sleep`] removes
 //! its entry, so the map holds only live timers) and one `timerfd`, armed
-//! for the earliest, wakes the [`Timers::drive`] task. The fd is a socket
-//! like any other to the reactor: a wake-up that is not the timer's costs
+//! for the earliest, wakes the [`Timers::drive`] task. To the reactor the
+//! fd is one more descriptor: a wake-up that is not the timer's costs
 //! nothing more.
 
 use std::cell::RefCell;
