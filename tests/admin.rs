@@ -34,14 +34,28 @@ fn call(
     )
 }
 
-/// A token file holding `tokens`, and the config using it.
-fn config(tokens: &str, name: &str) -> String {
-    let path = std::env::temp_dir().join(format!("tern-admin-{}-{name}", std::process::id()));
-    std::fs::write(&path, tokens).unwrap();
-    base_config(&format!(
-        "token-file = {:?}\n{ALLOW_LOOPBACK}",
-        path.display().to_string()
-    ))
+/// A token file in a directory of its own, removed with it when dropped.
+struct TokenFile(tempfile::TempDir);
+
+impl TokenFile {
+    fn new() -> Self {
+        Self(
+            tempfile::Builder::new()
+                .prefix("tern-admin-")
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    /// Write `tokens` to the file; a config using it.
+    fn config(&self, tokens: &str) -> String {
+        let path = self.0.path().join("tokens");
+        std::fs::write(&path, tokens).unwrap();
+        base_config(&format!(
+            "token-file = {:?}\n{ALLOW_LOOPBACK}",
+            path.display().to_string()
+        ))
+    }
 }
 
 #[test]
@@ -52,7 +66,8 @@ fn without_a_token_file_the_api_is_off_and_with_one_it_needs_the_token() {
     assert!(v["error"].as_str().unwrap().contains("token-file"));
     assert_eq!(s.http_get("/metrics").0, 200);
 
-    let s = TestServer::start_with(&config(&format!("{TOKEN}\n"), "auth"));
+    let tokens = TokenFile::new();
+    let s = TestServer::start_with(&tokens.config(&format!("{TOKEN}\n")));
     assert_eq!(call(s.admin, "GET", "/v1/info", None, "").0, 401);
     assert_eq!(
         call(
@@ -78,7 +93,8 @@ fn without_a_token_file_the_api_is_off_and_with_one_it_needs_the_token() {
 
 #[test]
 fn a_disconnected_user_stops_relaying_at_once_and_is_refused_while_blocked() {
-    let s = TestServer::start_with(&config(&format!("{TOKEN}\n"), "disconnect"));
+    let tokens = TokenFile::new();
+    let s = TestServer::start_with(&tokens.config(&format!("{TOKEN}\n")));
     let mut alice = RawClient::udp(s.udp4(), "alice", "wonderland");
     let relayed = allocate(&mut alice, none);
     let mut bob = RawClient::tcp(s.tcp4(), "bob", "builder");
@@ -147,8 +163,7 @@ fn a_disconnected_user_stops_relaying_at_once_and_is_refused_while_blocked() {
 
     // Blocks survive a reload; unblocked, alice allocates again.
     s.control(Control::Reload(Box::new(
-        tern::config::Config::parse(&config(&format!("{TOKEN}\n"), "disconnect"), "r.toml")
-            .unwrap(),
+        tern::config::Config::parse(&tokens.config(&format!("{TOKEN}\n")), "r.toml").unwrap(),
     )));
     assert!(wait_until(TIMEOUT, || {
         let (_, v) = call(s.admin, "GET", "/v1/blocks", Some(TOKEN), "");
@@ -164,7 +179,8 @@ fn a_disconnected_user_stops_relaying_at_once_and_is_refused_while_blocked() {
 
 #[test]
 fn bad_bodies_are_refused_and_tokens_change_on_reload() {
-    let s = TestServer::start_with(&config(&format!("{TOKEN}\n"), "reload"));
+    let tokens = TokenFile::new();
+    let s = TestServer::start_with(&tokens.config(&format!("{TOKEN}\n")));
     let post = |body: &str| call(s.admin, "POST", "/v1/users/x/disconnect", Some(TOKEN), body).0;
     assert_eq!(post("{\"block_seconds\": -1}"), 400);
     assert_eq!(post("not json"), 400);
@@ -172,7 +188,7 @@ fn bad_bodies_are_refused_and_tokens_change_on_reload() {
     assert_eq!(post(""), 200);
     let new = "fedcba9876543210-new-admin-token";
     s.control(Control::Reload(Box::new(
-        tern::config::Config::parse(&config(&format!("{new}\n"), "reload"), "r.toml").unwrap(),
+        tern::config::Config::parse(&tokens.config(&format!("{new}\n")), "r.toml").unwrap(),
     )));
     assert!(wait_until(TIMEOUT, || call(
         s.admin,

@@ -3,17 +3,45 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tern-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tern.toml");
+/// A config file in a directory of its own, removed with it when dropped.
+struct TempConfig {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TempConfig {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempConfig {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl AsRef<Path> for TempConfig {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> TempConfig {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tern-cli-{name}-"))
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("tern.toml");
     std::fs::write(&path, text).unwrap();
-    path
+    TempConfig { path, _dir: dir }
 }
 
 #[test]
@@ -221,7 +249,7 @@ struct Child {
 }
 
 impl Child {
-    fn spawn(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(TERN)
             .args(["--log-format", "json", "--log-level", "info", "--config"])
             .arg(config)
