@@ -380,8 +380,14 @@ impl SendQueue {
 
 /// `sendmmsg` the batch, skipping any datagram the kernel refuses. Only
 /// the headers in use are written (zeroing all 64 per call cost more than
-/// the rest of tern's per-packet work when batches are short).
+/// the rest of tern's per-packet work when batches are short). A batch of
+/// one, the usual case at light load, goes out with `sendto`, which the
+/// kernel handles in about 0.17 µs less (no message header to copy in and
+/// no count to write back; docs/performance.md).
 fn send_batch(fd: RawFd, arena: &[u8], batch: &[Queued]) -> usize {
+    if let [q] = batch {
+        return send_one(fd, &arena[q.start..q.start + q.len], &q.to);
+    }
     let mut iov = [MaybeUninit::<libc::iovec>::uninit(); SEND_BATCH];
     let mut hdrs = [MaybeUninit::<libc::mmsghdr>::uninit(); SEND_BATCH];
     let n = batch.len().min(SEND_BATCH);
@@ -432,6 +438,30 @@ fn send_batch(fd: RawFd, arena: &[u8], batch: &[Queued]) -> usize {
     dropped
 }
 
+/// `sendto` one datagram; how many were dropped (0 or 1).
+fn send_one(fd: RawFd, bytes: &[u8], to: &SockAddr) -> usize {
+    loop {
+        // SAFETY: `bytes` and `to` are live for the call and their lengths
+        // are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT,
+                to.as_ptr().cast(),
+                to.len(),
+            )
+        };
+        if sent >= 0 {
+            return 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,6 +505,30 @@ mod tests {
         // Nothing left: WouldBlock, not a wait.
         let e = b.recv(rx.as_raw_fd(), 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_datagram_the_kernel_refuses_is_counted_dropped_alone_or_in_a_batch() {
+        let tx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let fd = [tx4.as_raw_fd()];
+        let mut q = SendQueue::default();
+        // Alone (sent with sendto), then first of three (sendmmsg): an
+        // IPv6 destination on an IPv4 socket.
+        q.push(0, v6, b"alone");
+        assert_eq!(q.flush(|i| fd.get(i).copied()), 1);
+        q.push(0, v6, b"first");
+        q.push(0, rx.local_addr().unwrap(), b"second");
+        q.push(0, rx.local_addr().unwrap(), b"third");
+        assert_eq!(q.flush(|i| fd.get(i).copied()), 1);
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"second");
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"third");
     }
 
     #[test]
