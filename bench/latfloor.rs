@@ -8,7 +8,9 @@
 //! client from the listener. At light load a round trip through it is
 //! the kernel's part of any relay (wake-ups, context switches, loopback
 //! deliveries), so tern's and coturn's distance to it is what their user
-//! space adds.
+//! space adds. With `--connected` it answers each client from a socket
+//! connected to that client, as coturn does, instead of from the listener
+//! (what that choice is worth: docs/performance.md).
 //!
 //! With `--tokio` the same forwarding runs on a current-thread tokio
 //! runtime, the sockets polled by one future as tern's workers poll
@@ -50,7 +52,15 @@ struct Args {
     /// ticking, so that every park goes through the timer wheel.
     #[arg(long, requires = "tokio")]
     time_driver: bool,
+    /// Answer each client from a socket of its own, bound to the listen
+    /// address and connected to the client (as coturn does), instead of
+    /// from the listener; the client's later datagrams arrive on it too.
+    #[arg(long, conflicts_with = "tokio")]
+    connected: bool,
 }
+
+/// Tokens of the connected client sockets: `DOWN + i` for client `i`.
+const DOWN: u64 = 1 << 32;
 
 /// The listener's token in the epoll set; upstream socket `i` is `i + 1`.
 const LISTENER: u64 = 0;
@@ -60,8 +70,7 @@ fn main() -> io::Result<()> {
     if args.tokio {
         return on_tokio(&args);
     }
-    let listener = UdpSocket::bind(args.listen)?;
-    listener.set_nonblocking(true)?;
+    let listener = reusable(args.listen)?;
     // SAFETY: epoll_create1 takes no pointers; the result is checked.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -71,6 +80,7 @@ fn main() -> io::Result<()> {
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     watch(&ep, listener.as_raw_fd(), LISTENER)?;
     let mut upstream = Upstreams::new(args.max_clients);
+    let mut down: Vec<UdpSocket> = Vec::new();
     let mut buf = [0u8; 65_536];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     loop {
@@ -90,12 +100,33 @@ fn main() -> io::Result<()> {
                     continue;
                 };
                 let open = |i: usize| open_upstream(&ep, args.listen, i as u64 + 1);
+                let known = upstream.socks.len();
                 if let Some(sock) = upstream.for_client(client, open) {
                     let _ = sock.send_to(&buf[..len], args.peer);
                 }
+                if args.connected && upstream.socks.len() > known {
+                    // Client i's connected socket is `down[i]`, beside its
+                    // upstream socket; failing to open one ends the run.
+                    let token = DOWN + down.len() as u64;
+                    down.push(connected_to(&ep, args.listen, client, token)?);
+                }
+            } else if token >= DOWN {
+                let i = (token - DOWN) as usize;
+                if let (Some(d), Some((sock, _))) = (down.get(i), upstream.socks.get(i)) {
+                    if let Ok(len) = d.recv(&mut buf) {
+                        let _ = sock.send_to(&buf[..len], args.peer);
+                    }
+                }
             } else if let Some((sock, client)) = upstream.socks.get(token as usize - 1) {
                 if let Ok((len, _)) = sock.recv_from(&mut buf) {
-                    let _ = listener.send_to(&buf[..len], *client);
+                    match down.get(token as usize - 1) {
+                        Some(d) => {
+                            let _ = d.send(&buf[..len]);
+                        }
+                        None => {
+                            let _ = listener.send_to(&buf[..len], *client);
+                        }
+                    }
                 }
             }
         }
@@ -146,6 +177,34 @@ impl<S> Upstreams<S> {
 fn open_upstream(ep: &OwnedFd, listen: SocketAddr, token: u64) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddr::new(listen.ip(), 0))?;
     sock.set_nonblocking(true)?;
+    watch(ep, sock.as_raw_fd(), token)?;
+    Ok(sock)
+}
+
+/// A non-blocking UDP socket bound to `addr` with SO_REUSEADDR, so that
+/// connected sockets can share the address.
+fn reusable(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// A socket on `listen`'s address connected to `client`, in the epoll
+/// set as `token`.
+fn connected_to(
+    ep: &OwnedFd,
+    listen: SocketAddr,
+    client: SocketAddr,
+    token: u64,
+) -> io::Result<UdpSocket> {
+    let sock = reusable(listen)?;
+    sock.connect(client)?;
     watch(ep, sock.as_raw_fd(), token)?;
     Ok(sock)
 }
