@@ -22,7 +22,9 @@ package_setup() {
 
 case_package_deb_lintian() {
   local out
-  out=$(lintian --fail-on error --tag-display-limit 0 "$PK_DEB" 2>&1) || { REASON="lintian: $out"; return 1; }
+  # lintian leaves a database of its ELF index in TMPDIR on every run
+  # (mldbm-elf-*): keep it in the run's work directory, removed at the end.
+  out=$(TMPDIR="$WORK" lintian --fail-on error --tag-display-limit 0 "$PK_DEB" 2>&1) || { REASON="lintian: $out"; return 1; }
 }
 
 case_package_rpm_rpmlint() {
