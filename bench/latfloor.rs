@@ -70,7 +70,8 @@ fn main() -> io::Result<()> {
     if args.tokio {
         return on_tokio(&args);
     }
-    let listener = reusable(args.listen)?;
+    // With --connected, the clients' sockets share its address.
+    let listener = bound(args.listen, args.connected)?;
     // SAFETY: epoll_create1 takes no pointers; the result is checked.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
@@ -181,15 +182,15 @@ fn open_upstream(ep: &OwnedFd, listen: SocketAddr, token: u64) -> io::Result<Udp
     Ok(sock)
 }
 
-/// A non-blocking UDP socket bound to `addr` with SO_REUSEADDR, so that
-/// connected sockets can share the address.
-fn reusable(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// A non-blocking UDP socket bound to `addr`; with `shared`, with
+/// SO_REUSEADDR, so that connected sockets can share the address.
+fn bound(addr: SocketAddr, shared: bool) -> io::Result<UdpSocket> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         None,
     )?;
-    sock.set_reuse_address(true)?;
+    sock.set_reuse_address(shared)?;
     sock.bind(&addr.into())?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
@@ -203,7 +204,7 @@ fn connected_to(
     client: SocketAddr,
     token: u64,
 ) -> io::Result<UdpSocket> {
-    let sock = reusable(listen)?;
+    let sock = bound(listen, true)?;
     sock.connect(client)?;
     watch(ep, sock.as_raw_fd(), token)?;
     Ok(sock)
