@@ -9,39 +9,16 @@ use std::time::Duration;
 
 const TERN: &str = env!("CARGO_BIN_EXE_tern");
 
-/// A config file in a directory of its own, removed with it when dropped.
-struct TempConfig {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for TempConfig {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl AsRef<std::ffi::OsStr> for TempConfig {
-    fn as_ref(&self) -> &std::ffi::OsStr {
-        self.path.as_os_str()
-    }
-}
-
-impl AsRef<Path> for TempConfig {
-    fn as_ref(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn temp_file(name: &str, text: &str) -> TempConfig {
+/// A config file holding `text` in a directory of its own, and the
+/// directory (removed when dropped: keep it for as long as the file).
+fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix(&format!("tern-cli-{name}-"))
         .tempdir()
         .unwrap();
     let path = dir.path().join("tern.toml");
     std::fs::write(&path, text).unwrap();
-    TempConfig { path, _dir: dir }
+    (dir, path)
 }
 
 #[test]
@@ -53,7 +30,7 @@ fn check_config_accepts_the_example_and_reports_file_line_key() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 
-    let bad = temp_file(
+    let (_dir, bad) = temp_file(
         "bad",
         "[auth]\nsecrets = [\"x\"]\n\n[relay]\nmin-port = \"many\"\n",
     );
@@ -82,7 +59,7 @@ fn steering_on_without_the_capabilities_refuses_to_start() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "needs root to drop capabilities");
-    let cfg = temp_file(
+    let (_dir, cfg) = temp_file(
         "steer",
         "[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\nsteering = \"on\"\n[auth]\nsecrets = [\"x\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
     );
@@ -105,7 +82,7 @@ fn steering_on_without_the_capabilities_refuses_to_start() {
 
 #[test]
 fn credentials_json_has_the_rest_api_shape_and_a_valid_password() {
-    let cfg = temp_file(
+    let (_dir, cfg) = temp_file(
         "cred",
         "host = \"turn.example.org\"\n[listen]\nudp = [\"0.0.0.0:3478\"]\ntcp = [\"0.0.0.0:443\"]\n[auth]\nsecrets = [\"s1\", \"s0\"]\n",
     );
@@ -146,7 +123,7 @@ fn credentials_json_has_the_rest_api_shape_and_a_valid_password() {
 
 #[test]
 fn serves_until_sigterm_then_exits_zero() {
-    let cfg = temp_file(
+    let (_dir, cfg) = temp_file(
         "serve",
         "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n",
     );
@@ -188,7 +165,7 @@ fn credentials_json_lists_turns_when_tls_is_configured() {
     let pki = tern::testing::Pki::new().unwrap();
     let leaf = pki.issue(30, "ec").unwrap();
     // localhost: the name the test certificate holds.
-    let cfg = temp_file(
+    let (_dir, cfg) = temp_file(
         "cred-tls",
         &format!(
             "host = \"localhost\"\n[listen]\nudp = [\"0.0.0.0:3478\"]\ntcp = [\"0.0.0.0:443\"]\ntls = [\"0.0.0.0:443\", \"0.0.0.0:5349\"]\n[tls]\ncertificate-file = {:?}\nprivate-key-file = {:?}\n[auth]\nsecrets = [\"s1\"]\n",
@@ -218,7 +195,7 @@ fn credentials_json_lists_turns_when_tls_is_configured() {
 fn text_logs_to_a_pipe_carry_no_colour_codes() {
     // As under systemd or with output to a file: escape codes would be
     // stored as text.
-    let cfg = temp_file(
+    let (_dir, cfg) = temp_file(
         "text-logs",
         "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"none\"\n[auth]\nsecrets = [\"x\"]\n",
     );
@@ -306,7 +283,7 @@ fn sd_notify_reports_ready_and_stopping_on_a_real_socket() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let cfg = temp_file("notify", &serve_config(""));
+    let (_dir, cfg) = temp_file("notify", &serve_config(""));
     // systemd asks for a watchdog ping every 0.2 s (WATCHDOG_USEC / 2).
     let mut child = Child::spawn(
         &cfg,
@@ -337,7 +314,7 @@ fn sd_notify_reports_ready_and_stopping_on_a_real_socket() {
 
 #[test]
 fn sighup_with_a_broken_file_keeps_the_running_config() {
-    let cfg = temp_file("hup", &serve_config(""));
+    let (_dir, cfg) = temp_file("hup", &serve_config(""));
     let mut child = Child::spawn(&cfg, &[]);
     child.wait_for("tern serving");
     std::fs::write(&cfg, "[listen]\nudpp = []\n").unwrap();
@@ -396,7 +373,7 @@ fn a_second_tern_on_a_busy_listener_address_exits_naming_it() {
         } else {
             (format!("\"{listen}\""), String::new())
         };
-        let cfg = temp_file(
+        let (_dir, cfg) = temp_file(
             &format!("busy-{}-{tcp}", host.len()),
             &format!(
                 "[admin]\nlisten = \"127.0.0.1:0\"\n[listen]\nudp = [{udp}]\ntcp = [{tcp_list}]\n[relay]\naddress-ipv4 = \"127.0.0.1\"\naddress-ipv6 = \"::1\"\n[auth]\nsecrets = [\"x\"]\n"
@@ -429,7 +406,7 @@ fn a_second_tern_on_a_busy_listener_address_exits_naming_it() {
 #[test]
 fn a_worker_that_fails_at_start_makes_tern_exit_non_zero_with_the_reason() {
     use std::os::unix::process::CommandExt;
-    let cfg = temp_file("nofile", &format!("workers = 2\n{}", serve_config("")));
+    let (_dir, cfg) = temp_file("nofile", &format!("workers = 2\n{}", serve_config("")));
     let mut worker_failed = false;
     let mut served = false;
     for limit in 8..64u64 {
