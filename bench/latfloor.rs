@@ -81,7 +81,6 @@ fn main() -> io::Result<()> {
     let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     watch(&ep, listener.as_raw_fd(), LISTENER)?;
     let mut upstream = Upstreams::new(args.max_clients);
-    let mut down: Vec<UdpSocket> = Vec::new();
     let mut buf = [0u8; 65_536];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
     loop {
@@ -100,34 +99,31 @@ fn main() -> io::Result<()> {
                 let Ok((len, client)) = listener.recv_from(&mut buf) else {
                     continue;
                 };
-                let open = |i: usize| open_upstream(&ep, args.listen, i as u64 + 1);
-                let known = upstream.socks.len();
-                if let Some(sock) = upstream.for_client(client, open) {
+                // Client i's sockets: upstream, and with --connected one
+                // connected to the client (both opened, or neither).
+                let open = |i: usize| -> io::Result<(UdpSocket, Option<UdpSocket>)> {
+                    let up = open_upstream(&ep, args.listen, i as u64 + 1)?;
+                    let down = args
+                        .connected
+                        .then(|| connected_to(&ep, args.listen, client, DOWN + i as u64));
+                    Ok((up, down.transpose()?))
+                };
+                if let Some((sock, _)) = upstream.for_client(client, open) {
                     let _ = sock.send_to(&buf[..len], args.peer);
-                }
-                if args.connected && upstream.socks.len() > known {
-                    // Client i's connected socket is `down[i]`, beside its
-                    // upstream socket; failing to open one ends the run.
-                    let token = DOWN + down.len() as u64;
-                    down.push(connected_to(&ep, args.listen, client, token)?);
                 }
             } else if token >= DOWN {
                 let i = (token - DOWN) as usize;
-                if let (Some(d), Some((sock, _))) = (down.get(i), upstream.socks.get(i)) {
-                    if let Ok(len) = d.recv(&mut buf) {
+                if let Some(((sock, Some(down)), _)) = upstream.socks.get(i) {
+                    if let Ok(len) = down.recv(&mut buf) {
                         let _ = sock.send_to(&buf[..len], args.peer);
                     }
                 }
-            } else if let Some((sock, client)) = upstream.socks.get(token as usize - 1) {
+            } else if let Some(((sock, down), client)) = upstream.socks.get(token as usize - 1) {
                 if let Ok((len, _)) = sock.recv_from(&mut buf) {
-                    match down.get(token as usize - 1) {
-                        Some(d) => {
-                            let _ = d.send(&buf[..len]);
-                        }
-                        None => {
-                            let _ = listener.send_to(&buf[..len], *client);
-                        }
-                    }
+                    let _ = match down {
+                        Some(down) => down.send(&buf[..len]),
+                        None => listener.send_to(&buf[..len], *client),
+                    };
                 }
             }
         }
