@@ -10,10 +10,10 @@
 //!
 //! A worker's timers are few and never on the per-packet path: its tick,
 //! the accept back-off, and per stream connection a PROXY header, TLS
-//! handshake, idle and close timeout. So the worker's runtime has no time driver; its timers
-//! wait in a `BTreeMap` (ordered by deadline; a dropped [`Sleep`] removes
-//! its entry, so the map holds only live timers) and one `timerfd`, armed
-//! for the earliest, wakes the [`Timers::drive`] task. To the reactor the
+//! handshake, idle and close timeout. So the worker's runtime has no time
+//! driver; its timers wait in a `BTreeMap` (ordered by deadline; a dropped
+//! [`Sleep`] removes its entry, so the map holds only live timers) and one
+//! `timerfd`, armed for the earliest, wakes the [`Timers::drive`] task. To the reactor the
 //! fd is one more descriptor: a wake-up that is not the timer's costs
 //! nothing more.
 
