@@ -166,76 +166,25 @@ impl Offloads {
             _ => Vec::new(),
         };
         if wanted.is_empty() {
-            return Offered {
-                traffic: self.withdraw(alloc),
-                buckets: None,
-            };
+            return self.withdrawn(alloc);
         }
-        let slot = match self.allocs.get(&alloc) {
-            Some(i) => i.slot,
-            None => match self.free.pop_front() {
-                Some(slot) => {
-                    let seen = self.counters(slot);
-                    if let Some(s) = self.path.slot(slot) {
-                        // A full bucket each way, the limit, the MTU
-                        // towards clients, nothing learned of the client.
-                        for w in [4, 5, 8, 9, 10, 11] {
-                            s[w].store(0, Ordering::Relaxed);
-                        }
-                        s[6].store(self.rate, Ordering::Relaxed);
-                        s[7].store(self.path.mtu, Ordering::Relaxed);
-                    }
-                    self.allocs.insert(
-                        alloc,
-                        Installed {
-                            slot,
-                            entries: Vec::new(),
-                            seen,
-                        },
-                    );
-                    slot
-                }
-                None => {
-                    self.failed += 1;
-                    return Offered {
-                        traffic: self.withdraw(alloc),
-                        buckets: None,
-                    };
-                }
-            },
+        let Some(slot) = self.slot_for(alloc) else {
+            self.failed += 1;
+            return self.withdrawn(alloc);
         };
         let old = self
             .allocs
             .get(&alloc)
             .map(|i| i.entries.clone())
             .unwrap_or_default();
-        let mut entries = Vec::with_capacity(wanted.len());
-        for (ck, mut tp, pk, mut tc) in wanted {
-            tp.slot = slot;
-            tc.slot = slot;
-            let e = Entry { ck, tp, pk, tc };
-            if old.contains(&e) {
-                entries.push(e);
-                continue;
-            }
-            if let Err(err) = self.install(&e, &old) {
-                tracing::debug!(%alloc, %err, "xdp: an entry could not be installed; its channel stays in userspace");
-                self.failed += 1;
-                let _ = map_delete(&self.path.from_client, &ck);
-                let _ = map_delete(&self.path.from_peer, &pk);
-                continue;
-            }
-            entries.push(e);
-        }
+        let entries = self.install_all(alloc, slot, wanted, &old);
         if entries.is_empty() {
-            return Offered {
-                traffic: self.withdraw(alloc),
-                buckets: None,
-            };
+            return self.withdrawn(alloc);
         }
         let Some(installed) = self.allocs.get_mut(&alloc) else {
             return Offered::default();
         };
+        // What the allocation had and no longer has.
         for e in &installed.entries {
             if !entries.iter().any(|n| n.ck == e.ck) {
                 let _ = map_delete(&self.path.from_client, &e.ck);
@@ -249,6 +198,73 @@ impl Offloads {
             traffic: self.read(alloc),
             buckets: self.path.cells(slot),
         }
+    }
+
+    /// `alloc` withdrawn from the fast path: what it relayed there since
+    /// the last read, and no buckets.
+    fn withdrawn(&mut self, alloc: AllocId) -> Offered {
+        Offered {
+            traffic: self.withdraw(alloc),
+            buckets: None,
+        }
+    }
+
+    /// The slot `alloc` holds, or a free one claimed for it (reset: a full
+    /// bucket each way, the limit, the MTU towards clients, nothing
+    /// learned of the client); none when every slot is in use.
+    fn slot_for(&mut self, alloc: AllocId) -> Option<u32> {
+        if let Some(i) = self.allocs.get(&alloc) {
+            return Some(i.slot);
+        }
+        let slot = self.free.pop_front()?;
+        let seen = self.counters(slot);
+        if let Some(s) = self.path.slot(slot) {
+            for w in [4, 5, 8, 9, 10, 11] {
+                s[w].store(0, Ordering::Relaxed);
+            }
+            s[6].store(self.rate, Ordering::Relaxed);
+            s[7].store(self.path.mtu, Ordering::Relaxed);
+        }
+        let entries = Vec::new();
+        self.allocs.insert(
+            alloc,
+            Installed {
+                slot,
+                entries,
+                seen,
+            },
+        );
+        Some(slot)
+    }
+
+    /// Install `wanted` for `alloc` in `slot` (`old`: what it had
+    /// installed); the entries now in the maps. One that cannot be
+    /// installed is counted failed, and its channel stays in userspace.
+    fn install_all(
+        &mut self,
+        alloc: AllocId,
+        slot: u32,
+        wanted: Vec<Entry>,
+        old: &[Entry],
+    ) -> Vec<Entry> {
+        let mut entries = Vec::with_capacity(wanted.len());
+        for mut e in wanted {
+            e.tp.slot = slot;
+            e.tc.slot = slot;
+            if old.contains(&e) {
+                entries.push(e);
+                continue;
+            }
+            if let Err(err) = self.install(&e, old) {
+                tracing::debug!(%alloc, %err, "xdp: an entry could not be installed; its channel stays in userspace");
+                self.failed += 1;
+                let _ = map_delete(&self.path.from_client, &e.ck);
+                let _ = map_delete(&self.path.from_peer, &e.pk);
+                continue;
+            }
+            entries.push(e);
+        }
+        entries
     }
 
     /// Write `e` into the maps. Where the same channel is installed (a
@@ -314,14 +330,10 @@ impl Offloads {
         }
     }
 
-    /// The map entries for `channels`: only where the client, the relay
-    /// and the peer are of one family (cross-family stays in userspace).
-    fn entries(
-        &self,
-        client: &FiveTuple,
-        relay: SocketAddr,
-        channels: &[Offload],
-    ) -> Vec<(ClientKey, ToPeer, PeerKey, ToClient)> {
+    /// The map entries for `channels` (slot not set): only where the
+    /// client, the relay and the peer are of one family (cross-family
+    /// stays in userspace).
+    fn entries(&self, client: &FiveTuple, relay: SocketAddr, channels: &[Offload]) -> Vec<Entry> {
         let client_ip = canonical(client.remote.ip());
         let relay_ip = canonical(relay.ip());
         let server_ip = canonical(client.local.ip());
@@ -329,12 +341,20 @@ impl Offloads {
         if fam != family(&relay_ip) {
             return Vec::new();
         }
-        // A wildcard listener: the kernel's route lookup picks the source,
-        // as it does for tern's own answers from that socket.
-        let server = if server_ip.is_unspecified() || family(&server_ip) != fam {
-            [0u8; 16]
-        } else {
-            ip16(server_ip)
+        let ends = Ends {
+            fam,
+            client_ip: ip16(client_ip),
+            client_port: client.remote.port().to_be(),
+            // A wildcard listener: the kernel's route lookup picks the
+            // source, as it does for tern's own answers from that socket.
+            server_ip: if server_ip.is_unspecified() || family(&server_ip) != fam {
+                [0u8; 16]
+            } else {
+                ip16(server_ip)
+            },
+            server_port: client.local.port().to_be(),
+            relay_ip: ip16(relay_ip),
+            relay_port: relay.port().to_be(),
         };
         // On the program's clock, through one fixed pair of readings, so
         // the same expiry always gives the same value.
@@ -345,47 +365,70 @@ impl Offloads {
             .map(|o| {
                 let expires_ns = base_ns
                     .saturating_add(o.expires.saturating_duration_since(base).as_nanos() as u64);
-                let peer_ip = ip16(canonical(o.peer.ip()));
-                let ck = ClientKey {
-                    family: fam,
-                    pad: 0,
-                    channel: o.channel.to_be(),
-                    client_port: client.remote.port().to_be(),
-                    server_port: client.local.port().to_be(),
-                    client_ip: ip16(client_ip),
-                };
-                let tp = ToPeer {
-                    relay_ip: ip16(relay_ip),
-                    peer_ip,
-                    relay_port: relay.port().to_be(),
-                    peer_port: o.peer.port().to_be(),
-                    slot: 0,
-                    expires_ns,
-                    peer: Hop::default(),
-                };
-                let pk = PeerKey {
-                    family: fam,
-                    pad: [0; 3],
-                    peer_port: o.peer.port().to_be(),
-                    relay_port: relay.port().to_be(),
-                    peer_ip,
-                    relay_ip: ip16(relay_ip),
-                };
-                let tc = ToClient {
-                    server_ip: server,
-                    client_ip: ip16(client_ip),
-                    server_port: client.local.port().to_be(),
-                    client_port: client.remote.port().to_be(),
-                    channel: o.channel.to_be(),
-                    pad: 0,
-                    slot: 0,
-                    pad2: 0,
-                    expires_ns,
-                    pushed: Hop::default(),
-                };
-                (ck, tp, pk, tc)
+                ends.entry(o, expires_ns)
             })
             .collect()
+    }
+}
+
+/// What every entry of one allocation shares, as the maps hold it
+/// (ports in network order).
+struct Ends {
+    fam: u8,
+    client_ip: [u8; 16],
+    client_port: u16,
+    server_ip: [u8; 16],
+    server_port: u16,
+    relay_ip: [u8; 16],
+    relay_port: u16,
+}
+
+impl Ends {
+    /// The two entries of channel `o`, expiring at `expires_ns` on the
+    /// program's clock, slot 0 and hops unknown.
+    fn entry(&self, o: &Offload, expires_ns: u64) -> Entry {
+        let peer_ip = ip16(canonical(o.peer.ip()));
+        let peer_port = o.peer.port().to_be();
+        let channel = o.channel.to_be();
+        Entry {
+            ck: ClientKey {
+                family: self.fam,
+                pad: 0,
+                channel,
+                client_port: self.client_port,
+                server_port: self.server_port,
+                client_ip: self.client_ip,
+            },
+            tp: ToPeer {
+                relay_ip: self.relay_ip,
+                peer_ip,
+                relay_port: self.relay_port,
+                peer_port,
+                slot: 0,
+                expires_ns,
+                peer: Hop::default(),
+            },
+            pk: PeerKey {
+                family: self.fam,
+                pad: [0; 3],
+                peer_port,
+                relay_port: self.relay_port,
+                peer_ip,
+                relay_ip: self.relay_ip,
+            },
+            tc: ToClient {
+                server_ip: self.server_ip,
+                client_ip: self.client_ip,
+                server_port: self.server_port,
+                client_port: self.client_port,
+                channel,
+                pad: 0,
+                slot: 0,
+                pad2: 0,
+                expires_ns,
+                pushed: Hop::default(),
+            },
+        }
     }
 }
 
