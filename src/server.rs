@@ -15,10 +15,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Credentials, NonceIssuer};
-use crate::config::{Config, Steering, Xdp};
+use crate::config::Config;
 use crate::core::{Core, CoreConfig, Quotas};
-use crate::io::ports::RelayPorts;
-use crate::io::{IoSettings, Phase, Shared, StreamMode, WorkerState, net};
+use crate::io::{Phase, Shared, StreamMode, WorkerState, net};
 use crate::metrics::Board;
 use crate::policy::PeerPolicy;
 pub use crate::shutdown::Control;
@@ -153,35 +152,10 @@ impl Server {
         let admin = bind_http(config.admin_listen, "admin http")?;
         let board = Arc::new(Board::new(workers));
         board.set_allocations_limit(config.limits.max_allocations);
-        let settings = IoSettings {
-            workers,
-            socket_buffer_bytes: config.socket_buffer_bytes,
-            max_tcp_connections: config.max_tcp_connections,
-            max_tcp_connections_per_ip: config.max_tcp_connections_per_ip,
-            tcp_idle_timeout: config.tcp_idle_timeout,
-        };
-        let ports = RelayPorts::new(v4, v6, config.relay_ports);
-        let mut shared = Shared::new(ports, settings, Arc::clone(&board));
-        shared.set_proxy_protocol_from(config.proxy_protocol_from.clone());
-        // Relay steering serves relays, which a STUN-only server has none of.
-        if config.relay_steering != Steering::Off && !config.stun_only {
-            steer(&mut shared, config.relay_steering)?;
-        }
-        if config.xdp.mode != Xdp::Off && !config.stun_only {
-            listeners::attach_xdp(&mut shared, &config.xdp)?;
-        }
-        listeners::serve_tls(&config, &mut shared, !tls_addrs.is_empty())?;
+        let tls = !tls_addrs.is_empty();
+        let (shared, records) = data_path(&config, workers, (v4, v6), &board, tls)?;
         let tokens = crate::admin::Tokens::default();
         tokens.set(&config.admin_tokens);
-        let records = match &config.records {
-            Some(r) => {
-                let (writer, sink) = crate::records::Writer::start(r)
-                    .map_err(|e| ServerError::Records(r.file.clone(), e))?;
-                shared.set_records(sink);
-                Some(writer)
-            }
-            None => None,
-        };
         let mut server = Self {
             config,
             sockets,
@@ -583,4 +557,4 @@ mod drain;
 mod listeners;
 mod operator;
 use drain::drained;
-use listeners::{bind_listeners, steer};
+use listeners::{bind_listeners, data_path};

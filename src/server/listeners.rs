@@ -1,13 +1,17 @@
 //! Binding the listeners: every address once per worker (one SO_REUSEPORT
-//! group each), after checking that no other process serves it.
+//! group each), after checking that no other process serves it; and the
+//! data path they feed: relay steering, the XDP fast path, TLS.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::ServerError;
 use crate::config::{Config, Steering, Xdp, XdpSettings};
+use crate::io::ports::RelayPorts;
 use crate::io::xdp::{self, FastPath, Mode};
-use crate::io::{Shared, StreamMode, TlsServer, net};
+use crate::io::{IoSettings, Shared, StreamMode, TlsServer, net};
+use crate::metrics::Board;
+use crate::records;
 use crate::tls::{Certificate, Tls};
 
 /// Per worker: its UDP and stream (TCP, TLS or both) listener sockets.
@@ -197,6 +201,48 @@ impl LocalAddr for std::net::TcpListener {
     }
 }
 
+/// The state the workers share for `workers` workers relaying from
+/// `relay` (IPv4, IPv6): the relay ports, socket settings and PROXY
+/// sources, relay steering, the XDP fast path and TLS (`tls`: a TLS
+/// listener is bound) as configured, and the records writer when records
+/// are on.
+pub(super) fn data_path(
+    config: &Config,
+    workers: usize,
+    (v4, v6): (Option<IpAddr>, Option<IpAddr>),
+    board: &Arc<Board>,
+    tls: bool,
+) -> Result<(Shared, Option<records::Writer>), ServerError> {
+    let settings = IoSettings {
+        workers,
+        socket_buffer_bytes: config.socket_buffer_bytes,
+        max_tcp_connections: config.max_tcp_connections,
+        max_tcp_connections_per_ip: config.max_tcp_connections_per_ip,
+        tcp_idle_timeout: config.tcp_idle_timeout,
+    };
+    let ports = RelayPorts::new(v4, v6, config.relay_ports);
+    let mut shared = Shared::new(ports, settings, Arc::clone(board));
+    shared.set_proxy_protocol_from(config.proxy_protocol_from.clone());
+    // Relay steering serves relays, which a STUN-only server has none of.
+    if config.relay_steering != Steering::Off && !config.stun_only {
+        steer(&mut shared, config.relay_steering)?;
+    }
+    if config.xdp.mode != Xdp::Off && !config.stun_only {
+        attach_xdp(&mut shared, &config.xdp)?;
+    }
+    serve_tls(config, &mut shared, tls)?;
+    let records = match &config.records {
+        Some(r) => {
+            let (writer, sink) =
+                records::Writer::start(r).map_err(|e| ServerError::Records(r.file.clone(), e))?;
+            shared.set_records(sink);
+            Some(writer)
+        }
+        None => None,
+    };
+    Ok((shared, records))
+}
+
 /// Give the workers the TLS server for `config`'s certificate, if it has
 /// one; warn about the certificate when TLS listeners are `listening`.
 pub(super) fn serve_tls(
@@ -250,7 +296,7 @@ pub(super) fn attach_xdp(shared: &mut Shared, settings: &XdpSettings) -> Result<
     };
     let interfaces = if settings.interfaces.is_empty() {
         let (v4, v6) = shared.relay_addresses();
-        let ips: Vec<std::net::IpAddr> = [v4, v6].into_iter().flatten().collect();
+        let ips: Vec<IpAddr> = [v4, v6].into_iter().flatten().collect();
         xdp::interfaces_of(&ips).unwrap_or_default()
     } else {
         settings.interfaces.clone()
