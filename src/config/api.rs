@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::ConfigError;
+use super::raw::RawConfig;
 use super::validate::{Errors, long_secrets};
-use super::{ConfigError, RawConfig};
 
 /// The longest credential lifetime an operator may allow (30 days).
 const MAX_TTL_CEILING: u64 = 30 * 86_400;

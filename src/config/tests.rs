@@ -1,3 +1,4 @@
+use super::raw::default_listen;
 use super::*;
 
 #[test]

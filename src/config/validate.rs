@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{
-    ConfigError, RawAuth, RawConfig, RawRelay, RawTcp, RawTls, RelayAddress, TlsSettings, line_of,
-};
+use super::raw::{RawAuth, RawConfig, RawRelay, RawTcp, RawTls};
+use super::{ConfigError, RelayAddress, TlsSettings, line_of};
 use crate::core::Limits;
 use crate::policy::PortRange;
 use crate::tls::{CertFile, Certificate};
