@@ -202,32 +202,9 @@ fn run_load(load: Load, turn: Option<Turn>, concurrency: usize) -> Result<()> {
     }
     on_local_runtime(async move {
         let epoch = Instant::now();
-        // Set-up, `concurrency` at a time.
         let started = Instant::now();
-        let sessions = Rc::new(RefCell::new(Vec::with_capacity(load.sessions)));
-        let turn = Rc::new(turn);
-        let sem = Rc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-        let mut setups = Vec::new();
-        for i in 0..load.sessions {
-            let (turn, sem, sessions) = (Rc::clone(&turn), Rc::clone(&sem), Rc::clone(&sessions));
-            let (server, size) = (load.server, load.size);
-            setups.push(tokio::task::spawn_local(async move {
-                let _permit = sem.acquire().await;
-                let s = open_session(server, turn.as_ref().as_ref(), i, size).await;
-                if let Err(e) = &s {
-                    eprintln!("session {i}: {e:#}");
-                }
-                s.map(|s| sessions.borrow_mut().push(s))
-            }));
-        }
-        let mut failed = 0;
-        for s in setups {
-            if !matches!(s.await, Ok(Ok(()))) {
-                failed += 1;
-            }
-        }
+        let (sessions, failed) = open_sessions(&load, turn, concurrency).await;
         let setup_s = started.elapsed().as_secs_f64();
-        let sessions: Vec<Rc<Session>> = sessions.borrow_mut().drain(..).map(Rc::new).collect();
         let tally = Rc::new(RefCell::new(Tally::default()));
         let rx = Rc::new(RefCell::new(RecvBatch::new(2048)));
         for s in &sessions {
@@ -278,6 +255,39 @@ fn run_load(load: Load, turn: Option<Turn>, concurrency: usize) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Open `load.sessions` sessions, `concurrency` at a time; those open,
+/// and how many failed.
+async fn open_sessions(
+    load: &Load,
+    turn: Option<Turn>,
+    concurrency: usize,
+) -> (Vec<Rc<Session>>, usize) {
+    let sessions = Rc::new(RefCell::new(Vec::with_capacity(load.sessions)));
+    let turn = Rc::new(turn);
+    let sem = Rc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut setups = Vec::new();
+    for i in 0..load.sessions {
+        let (turn, sem, sessions) = (Rc::clone(&turn), Rc::clone(&sem), Rc::clone(&sessions));
+        let (server, size) = (load.server, load.size);
+        setups.push(tokio::task::spawn_local(async move {
+            let _permit = sem.acquire().await;
+            let s = open_session(server, turn.as_ref().as_ref(), i, size).await;
+            if let Err(e) = &s {
+                eprintln!("session {i}: {e:#}");
+            }
+            s.map(|s| sessions.borrow_mut().push(s))
+        }));
+    }
+    let mut failed = 0;
+    for s in setups {
+        if !matches!(s.await, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    let open = sessions.borrow_mut().drain(..).map(Rc::new).collect();
+    (open, failed)
 }
 
 /// Send at the configured rate, sessions spread evenly over each period:
