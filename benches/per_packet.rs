@@ -121,6 +121,25 @@ fn round_robin(sessions: &Sessions) -> impl FnMut() -> (FiveTuple, AllocId) + '_
     }
 }
 
+/// A Send indication to `peer` carrying `PAYLOAD` bytes.
+fn send_indication(peer: SocketAddr) -> Vec<u8> {
+    let mut t = MessageType::default();
+    t.read_value(0x006);
+    t.class = CLASS_INDICATION;
+    let mut send = Message::new();
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId::new()),
+        Box::new(t),
+        Box::new(PeerAddress {
+            ip: peer.ip(),
+            port: peer.port(),
+        }),
+        Box::new(Data(vec![0x5a; PAYLOAD])),
+    ];
+    send.build(&setters).unwrap();
+    send.raw
+}
+
 fn per_packet(c: &mut Criterion) {
     let now = Now {
         instant: Instant::now(),
@@ -143,23 +162,10 @@ fn per_packet(c: &mut Criterion) {
         });
 
         // Client -> peer: a Send indication.
-        let mut t = MessageType::default();
-        t.read_value(0x006);
-        t.class = CLASS_INDICATION;
-        let mut send = Message::new();
-        let setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId::new()),
-            Box::new(t),
-            Box::new(PeerAddress {
-                ip: peer.ip(),
-                port: peer.port(),
-            }),
-            Box::new(Data(vec![0x5a; PAYLOAD])),
-        ];
-        send.build(&setters).unwrap();
+        let send = send_indication(peer);
         group.bench_function(BenchmarkId::new("send_indication_to_peer", n), |b| {
             let mut next = round_robin(&sessions);
-            b.iter(|| core.on_client(now, &next().0, black_box(&send.raw), &mut io));
+            b.iter(|| core.on_client(now, &next().0, black_box(&send), &mut io));
         });
 
         // Peer -> client: framed as ChannelData (the bound peer) or as a

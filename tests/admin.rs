@@ -91,6 +91,17 @@ fn without_a_token_file_the_api_is_off_and_with_one_it_needs_the_token() {
     assert_eq!(s.http_get("/readyz").0, 200);
 }
 
+/// The one session left is `user`'s; closed by its id, it is gone (a
+/// second close: 404).
+fn close_the_last_session(admin: SocketAddr, user: &str) {
+    let (_, v) = call(admin, "GET", "/v1/sessions", Some(TOKEN), "");
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["user"], user);
+    let path = format!("/v1/sessions/{}", v[0]["id"].as_str().unwrap());
+    assert_eq!(call(admin, "DELETE", &path, Some(TOKEN), "").0, 200);
+    assert_eq!(call(admin, "DELETE", &path, Some(TOKEN), "").0, 404);
+}
+
 #[test]
 fn a_disconnected_user_stops_relaying_at_once_and_is_refused_while_blocked() {
     let tokens = TokenFile::new();
@@ -138,28 +149,7 @@ fn a_disconnected_user_stops_relaying_at_once_and_is_refused_while_blocked() {
     let (_, v) = call(s.admin, "GET", "/v1/blocks", Some(TOKEN), "");
     assert_eq!(v[0]["user"], "alice");
     // bob carries on; one session left, closed by id.
-    let (_, v) = call(s.admin, "GET", "/v1/sessions", Some(TOKEN), "");
-    let id = v[0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(v[0]["user"], "bob");
-    let (code, _) = call(
-        s.admin,
-        "DELETE",
-        &format!("/v1/sessions/{id}"),
-        Some(TOKEN),
-        "",
-    );
-    assert_eq!(code, 200);
-    assert_eq!(
-        call(
-            s.admin,
-            "DELETE",
-            &format!("/v1/sessions/{id}"),
-            Some(TOKEN),
-            ""
-        )
-        .0,
-        404
-    );
+    close_the_last_session(s.admin, "bob");
 
     // Blocks survive a reload; unblocked, alice allocates again.
     s.control(Control::Reload(Box::new(

@@ -41,6 +41,41 @@ fn raise_fd_limit(n: u64) {
     }
 }
 
+/// Heap bytes in use in this process (tern and the test's clients); RSS
+/// would not show memory coming back, as the allocator keeps freed pages.
+fn heap() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    unsafe { libc::mallinfo2() }.uordblks
+}
+
+/// 2,000 half-open TLS connections to `server`, 100 from each of 20
+/// loopback addresses.
+fn flood(server: SocketAddr) -> Vec<TcpStream> {
+    (0..2000)
+        .map(|i| {
+            let from = Ipv4Addr::new(127, 0, 1, 1 + (i % 20) as u8);
+            half_open(server, IpAddr::V4(from))
+        })
+        .collect()
+}
+
+/// TLS handshakes that failed for `why`, on metrics page `p`.
+fn failures(p: &str, why: &str) -> f64 {
+    metric(
+        p,
+        &format!("tern_tls_handshake_failures_total{{reason=\"{why}\"}}"),
+    )
+}
+
+/// Every connection of `flood` is closed by the server (EOF or a reset).
+fn all_let_go(flood: Vec<TcpStream>) {
+    for mut f in flood {
+        f.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(matches!(f.read(&mut buf), Ok(0) | Err(_)));
+    }
+}
+
 #[test]
 fn a_half_open_tls_flood_is_bounded_and_new_clients_are_served() {
     raise_fd_limit(8192);
@@ -50,30 +85,12 @@ fn a_half_open_tls_flood_is_bounded_and_new_clients_are_served() {
     let extra = "handshake-timeout-seconds = 3\n";
     let s = TestServer::start_with(&tls_config(&leaf, extra));
     let server = s.tls[0];
-    // Heap bytes in use in this process (tern and the test's clients);
-    // RSS would not show memory coming back, as the allocator keeps
-    // freed pages.
-    // SAFETY: mallinfo2 only reads the allocator's statistics.
-    let heap = || unsafe { libc::mallinfo2() }.uordblks;
     let before = heap();
-    // 2,000 connections from 20 loopback addresses, 100 each (the default
+    // 100 connections from each of 20 loopback addresses (the default
     // per-IP TCP limit): 20 per IP at a time get to handshake, 400 in
     // all, below the total cap; the rest are closed at once.
-    let flood: Vec<TcpStream> = (0..2000)
-        .map(|i| {
-            half_open(
-                server,
-                IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1 + (i % 20) as u8)),
-            )
-        })
-        .collect();
+    let flood = flood(server);
     let page = || s.http_get("/metrics").1;
-    let failures = |p: &str, why: &str| {
-        metric(
-            p,
-            &format!("tern_tls_handshake_failures_total{{reason=\"{why}\"}}"),
-        )
-    };
     // However slowly tern gets through its accept queue, no more than 20
     // per IP (400) are ever in a handshake, and the rest are refused.
     let in_progress = || s.board.tls.in_progress();
@@ -104,12 +121,7 @@ fn a_half_open_tls_flood_is_bounded_and_new_clients_are_served() {
         "{}",
         page()
     );
-    for mut f in flood {
-        f.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut buf = [0u8; 64];
-        // EOF or a reset: either way the server let go.
-        assert!(matches!(f.read(&mut buf), Ok(0) | Err(_)));
-    }
+    all_let_go(flood);
     let p = page();
     assert_eq!(metric(&p, "tern_tls_handshakes_total"), 1.0, "{p}");
     assert!(

@@ -236,48 +236,10 @@ fn the_bandwidth_limit_holds_for_both_paths_together() {
         // Learn both next hops, then start from a full bucket.
         round_trips(&mut c, &p, relay, 2);
         std::thread::sleep(Duration::from_millis(1100));
-        std::thread::scope(|s| {
-            let reader = s.spawn(|| {
-                let mut buf = [0u8; 2048];
-                let mut got = 0u64;
-                p.set_read_timeout(Some(Duration::from_millis(300)))
-                    .unwrap();
-                while let Ok((n, _)) = p.recv_from(&mut buf) {
-                    got += n as u64;
-                }
-                got
-            });
-            // 1000-byte payloads at twice the limit for 2 s, alternating
-            // ChannelData (the fast path) and Send indications (userspace).
-            let payload = vec![0x5a; 1000];
-            let start = Instant::now();
-            let mut sent = 0;
-            let send = c.build(
-                method::SEND,
-                vec![
-                    peer(p.local_addr().unwrap()),
-                    Box::new(Data(payload.clone())) as Box<dyn Setter>,
-                ],
-                false,
-            );
-            let send = indication(send);
-            for i in 0..400u32 {
-                while start.elapsed() < Duration::from_millis(u64::from(i) * 5) {
-                    std::hint::spin_loop();
-                }
-                if i % 2 == 0 {
-                    c.send_raw(&channel_data(&payload));
-                } else {
-                    c.send_raw(&send);
-                }
-                sent += payload.len() as u64;
-            }
-            let elapsed = start.elapsed().as_secs_f64();
-            let received = reader.join().unwrap();
-            // A full bucket (one second's worth) plus the rate since.
-            let allowed = (RATE as f64 * (1.0 + elapsed)).min(sent as f64);
-            (received, allowed)
-        })
+        let (received, sent, elapsed) = mixed_burst(&mut c, &p);
+        // A full bucket (one second's worth) plus the rate since.
+        let allowed = (RATE as f64 * (1.0 + elapsed)).min(sent as f64);
+        (received, allowed)
     });
     let ratio = received as f64 / allowed;
     assert!(
@@ -298,6 +260,50 @@ fn the_bandwidth_limit_holds_for_both_paths_together() {
         }),
         "{page}"
     );
+}
+
+/// 1000-byte payloads at 200 a second for 2 s from client `c` to peer
+/// `p`, alternating ChannelData (the fast path) and Send indications
+/// (userspace): the bytes `p` received, the bytes sent, and the seconds
+/// the sending took.
+fn mixed_burst(c: &mut RawClient, p: &UdpSocket) -> (u64, u64, f64) {
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut buf = [0u8; 2048];
+            let mut got = 0u64;
+            p.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            while let Ok((n, _)) = p.recv_from(&mut buf) {
+                got += n as u64;
+            }
+            got
+        });
+        let payload = vec![0x5a; 1000];
+        let start = Instant::now();
+        let mut sent = 0;
+        let send = c.build(
+            method::SEND,
+            vec![
+                peer(p.local_addr().unwrap()),
+                Box::new(Data(payload.clone())) as Box<dyn Setter>,
+            ],
+            false,
+        );
+        let send = indication(send);
+        for i in 0..400u32 {
+            while start.elapsed() < Duration::from_millis(u64::from(i) * 5) {
+                std::hint::spin_loop();
+            }
+            if i % 2 == 0 {
+                c.send_raw(&channel_data(&payload));
+            } else {
+                c.send_raw(&send);
+            }
+            sent += payload.len() as u64;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        (reader.join().unwrap(), sent, elapsed)
+    })
 }
 
 /// A Send indication as a client sends it (a request built by the shared
