@@ -3,24 +3,31 @@
 //!   every `crate::` path in `src/` (outside comments and unit-test files)
 //!   is an edge from the top-level module of its file to the module it
 //!   names.
-//! - Files (outside their unit tests) stay within ~600 lines and functions
-//!   within ~70, in `src/` and `bench/` (`../shared/STYLE.md`, rule 6).
+//! - Files stay within ~600 lines (a source file's inline unit tests not
+//!   counted) and functions within ~70, tests included
+//!   (`../shared/STYLE.md`, rule 6).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Every Rust source under `dir`, by its path relative to `dir`, with its
-/// text; unit-test files (`tests.rs`, `tests/`) left out.
-fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+/// Every Rust source under `dir` (build output and npm packages aside), by
+/// its path relative to `dir`, with its text; with `unit_tests` false,
+/// unit-test files (`tests.rs`, `tests/`) left out.
+fn sources(dir: &Path, unit_tests: bool) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                stack.push(path);
+                if path
+                    .file_name()
+                    .is_some_and(|n| n != "target" && n != "node_modules")
+                {
+                    stack.push(path);
+                }
                 continue;
             }
             // Only Rust sources (src/io/xdp/ also holds the BPF object).
@@ -28,10 +35,10 @@ fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
                 continue;
             }
             let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-            if rel
+            let test_file = rel
                 .components()
-                .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs")
-            {
+                .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs");
+            if test_file && !unit_tests {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
@@ -47,7 +54,7 @@ fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    for (rel, text) in sources(&src) {
+    for (rel, text) in sources(&src, false) {
         let first = rel.components().next().unwrap().as_os_str();
         let module = first.to_str().unwrap().trim_end_matches(".rs").to_owned();
         if module == "lib" || module == "main" {
@@ -184,8 +191,8 @@ fn files_and_functions_keep_the_house_limits() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut over = Vec::new();
     let mut seen = 0;
-    for dir in ["src", "bench"] {
-        for (rel, text) in sources(&root.join(dir)) {
+    for dir in ["src", "bench", "benches", "fuzz", "tests"] {
+        for (rel, text) in sources(&root.join(dir), true) {
             let file = Path::new(dir).join(rel);
             let lines: Vec<&str> = text.lines().collect();
             // A file's unit tests, when inline, are its last item.
@@ -196,7 +203,7 @@ fn files_and_functions_keep_the_house_limits() {
             if code > FILE_LINES {
                 over.push(format!("{}: {code} lines", file.display()));
             }
-            for (name, len) in functions(&lines[..code]) {
+            for (name, len) in functions(&lines) {
                 seen += 1;
                 if len > FUNCTION_LINES {
                     over.push(format!("{}: fn {name}, {len} lines", file.display()));
@@ -205,7 +212,7 @@ fn files_and_functions_keep_the_house_limits() {
         }
     }
     // The scanner finds the functions it measures.
-    assert!(seen > 500, "only {seen} functions found");
+    assert!(seen > 1000, "only {seen} functions found");
     assert!(
         over.is_empty(),
         "over the house limits (../shared/STYLE.md: files ~{FILE_LINES} lines, functions ~{FUNCTION_LINES}):\n{}",
