@@ -141,13 +141,18 @@ fn send_indication(peer: SocketAddr) -> Vec<u8> {
     send.raw
 }
 
-fn per_packet(c: &mut Criterion) {
+/// The clock the benchmarks run at, and the peer every channel is bound
+/// to: a public address (the default policy denies documentation ranges).
+fn clock_and_peer() -> (Now, SocketAddr) {
     let now = Now {
         instant: Instant::now(),
         unix: 1_800_000_000,
     };
-    // A public address: the default policy denies documentation ranges.
-    let peer = SocketAddr::from(([8, 8, 8, 8], 5000));
+    (now, SocketAddr::from(([8, 8, 8, 8], 5000)))
+}
+
+fn per_packet(c: &mut Criterion) {
+    let (now, peer) = clock_and_peer();
     let mut group = c.benchmark_group("per_packet");
     group.throughput(Throughput::Elements(1));
     // Client -> peer: ChannelData from the client's 5-tuple, and a Send
@@ -213,11 +218,7 @@ fn per_packet(c: &mut Criterion) {
 /// permission and channel sweep) and the gauges. The worker serves no
 /// datagram meanwhile.
 fn housekeeping(c: &mut Criterion) {
-    let now = Now {
-        instant: Instant::now(),
-        unix: 1_800_000_000,
-    };
-    let peer = SocketAddr::from(([8, 8, 8, 8], 5000));
+    let (now, peer) = clock_and_peer();
     let mut group = c.benchmark_group("housekeeping");
     for n in [1usize, 10_000] {
         let (mut core, _, mut io) = core_with(n, peer, now);
