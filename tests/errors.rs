@@ -7,14 +7,12 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
 
 use common::*;
 use stun::attributes::{AttrType, RawAttribute};
 use stun::message::{CLASS_SUCCESS_RESPONSE, Setter};
 use tern::wire::method;
 use turn::proto::channum::ChannelNumber;
-use turn::proto::lifetime::Lifetime;
 use turn::proto::reqfamily::{REQUESTED_FAMILY_IPV6, RequestedAddressFamily};
 use turn::proto::reqtrans::RequestedTransport;
 
@@ -123,11 +121,7 @@ fn peer_errors(a: &mut RawClient) {
         error_code(&a.request(method::CREATE_PERMISSION, || vec![peer(v6)])),
         Some(443)
     );
-    let zero = || -> Vec<Box<dyn Setter>> { vec![Box::new(Lifetime(Duration::ZERO))] };
-    assert_eq!(
-        a.request(method::REFRESH, zero).typ.class,
-        CLASS_SUCCESS_RESPONSE
-    );
+    delete_allocation(a);
     assert_eq!(error_code(&a.request(method::REFRESH, Vec::new)), Some(437));
 }
 
@@ -228,8 +222,6 @@ fn quotas_give_486_per_user_and_server_wide_across_workers() {
         "{page}"
     );
     // Deleted, alice's allocation frees both her place and the server's.
-    let zero = || -> Vec<Box<dyn Setter>> { vec![Box::new(Lifetime(Duration::ZERO))] };
-    let m = alice.request(method::REFRESH, zero);
-    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+    delete_allocation(&mut alice);
     allocate(&mut carol, none);
 }

@@ -12,7 +12,6 @@ use stun::message::{CLASS_SUCCESS_RESPONSE, Getter, Setter};
 use tern::server::Control;
 use tern::wire::method;
 use turn::proto::channum::ChannelNumber;
-use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
@@ -79,10 +78,7 @@ impl Session {
     }
 
     fn delete(&mut self) {
-        let m = self
-            .client
-            .request(method::REFRESH, || vec![Box::new(Lifetime(Duration::ZERO))]);
-        assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+        delete_allocation(&mut self.client);
     }
 }
 

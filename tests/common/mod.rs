@@ -16,6 +16,7 @@ use tern::io::Shared;
 use tern::metrics::Board;
 use tern::request::Auth;
 use tern::wire::method;
+use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
@@ -526,6 +527,12 @@ pub fn allocate(c: &mut RawClient, extra: fn() -> Vec<Box<dyn Setter>>) -> Socke
 }
 
 /// No extra attributes.
+/// Delete `c`'s allocation: a Refresh with LIFETIME 0, which must succeed.
+pub fn delete_allocation(c: &mut RawClient) {
+    let m = c.request(method::REFRESH, || vec![Box::new(Lifetime(Duration::ZERO))]);
+    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
+}
+
 pub fn none() -> Vec<Box<dyn Setter>> {
     vec![]
 }
