@@ -75,6 +75,15 @@ impl Harness {
         Self::with(core_config())
     }
 
+    /// This harness once its client at port 1000 holds an allocation:
+    /// where most tests of an allocation's peers and lifetime start.
+    fn allocated(mut self) -> (Self, FiveTuple, AllocId) {
+        let c = client(1000);
+        self.allocate(&c);
+        let id = alloc_id(&self, &c);
+        (self, c, id)
+    }
+
     fn with(cfg: CoreConfig) -> Self {
         let clock = Clock::new();
         Self {
@@ -429,9 +438,7 @@ fn requests_without_an_allocation_get_437_and_other_users_441() {
 
 #[test]
 fn refresh_extends_and_lifetime_zero_deletes() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
+    let (mut h, c, _) = Harness::new().allocated();
     h.clock.advance(590);
     let m = h.request(
         &c,
@@ -457,9 +464,7 @@ fn refresh_extends_and_lifetime_zero_deletes() {
 
 #[test]
 fn allocations_expire_on_tick() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
+    let (mut h, c, _) = Harness::new().allocated();
     h.clock.advance(599);
     h.tick();
     assert_eq!(h.core.allocation_count(), 1);

@@ -16,10 +16,7 @@ use crate::policy::{PeerPolicy, PortRange};
 fn offloading() -> (Harness, FiveTuple, AllocId) {
     let mut h = Harness::new();
     h.core.set_offloading(true);
-    let c = client(1000);
-    h.allocate(&c);
-    let id = alloc_id(&h, &c);
-    (h, c, id)
+    h.allocated()
 }
 
 fn last_offer(h: &Harness) -> &[Offload] {
@@ -117,9 +114,7 @@ fn the_bandwidth_buckets_spend_from_the_fast_paths_cells_while_offloaded() {
     cfg.limits.max_bandwidth = 1000;
     let mut h = Harness::with(cfg);
     h.core.set_offloading(true);
-    let c = client(1000);
-    h.allocate(&c);
-    let id = alloc_id(&h, &c);
+    let (mut h, c, id) = h.allocated();
     h.bind(&c, 0x4000, PEER_A);
     // The fast path has spent a whole second's worth towards the client.
     h.io.cells[1].store(u64::MAX / 2, Ordering::Relaxed);
@@ -136,9 +131,7 @@ fn the_bandwidth_buckets_spend_from_the_fast_paths_cells_while_offloaded() {
 
 #[test]
 fn tcp_clients_and_cores_that_do_not_offload_offer_nothing() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
+    let (mut h, c, _) = Harness::new().allocated();
     h.bind(&c, 0x4000, PEER_A);
     assert!(h.io.offers.is_empty());
     h.core.set_offloading(true);

@@ -6,10 +6,7 @@ use super::*;
 
 #[test]
 fn create_permission_installs_every_peer_and_they_expire() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
-    let id = alloc_id(&h, &c);
+    let (mut h, c, id) = Harness::new().allocated();
     let m = h.request(
         &c,
         method::CREATE_PERMISSION,
@@ -32,10 +29,7 @@ fn create_permission_installs_every_peer_and_they_expire() {
 
 #[test]
 fn create_permission_refuses_denied_and_mismatched_peers_atomically() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
-    let id = alloc_id(&h, &c);
+    let (mut h, c, id) = Harness::new().allocated();
     let r = h.request(
         &c,
         method::CREATE_PERMISSION,
@@ -75,10 +69,7 @@ fn create_permission_refuses_denied_and_mismatched_peers_atomically() {
 
 #[test]
 fn channel_bind_follows_the_rebinding_rules() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
-    let id = alloc_id(&h, &c);
+    let (mut h, c, id) = Harness::new().allocated();
     for bad in [0x3FFF, 0x5000, 0xFFFF] {
         assert_eq!(error_code(&h.bind(&c, bad, PEER_A)), 400);
     }
@@ -140,9 +131,7 @@ fn legacy_channel_numbers_are_opt_in() {
 
 #[test]
 fn send_indications_need_a_permission_and_get_no_answer() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
+    let (mut h, c, _) = Harness::new().allocated();
     let answers = h.io.to_client.len();
     let send = |peer: &str| {
         build(
@@ -166,9 +155,7 @@ fn send_indications_need_a_permission_and_get_no_answer() {
 
 #[test]
 fn other_requests_retransmitted_get_the_cached_answer() {
-    let mut h = Harness::new();
-    let c = client(1000);
-    h.allocate(&c);
+    let (mut h, c, _) = Harness::new().allocated();
     let raw = h.signed(
         &c,
         method::CREATE_PERMISSION,

@@ -96,10 +96,7 @@ fn unauthenticated_answers_stay_within_twice_the_request() {
 fn bandwidth_is_limited_per_allocation_and_direction() {
     let mut cfg = core_config();
     cfg.limits.max_bandwidth = 1000;
-    let mut h = Harness::with(cfg);
-    let c = client(1000);
-    h.allocate(&c);
-    let id = alloc_id(&h, &c);
+    let (mut h, c, id) = Harness::with(cfg).allocated();
     h.bind(&c, 0x4000, PEER_A);
     let mut frame = vec![0x40, 0x00, 0x02, 0x58];
     frame.extend_from_slice(&[7u8; 600]);
