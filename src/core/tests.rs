@@ -464,7 +464,7 @@ fn refresh_extends_and_lifetime_zero_deletes() {
 
 #[test]
 fn allocations_expire_on_tick() {
-    let (mut h, c, _) = Harness::new().allocated();
+    let (mut h, _, _) = Harness::new().allocated();
     h.clock.advance(599);
     h.tick();
     assert_eq!(h.core.allocation_count(), 1);
