@@ -526,13 +526,13 @@ pub fn allocate(c: &mut RawClient, extra: fn() -> Vec<Box<dyn Setter>>) -> Socke
     SocketAddr::new(r.ip, r.port)
 }
 
-/// No extra attributes.
 /// Delete `c`'s allocation: a Refresh with LIFETIME 0, which must succeed.
 pub fn delete_allocation(c: &mut RawClient) {
     let m = c.request(method::REFRESH, || vec![Box::new(Lifetime(Duration::ZERO))]);
     assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE, "{m}");
 }
 
+/// No extra attributes.
 pub fn none() -> Vec<Box<dyn Setter>> {
     vec![]
 }
