@@ -112,7 +112,8 @@ pub struct FastPath {
     /// The smallest MTU of the interfaces: ChannelData towards a client
     /// that would exceed it is left to userspace.
     mtu: u64,
-    /// An instant and CLOCK_MONOTONIC then: the program's clock.
+    /// An instant and CLOCK_MONOTONIC at or just before it: the
+    /// program's clock ([`table::clock_pair`]).
     clock: (std::time::Instant, u64),
     /// Detach the program when dropped.
     links: Vec<OwnedFd>,
@@ -180,7 +181,7 @@ impl FastPath {
         drop(ebpf);
         let slots = Slots::map(slots).map_err(|e| err("mapping the XDP slots", &e))?;
         Ok(Self {
-            clock: (std::time::Instant::now(), table::monotonic_ns()),
+            clock: table::clock_pair(),
             mtu: 1500,
             mode: Mode::Generic,
             interfaces: Vec::new(),

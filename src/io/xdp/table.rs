@@ -458,8 +458,32 @@ fn ip16(ip: IpAddr) -> [u8; 16] {
     out
 }
 
+/// An instant and CLOCK_MONOTONIC in nanoseconds read just before it: the
+/// pair every instant goes through on its way to the program's clock.
+/// `Instant` reads CLOCK_MONOTONIC too, so with the nanoseconds read first
+/// every converted time lands at or before its true reading: an entry
+/// expires early by the gap between the two reads (userspace then answers
+/// it), never late. Of a few tries, the one with the smallest gap, so that
+/// a read preempted between the two does not stretch it.
+pub(super) fn clock_pair() -> (std::time::Instant, u64) {
+    let read = || {
+        let before = monotonic_ns();
+        let at = std::time::Instant::now();
+        let after = monotonic_ns();
+        (after.saturating_sub(before), (at, before))
+    };
+    let mut best = read();
+    for _ in 0..3 {
+        let next = read();
+        if next.0 < best.0 {
+            best = next;
+        }
+    }
+    best.1
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the program's `bpf_ktime_get_ns`.
-pub(super) fn monotonic_ns() -> u64 {
+fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -472,6 +496,18 @@ pub(super) fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn converted_times_are_never_later_than_the_clock() {
+        // An offer that expires "now" must already be expired for the
+        // program: no conversion may land after the true reading.
+        for _ in 0..1000 {
+            let (base, base_ns) = clock_pair();
+            let at = std::time::Instant::now();
+            let converted = base_ns + at.duration_since(base).as_nanos() as u64;
+            assert!(converted <= monotonic_ns());
+        }
+    }
 
     #[test]
     fn layouts_match_the_c_source() {
