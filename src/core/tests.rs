@@ -142,6 +142,11 @@ impl Harness {
         SocketAddr::new(r.ip, r.port)
     }
 
+    /// Refresh with LIFETIME 0 (RFC 8656 §7.3: delete), signed as alice.
+    fn delete(&mut self, c: &FiveTuple) -> Message {
+        self.request(c, method::REFRESH, vec![Box::new(Lifetime(Duration::ZERO))])
+    }
+
     /// ChannelBind `number` to `peer` on `c`'s allocation, signed as alice.
     fn bind(&mut self, c: &FiveTuple, number: u16, peer: &str) -> Message {
         self.request(
@@ -413,11 +418,7 @@ fn no_relay_port_gives_508_and_quotas_give_486() {
         486
     );
     // Closing one frees the user's slot.
-    h.request(
-        &client(2),
-        method::REFRESH,
-        vec![Box::new(Lifetime(Duration::ZERO))],
-    );
+    h.delete(&client(2));
     h.allocate(&client(9));
 }
 
@@ -449,15 +450,7 @@ fn refresh_extends_and_lifetime_zero_deletes() {
     h.clock.advance(590);
     h.tick();
     assert_eq!(h.core.allocation_count(), 1);
-    let raw = h.signed(
-        &c,
-        method::REFRESH,
-        vec![Box::new(Lifetime(Duration::ZERO))],
-        "alice",
-        "pw",
-    );
-    h.send(&c, &raw);
-    assert_eq!(h.io.last().typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(h.delete(&c).typ.class, CLASS_SUCCESS_RESPONSE);
     assert_eq!(h.core.allocation_count(), 0);
     assert_eq!(h.io.closed.len(), 1);
 }

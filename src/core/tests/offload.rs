@@ -76,12 +76,7 @@ fn refreshing_the_permission_extends_the_offer_and_deleting_withdraws_it_first()
     assert_eq!(last_offer(&h)[0].expires, start + CHANNEL_LIFETIME);
 
     h.io.fast_path.bytes_to_peer = 1234;
-    let m = h.request(
-        &c,
-        method::REFRESH,
-        vec![Box::new(Lifetime(Duration::ZERO))],
-    );
-    assert_eq!(m.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(h.delete(&c).typ.class, CLASS_SUCCESS_RESPONSE);
     assert_eq!(h.io.offers.last().unwrap(), &(id, vec![]));
     // The withdrawal's final count is in the allocation's last figures.
     assert_eq!(h.core.stats.offloaded_bytes[0], 1234);
