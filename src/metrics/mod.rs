@@ -413,3 +413,6 @@ fn duration_histogram(s: &Stats) -> MetricFamily {
     f.set_metric(vec![m]);
     f
 }
+
+#[cfg(test)]
+mod tests;
