@@ -212,3 +212,90 @@ fn tls_needs_both_files_and_a_good_pair_with_errors_naming_key_and_line() {
     let ex = Config::load(Path::new(path)).unwrap();
     assert!(ex.tls.is_none() && ex.listen_tls.is_empty());
 }
+
+/// The keys a table of the file format takes, as the parser names them
+/// when it refuses an unknown one; `None` if `header` is not a table.
+fn keys_of(header: &str) -> Option<Vec<String>> {
+    let text = format!("{header}\nzzz-unknown = 1\n");
+    let e = Config::parse(&text, "probe.toml").err()?.to_string();
+    // serde's wording: "expected `a`", "expected `a` or `b`", "expected
+    // one of `a`, `b`, `c`".
+    let (_, list) = e.split_once("unknown field `zzz-unknown`, expected ")?;
+    let list = list.strip_prefix("one of ").unwrap_or(list);
+    let keys = list.split(", ").flat_map(|k| k.split(" or "));
+    Some(keys.map(|k| k.trim_matches('`').to_owned()).collect())
+}
+
+/// Every key of the file format, by table ("" for the top level), found
+/// by asking the parser itself, so a key added to the code is found here.
+fn format_keys(table: &str, into: &mut Vec<(String, String)>) {
+    let header = |t: &str| [format!("[{t}]"), format!("[[{t}]]")];
+    let keys = if table.is_empty() {
+        keys_of("")
+    } else {
+        header(table).iter().find_map(|h| keys_of(h))
+    };
+    for key in keys.unwrap_or_default() {
+        let path = if table.is_empty() {
+            key.clone()
+        } else {
+            format!("{table}.{key}")
+        };
+        if header(&path).iter().any(|h| keys_of(h).is_some()) {
+            format_keys(&path, into);
+        } else {
+            into.push((table.to_owned(), key));
+        }
+    }
+}
+
+#[test]
+fn the_example_config_documents_every_key_the_parser_takes() {
+    let mut keys = Vec::new();
+    format_keys("", &mut keys);
+    assert!(keys.len() > 60, "{keys:?}");
+    // The example's keys, set or commented out, under their table.
+    let text = include_str!("../../config/tern.toml");
+    let mut table = String::new();
+    let mut shown = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        if line.starts_with('[') {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            table = name.trim_matches(|c| c == '[' || c == ']').to_owned();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            shown.insert((table.clone(), key.to_owned()));
+        }
+    }
+    let missing: Vec<_> = keys.iter().filter(|k| !shown.contains(*k)).collect();
+    assert!(missing.is_empty(), "config/tern.toml lacks {missing:?}");
+}
+
+#[test]
+fn readme_lists_exactly_the_keys_the_parser_takes() {
+    let mut keys = Vec::new();
+    format_keys("", &mut keys);
+    let keys: std::collections::BTreeSet<_> = keys.into_iter().collect();
+    // Rows like "| `[listen] udp`, `tcp` | ...": the table, then its keys.
+    let readme = include_str!("../../README.md");
+    let rows = readme
+        .split("| Key | Default | Meaning |")
+        .nth(1)
+        .expect("README has a configuration table");
+    let mut listed = std::collections::BTreeSet::new();
+    for row in rows.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cell = row.split('|').nth(1).unwrap_or_default();
+        let mut table = String::new();
+        for name in cell.split('`').skip(1).step_by(2) {
+            let key = match name.split_once("] ") {
+                Some((t, key)) => {
+                    table = t.trim_matches(|c| c == '[' || c == ']').to_owned();
+                    key
+                }
+                None => name,
+            };
+            listed.insert((table.clone(), key.to_owned()));
+        }
+    }
+    assert_eq!(listed, keys, "README's configuration table and the parser");
+}
