@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::raw::default_listen;
 use super::*;
 
@@ -26,32 +28,44 @@ fn the_example_config_parses_with_its_documented_values() {
 #[test]
 fn example_defaults_match_the_code_defaults() {
     // Every value the example shows as a default must be the real default:
-    // strip the example-only keys and compare with an almost empty file.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tern.toml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let ex = Config::parse(&text, "ex").unwrap();
-    let min = Config::parse("[auth]\nsecrets = [\"change-me\"]\n", "min").unwrap();
-    assert_eq!(
-        format!("{:?}", ex.listen_udp),
-        format!("{:?}", min.listen_udp)
-    );
-    assert_eq!(ex.socket_buffer_bytes, min.socket_buffer_bytes);
-    assert_eq!(ex.relay_ipv4, min.relay_ipv4);
-    assert_eq!(ex.nonce_lifetime, min.nonce_lifetime);
-    assert_eq!(ex.limits.max_allocations, min.limits.max_allocations);
-    assert_eq!(
-        ex.limits.max_allocations_per_user,
-        min.limits.max_allocations_per_user
-    );
-    assert_eq!(ex.limits.max_permissions, min.limits.max_permissions);
-    assert_eq!(ex.limits.max_channels, min.limits.max_channels);
-    assert_eq!(ex.tcp_idle_timeout, min.tcp_idle_timeout);
-    assert_eq!(ex.admin_listen, min.admin_listen);
-    assert_eq!(ex.limits.strict_expiry, min.limits.strict_expiry);
-    assert_eq!(ex.software, min.software);
-    assert_eq!(ex.proxy_protocol_from, min.proxy_protocol_from);
-    assert_eq!(ex.stun_only, min.stun_only);
-    assert_eq!(ex.nonce_secrets, min.nonce_secrets);
+    // strip the lines (and the table) marked as examples, keep the one
+    // secret a file needs, and the whole configuration must equal that of
+    // a file giving only that secret.
+    let mut stripped = String::new();
+    let mut example_table = false;
+    for line in include_str!("../../config/tern.toml").lines() {
+        if line.starts_with('[') {
+            example_table = line.contains("# example");
+        }
+        let example = example_table || line.contains("# example") || line.contains("# default");
+        if !example || line.starts_with("secrets = ") {
+            stripped.push_str(line);
+            stripped.push('\n');
+        }
+    }
+    let min_text = "[auth]\nsecrets = [\"change-me\"]\n";
+    let mut ex = Config::parse(&stripped, "min").unwrap();
+    let min = Config::parse(min_text, "min").unwrap();
+    assert_eq!(ex.secrets, ["change-me"]);
+    ex.source.clone_from(&min.source);
+    assert_eq!(format!("{ex:?}"), format!("{min:?}"));
+    // And as read, before validation, which drops the tables of features
+    // left off (e.g. [tls] and [api] without a listener); where a value
+    // sits in the file (its span) is all that may differ.
+    let raw = |text: &str| {
+        let raw: raw::RawConfig = toml::from_str(text).unwrap();
+        let debug = format!("{raw:?}");
+        let mut out = String::new();
+        for (i, part) in debug.split("span: ").enumerate() {
+            let rest = match i {
+                0 => part,
+                _ => part.split_once(", ").map_or(part, |(_, r)| r),
+            };
+            out.push_str(rest);
+        }
+        out
+    };
+    assert_eq!(raw(&stripped), raw(min_text));
 }
 
 #[test]
@@ -249,25 +263,104 @@ fn format_keys(table: &str, into: &mut Vec<(String, String)>) {
     }
 }
 
+type Key = (String, String);
+
+/// How config/tern.toml shows a key.
+#[derive(Debug, PartialEq)]
+enum Shown {
+    /// Set to its default.
+    Default(String),
+    /// Set to an example (the line or its table is marked "example", or
+    /// the line names the default apart).
+    Example,
+    /// Commented out.
+    Commented,
+}
+
+/// config/tern.toml's keys under their table.
+fn example_keys() -> BTreeMap<Key, Shown> {
+    let (mut table, mut example_table) = (String::new(), false);
+    let mut out = BTreeMap::new();
+    for line in include_str!("../../config/tern.toml").lines() {
+        let (line, set) = match line.strip_prefix("# ") {
+            Some(l) => (l, false),
+            None => (line, true),
+        };
+        if line.starts_with('[') {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            table = name.trim_matches(|c| c == '[' || c == ']').to_owned();
+            example_table = set && line.contains("# example");
+        } else if let Some((key, value)) = line.split_once(" = ") {
+            let (value, comment) = value.split_once("  #").unwrap_or((value, ""));
+            let shown = if !set {
+                Shown::Commented
+            } else if example_table || comment.contains("example") || comment.contains("default") {
+                Shown::Example
+            } else {
+                Shown::Default(value.trim().to_owned())
+            };
+            // A set line wins over an example commented out above it.
+            let slot = out.entry((table.clone(), key.to_owned()));
+            let old = slot.or_insert(Shown::Commented);
+            if *old == Shown::Commented {
+                *old = shown;
+            }
+        }
+    }
+    out
+}
+
+/// README's configuration table: each row's keys (`[listen] udp`, `tcp`:
+/// the table, then its keys) and its Default cell.
+fn readme_rows() -> Vec<(Vec<Key>, String)> {
+    let rows = include_str!("../../README.md")
+        .split("| Key | Default | Meaning |")
+        .nth(1)
+        .expect("README has a configuration table");
+    let mut out = Vec::new();
+    for row in rows.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let mut table = String::new();
+        let mut keys = Vec::new();
+        for name in cells[1].split('`').skip(1).step_by(2) {
+            let key = match name.split_once("] ") {
+                Some((t, key)) => {
+                    table = t.trim_matches(|c| c == '[' || c == ']').to_owned();
+                    key
+                }
+                None => name,
+            };
+            keys.push((table.clone(), key.to_owned()));
+        }
+        out.push((keys, cells[2].to_owned()));
+    }
+    out
+}
+
+/// A Default cell's parts, split at ", " outside backticks: `` `49152`,
+/// `65535` `` is two, `` `["a", "b"]` `` one.
+fn default_parts(cell: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in cell.char_indices() {
+        if c == '`' {
+            quoted = !quoted;
+        } else if !quoted && cell[i..].starts_with(", ") {
+            parts.push(&cell[start..i]);
+            start = i + 2;
+        }
+    }
+    parts.push(&cell[start..]);
+    parts
+}
+
 #[test]
 fn the_example_config_documents_every_key_the_parser_takes() {
     let mut keys = Vec::new();
     format_keys("", &mut keys);
     assert!(keys.len() > 60, "{keys:?}");
-    // The example's keys, set or commented out, under their table.
-    let text = include_str!("../../config/tern.toml");
-    let mut table = String::new();
-    let mut shown = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let line = line.strip_prefix("# ").unwrap_or(line);
-        if line.starts_with('[') {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            table = name.trim_matches(|c| c == '[' || c == ']').to_owned();
-        } else if let Some((key, _)) = line.split_once(" = ") {
-            shown.insert((table.clone(), key.to_owned()));
-        }
-    }
-    let missing: Vec<_> = keys.iter().filter(|k| !shown.contains(*k)).collect();
+    let shown = example_keys();
+    let missing: Vec<_> = keys.iter().filter(|k| !shown.contains_key(*k)).collect();
     assert!(missing.is_empty(), "config/tern.toml lacks {missing:?}");
 }
 
@@ -276,26 +369,41 @@ fn readme_lists_exactly_the_keys_the_parser_takes() {
     let mut keys = Vec::new();
     format_keys("", &mut keys);
     let keys: std::collections::BTreeSet<_> = keys.into_iter().collect();
-    // Rows like "| `[listen] udp`, `tcp` | ...": the table, then its keys.
-    let readme = include_str!("../../README.md");
-    let rows = readme
-        .split("| Key | Default | Meaning |")
-        .nth(1)
-        .expect("README has a configuration table");
-    let mut listed = std::collections::BTreeSet::new();
-    for row in rows.lines().skip(2).take_while(|l| l.starts_with('|')) {
-        let cell = row.split('|').nth(1).unwrap_or_default();
-        let mut table = String::new();
-        for name in cell.split('`').skip(1).step_by(2) {
-            let key = match name.split_once("] ") {
-                Some((t, key)) => {
-                    table = t.trim_matches(|c| c == '[' || c == ']').to_owned();
-                    key
+    let listed = readme_rows().into_iter().flat_map(|(k, _)| k).collect();
+    assert_eq!(
+        keys, listed,
+        "the parser's keys and README's configuration table"
+    );
+}
+
+#[test]
+fn readme_and_the_example_config_give_the_same_defaults() {
+    let example = example_keys();
+    let mut compared = 0;
+    for (keys, cell) in readme_rows() {
+        let parts = default_parts(&cell);
+        assert!(
+            parts.len() == 1 || parts.len() == keys.len(),
+            "README's defaults {cell:?} for {keys:?}"
+        );
+        for (i, key) in keys.iter().enumerate() {
+            let part = parts[i.min(parts.len() - 1)];
+            let readme = part.strip_prefix('`').and_then(|p| p.strip_suffix('`'));
+            match (readme, &example[key]) {
+                (Some(r), Shown::Default(e)) => assert_eq!(r, e, "{key:?}'s default"),
+                // The example's own value; its default is checked against
+                // the code's in example_defaults_match_the_code_defaults.
+                (Some(_), Shown::Example) => continue,
+                (Some(r), Shown::Commented) => {
+                    panic!("{key:?}: README gives {r}, config/tern.toml shows no default")
                 }
-                None => name,
-            };
-            listed.insert((table.clone(), key.to_owned()));
+                (None, Shown::Default(e)) => {
+                    panic!("{key:?} is {part:?} in README, {e} in the example")
+                }
+                (None, _) => {}
+            }
+            compared += 1;
         }
     }
-    assert_eq!(listed, keys, "README's configuration table and the parser");
+    assert!(compared > 40, "{compared} defaults compared");
 }
