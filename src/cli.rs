@@ -419,3 +419,52 @@ pub fn print_startup_credentials(server: &crate::server::Server) {
         cred.username, cred.password
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and long option, with the path of subcommands
+    /// that leads to it.
+    fn walk(cmd: &clap::Command, path: &str, into: &mut Vec<(String, String)>) {
+        for arg in cmd.get_arguments() {
+            if let Some(long) = arg.get_long().filter(|l| *l != "help" && *l != "version") {
+                into.push((path.to_owned(), format!("--{long}")));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let path = format!("{path} {}", sub.get_name());
+            into.push((path.clone(), path.clone()));
+            walk(sub, &path, into);
+        }
+    }
+
+    #[test]
+    fn readme_shows_every_subcommand_and_option() {
+        let readme = include_str!("../README.md");
+        let mut items = Vec::new();
+        walk(&super::Cli::command(), "tern", &mut items);
+        assert!(items.len() > 20, "{items:?}");
+        // A subcommand as it is typed ("tern ctl drain" may come with
+        // options between: "tern ctl --config F drain"), an option as it is.
+        let shown = |item: &str| {
+            let words: Vec<&str> = item.split(' ').collect();
+            match words.as_slice() {
+                // The option whole: not the start of a longer one.
+                [w] => readme.match_indices(w).any(|(i, _)| {
+                    let next = readme[i + w.len()..].chars().next();
+                    !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+                }),
+                [.., parent, last] => readme.lines().any(|l| {
+                    l.split_once(&format!("{parent} "))
+                        .is_some_and(|(_, rest)| {
+                            rest.contains(&format!(" {last}")) || rest.starts_with(last)
+                        })
+                }),
+                [] => false,
+            }
+        };
+        let missing: Vec<_> = items.iter().filter(|(_, item)| !shown(item)).collect();
+        assert!(missing.is_empty(), "README never shows {missing:?}");
+    }
+}
