@@ -8,6 +8,7 @@ PIDS=()
 PASSED=0
 FAILED=0
 REASON=""
+RAN=()
 
 # Commands a group adds to run at exit however the suite ends (e.g.
 # removing the network namespaces it made).
@@ -83,11 +84,38 @@ stop_tern() {
 run_case() {
   local name=$1 fn=$2 started=$SECONDS
   REASON=""
+  RAN+=("$name")
   if "$fn"; then
     PASSED=$((PASSED + 1)); echo "PASS $name ($((SECONDS - started))s)"
   else
     FAILED=$((FAILED + 1)); echo "FAIL $name: ${REASON:-failed} ($((SECONDS - started))s)"
   fi
+}
+
+# The cases README's interop table names ({a,b} expanded) against those
+# this run ran: a case added, renamed or dropped without README is a failure.
+case_readme_lists_every_case() {
+  REASON=$(printf '%s\n' "${RAN[@]}" | python3 -c '
+import itertools, re, sys
+table = open(sys.argv[1]).read().split("### The interop suite")[1].split("| Cases |")[1]
+listed = set()
+for row in table.splitlines()[2:]:
+    if not row.startswith("|"):
+        break
+    for name in row.split("|")[1].split("`")[1::2]:
+        parts = [p[1:-1].split(",") if p.startswith("{") else [p] for p in re.split(r"(\{[^}]*\})", name)]
+        listed.update("".join(c) for c in itertools.product(*parts))
+ran = set(sys.stdin.read().split()) - {"readme-lists-every-case"}
+groups = {n[:-1] for n in listed if n.endswith("*")}
+covered = lambda n: n in listed or any(n.startswith(g) for g in groups)
+out = []
+unlisted = sorted(n for n in ran if not covered(n))
+if unlisted: out.append("not in README: " + ", ".join(unlisted))
+gone = sorted(n for n in listed if not n.endswith("*") and n not in ran)
+if gone: out.append("README lists cases that did not run: " + ", ".join(gone))
+print("; ".join(out))
+' "$ROOT/README.md")
+  [ -z "$REASON" ]
 }
 
 # selected NAME: whether the command line asked for this case or group (all
