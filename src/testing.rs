@@ -432,3 +432,16 @@ pub fn internet_checksum(parts: &[&[u8]]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// The rows of the Markdown table whose header line is `header` in `text`
+/// (README's tables, which tests hold to the code), each row as its
+/// trimmed cells; `None` if there is no such table.
+pub fn markdown_rows<'a>(text: &'a str, header: &str) -> Option<Vec<Vec<&'a str>>> {
+    let (_, after) = text.split_once(header)?;
+    let rows = after.lines().skip(2).take_while(|l| l.starts_with('|'));
+    let cells = |row: &'a str| {
+        let inner = row.trim().trim_start_matches('|').trim_end_matches('|');
+        inner.split('|').map(str::trim).collect()
+    };
+    Some(rows.map(cells).collect())
+}

@@ -313,16 +313,14 @@ fn example_keys() -> BTreeMap<Key, Shown> {
 /// README's configuration table: each row's keys (`[listen] udp`, `tcp`:
 /// the table, then its keys) and its Default cell.
 fn readme_rows() -> Vec<(Vec<Key>, String)> {
-    let rows = include_str!("../../README.md")
-        .split("| Key | Default | Meaning |")
-        .nth(1)
+    let readme = include_str!("../../README.md");
+    let rows = crate::testing::markdown_rows(readme, "| Key | Default | Meaning |")
         .expect("README has a configuration table");
     let mut out = Vec::new();
-    for row in rows.lines().skip(2).take_while(|l| l.starts_with('|')) {
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    for cells in rows {
         let mut table = String::new();
         let mut keys = Vec::new();
-        for name in cells[1].split('`').skip(1).step_by(2) {
+        for name in cells[0].split('`').skip(1).step_by(2) {
             let key = match name.split_once("] ") {
                 Some((t, key)) => {
                     table = t.trim_matches(|c| c == '[' || c == ']').to_owned();
@@ -332,7 +330,7 @@ fn readme_rows() -> Vec<(Vec<Key>, String)> {
             };
             keys.push((table.clone(), key.to_owned()));
         }
-        out.push((keys, cells[2].to_owned()));
+        out.push((keys, cells[1].to_owned()));
     }
     out
 }

@@ -67,18 +67,15 @@ fn ticked(cell: &str) -> Vec<&str> {
 /// README's metrics table: each documented name with its row's cells
 /// (type, labels).
 fn documented() -> BTreeMap<String, (String, String)> {
-    let table = README
-        .split("| Name | Type | Labels | Meaning |")
-        .nth(1)
+    let rows = crate::testing::markdown_rows(README, "| Name | Type | Labels | Meaning |")
         .expect("README has a metrics table");
     let mut out = BTreeMap::new();
-    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        for name in ticked(cells[1])
+    for cells in rows {
+        for name in ticked(cells[0])
             .into_iter()
             .filter(|n| n.starts_with("tern_"))
         {
-            out.insert(name.to_string(), (cells[2].into(), cells[3].into()));
+            out.insert(name.to_string(), (cells[1].into(), cells[2].into()));
         }
     }
     out
