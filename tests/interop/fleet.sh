@@ -132,7 +132,7 @@ case_fleet_baseline_random_nonce() {
 fleet_cases() {
   selected fleet || return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "SKIP fleet: needs root (network namespaces)"; return 0
+    skip_group fleet "needs root (network namespaces)"; return 0
   fi
   if ! command -v conntrack >/dev/null || ! command -v nft >/dev/null; then
     FAILED=$((FAILED + 1)); echo "FAIL fleet: conntrack or nft not installed (run scripts/setup)"; return

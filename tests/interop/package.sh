@@ -132,7 +132,7 @@ case_package_rpm_lifecycle() { pk_lifecycle "$PK_RPM_LIFECYCLE"; }
 package_cases() {
   selected package || return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "SKIP package: needs root (a scratch root with dpkg and rpm)"; return 0
+    skip_group package "needs root (a scratch root with dpkg and rpm)"; return 0
   fi
   local tool
   for tool in lintian rpmlint rpm; do

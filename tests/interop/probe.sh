@@ -90,7 +90,7 @@ case_probe_netns_wrong_external() {
 probe_cases() {
   selected probe || return 0
   if [ "$(id -u)" != 0 ]; then
-    echo "SKIP probe-netns: needs root (network namespaces)"; return 0
+    skip_group probe-netns "needs root (network namespaces)"; return 0
   fi
   if ! command -v nft >/dev/null; then
     FAILED=$((FAILED + 1)); echo "FAIL probe: nft not installed (run scripts/setup)"; return
