@@ -290,7 +290,11 @@ fn example_keys() -> BTreeMap<Key, Shown> {
             let name = line.split_whitespace().next().unwrap_or_default();
             table = name.trim_matches(|c| c == '[' || c == ']').to_owned();
             example_table = set && line.contains("# example");
-        } else if let Some((key, value)) = line.split_once(" = ") {
+        } else if let Some((key, value)) = line.split_once(" = ").filter(|(key, _)| {
+            // A key, not prose such as "0 = one per CPU".
+            key.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        }) {
             let (value, comment) = value.split_once("  #").unwrap_or((value, ""));
             let shown = if !set {
                 Shown::Commented
