@@ -265,4 +265,30 @@ mod tests {
             Err(Denial::OwnAddress)
         );
     }
+
+    #[test]
+    fn readme_lists_exactly_the_default_deny_list() {
+        let defaults: Vec<IpNet> = DEFAULT_DENY.iter().map(|s| s.parse().unwrap()).collect();
+        // README writes them short: "10/8", "100.64/10", "::1",
+        // "255.255.255.255".
+        let words: Vec<&str> = include_str!("../README.md").split_whitespace().collect();
+        let text = words.join(" ");
+        let (_, list) = text
+            .split_once("Relaying is denied by default to ")
+            .unwrap();
+        let (list, _) = list.split_once(", and to the server's own").unwrap();
+        let widen = |s: &str| -> IpNet {
+            let (addr, len) = s.split_once('/').unwrap_or((s, ""));
+            if addr.contains(':') {
+                let len = if len.is_empty() { "128" } else { len };
+                return format!("{addr}/{len}").parse().unwrap();
+            }
+            let mut octets: Vec<&str> = addr.split('.').collect();
+            octets.resize(4, "0");
+            let len = if len.is_empty() { "32" } else { len };
+            format!("{}/{len}", octets.join(".")).parse().unwrap()
+        };
+        let listed: Vec<IpNet> = list.split(", ").map(str::trim).map(widen).collect();
+        assert_eq!(listed, defaults);
+    }
 }
