@@ -445,3 +445,8 @@ pub fn markdown_rows<'a>(text: &'a str, header: &str) -> Option<Vec<Vec<&'a str>
     };
     Some(rows.map(cells).collect())
 }
+
+/// The backticked words of a Markdown table cell, in order.
+pub fn ticked(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}

@@ -32,14 +32,9 @@ fn example_defaults_match_the_code_defaults() {
     // secret a file needs, and the whole configuration must equal that of
     // a file giving only that secret.
     let mut stripped = String::new();
-    let mut example_table = false;
-    for line in include_str!("../../config/tern.toml").lines() {
-        if line.starts_with('[') {
-            example_table = line.contains("# example");
-        }
-        let example = example_table || line.contains("# example") || line.contains("# default");
-        if !example || line.starts_with("secrets = ") {
-            stripped.push_str(line);
+    for line in example_lines() {
+        if !line.example || line.text.starts_with("secrets = ") {
+            stripped.push_str(line.text);
             stripped.push('\n');
         }
     }
@@ -277,38 +272,66 @@ enum Shown {
     Commented,
 }
 
+/// One line of config/tern.toml, with the table it is in.
+struct ExampleLine {
+    text: &'static str,
+    table: String,
+    /// Marked as an example: the line ("# example", or "# default …"
+    /// when the value shown is not the default), or its table's header.
+    example: bool,
+}
+
+/// config/tern.toml line by line: the one reading of its tables and its
+/// "example" marks.
+fn example_lines() -> Vec<ExampleLine> {
+    let (mut table, mut example_table) = (String::new(), false);
+    let mut out = Vec::new();
+    for text in include_str!("../../config/tern.toml").lines() {
+        if text.starts_with('[') {
+            let name = text.split_whitespace().next().unwrap_or_default();
+            table = name.trim_matches(|c| c == '[' || c == ']').to_owned();
+            example_table = text.contains("# example");
+        }
+        let example = example_table || text.contains("# example") || text.contains("# default");
+        let table = table.clone();
+        out.push(ExampleLine {
+            text,
+            table,
+            example,
+        });
+    }
+    out
+}
+
 /// config/tern.toml's keys under their table.
 fn example_keys() -> BTreeMap<Key, Shown> {
-    let (mut table, mut example_table) = (String::new(), false);
     let mut out = BTreeMap::new();
-    for line in include_str!("../../config/tern.toml").lines() {
-        let (line, set) = match line.strip_prefix("# ") {
-            Some(l) => (l, false),
-            None => (line, true),
+    for line in example_lines() {
+        let (text, set) = match line.text.strip_prefix("# ") {
+            Some(t) => (t, false),
+            None => (line.text, true),
         };
-        if line.starts_with('[') {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            table = name.trim_matches(|c| c == '[' || c == ']').to_owned();
-            example_table = set && line.contains("# example");
-        } else if let Some((key, value)) = line.split_once(" = ").filter(|(key, _)| {
+        let Some((key, value)) = text.split_once(" = ").filter(|(key, _)| {
             // A key, not prose such as "0 = one per CPU".
             key.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        }) {
-            let (value, comment) = value.split_once("  #").unwrap_or((value, ""));
-            let shown = if !set {
-                Shown::Commented
-            } else if example_table || comment.contains("example") || comment.contains("default") {
-                Shown::Example
-            } else {
-                Shown::Default(value.trim().to_owned())
-            };
-            // A set line wins over an example commented out above it.
-            let slot = out.entry((table.clone(), key.to_owned()));
-            let old = slot.or_insert(Shown::Commented);
-            if *old == Shown::Commented {
-                *old = shown;
-            }
+        }) else {
+            continue;
+        };
+        let shown = if !set {
+            Shown::Commented
+        } else if line.example {
+            Shown::Example
+        } else {
+            let value = value.split_once("  #").map_or(value, |(v, _)| v);
+            Shown::Default(value.trim().to_owned())
+        };
+        // A set line wins over an example commented out above it.
+        let old = out
+            .entry((line.table, key.to_owned()))
+            .or_insert(Shown::Commented);
+        if *old == Shown::Commented {
+            *old = shown;
         }
     }
     out
@@ -324,7 +347,7 @@ fn readme_rows() -> Vec<(Vec<Key>, String)> {
     for cells in rows {
         let mut table = String::new();
         let mut keys = Vec::new();
-        for name in cells[0].split('`').skip(1).step_by(2) {
+        for name in crate::testing::ticked(cells[0]) {
             let key = match name.split_once("] ") {
                 Some((t, key)) => {
                     table = t.trim_matches(|c| c == '[' || c == ']').to_owned();

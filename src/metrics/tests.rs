@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Board, render};
+use crate::testing::ticked;
 
 const README: &str = include_str!("../../README.md");
 const ALERTS: &str = include_str!("../../deploy/prometheus/tern-alerts.yml");
@@ -63,11 +64,6 @@ fn families(page: &str) -> BTreeMap<String, Family> {
         }
     }
     out
-}
-
-/// The backticked words of a table cell.
-fn ticked(cell: &str) -> Vec<&str> {
-    cell.split('`').skip(1).step_by(2).collect()
 }
 
 /// README's metrics table: each documented name with its row's cells
